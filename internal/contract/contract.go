@@ -1,0 +1,161 @@
+// Package contract holds the messages of the order system: command types,
+// queue names, payloads and failure codes, in one place for the
+// orchestrator and the workers. docs/topology.md describes them on the
+// wire; every payload travels inside a saga.Envelope (schema version 1).
+package contract
+
+// Command types, also the routing keys on saga.commands.
+const (
+	InventoryReserve       = "inventory.reserve"
+	InventoryRelease       = "inventory.release"
+	InventoryCommit        = "inventory.commit"
+	InventoryGetProduct    = "inventory.get_product"
+	InventoryUpsertProduct = "inventory.upsert_product"
+
+	PaymentCharge = "payment.charge"
+	PaymentRefund = "payment.refund"
+	PaymentLedger = "payment.ledger"
+
+	ShippingPrepare = "shipping.prepare"
+	ShippingCancel  = "shipping.cancel"
+	ShippingLedger  = "shipping.ledger"
+)
+
+// Worker command queues.
+const (
+	InventoryQueue = "inventory.commands"
+	PaymentQueue   = "payment.commands"
+	ShippingQueue  = "shipping.commands"
+)
+
+// Failure codes of replies.
+const (
+	CodeOutOfStock      = "out_of_stock"
+	CodeUnknownSKU      = "unknown_sku"
+	CodeCardDeclined    = "card_declined"
+	CodeCarrierRefused  = "carrier_refused"
+	CodeAlreadyReleased = "already_released"  // a reserve that arrived after its release
+	CodeAlreadyRefunded = "already_refunded"  // a charge that arrived after its refund
+	CodeAlreadyCanceled = "already_cancelled" // a prepare that arrived after its cancel
+	CodeNotReserved     = "not_reserved"      // commit or release of a reservation in the wrong state
+	CodeNotFound        = "not_found"
+)
+
+// Simulation rules (DESIGN.md).
+const (
+	DeclineToken   = "tok_decline" // the payment gateway declines it
+	RefusedCountry = "ZZ"          // the carrier refuses to ship there
+)
+
+// Item is one line of an order.
+type Item struct {
+	SKU      string `json:"sku"`
+	Quantity int64  `json:"quantity"`
+}
+
+// Address is a shipping address.
+type Address struct {
+	Line1   string `json:"line1"`
+	City    string `json:"city"`
+	Country string `json:"country"`
+}
+
+// ReserveRequest asks inventory to reserve every line of an order, or none.
+type ReserveRequest struct {
+	OrderID string `json:"order_id"`
+	Items   []Item `json:"items"`
+}
+
+// PricedLine is an order line priced from the catalog.
+type PricedLine struct {
+	SKU        string `json:"sku"`
+	Quantity   int64  `json:"quantity"`
+	PriceCents int64  `json:"price_cents"`
+}
+
+// ReserveReply prices the reserved order: the amount to charge comes from
+// here, never from the client.
+type ReserveReply struct {
+	Lines       []PricedLine `json:"lines"`
+	AmountCents int64        `json:"amount_cents"`
+}
+
+// OrderRef names the order a command is about (release, commit, refund,
+// cancel, ledgers).
+type OrderRef struct {
+	OrderID string `json:"order_id"`
+}
+
+// ChargeRequest asks payment to charge an order.
+type ChargeRequest struct {
+	OrderID      string `json:"order_id"`
+	CustomerID   string `json:"customer_id"`
+	AmountCents  int64  `json:"amount_cents"`
+	PaymentToken string `json:"payment_token"`
+}
+
+// ChargeReply is a successful charge.
+type ChargeReply struct {
+	PaymentID    string `json:"payment_id"`
+	ChargedCents int64  `json:"charged_cents"`
+}
+
+// RefundReply is a refund (zero when nothing was charged).
+type RefundReply struct {
+	RefundedCents int64 `json:"refunded_cents"`
+}
+
+// PrepareRequest asks shipping to prepare a shipment.
+type PrepareRequest struct {
+	OrderID         string  `json:"order_id"`
+	ShippingAddress Address `json:"shipping_address"`
+	Items           []Item  `json:"items"`
+}
+
+// PrepareReply is a prepared shipment.
+type PrepareReply struct {
+	TrackingNumber string `json:"tracking_number"`
+}
+
+// ProductRef names a product.
+type ProductRef struct {
+	SKU string `json:"sku"`
+}
+
+// Product is a catalog entry with its stock.
+type Product struct {
+	SKU        string `json:"sku"`
+	Name       string `json:"name"`
+	PriceCents int64  `json:"price_cents"`
+	Available  int64  `json:"available"`
+	Reserved   int64  `json:"reserved"`
+	Sold       int64  `json:"sold"`
+}
+
+// UpsertProduct creates a product or sets its name, price and available
+// stock.
+type UpsertProduct struct {
+	SKU        string `json:"sku"`
+	Name       string `json:"name"`
+	PriceCents int64  `json:"price_cents"`
+	Available  int64  `json:"available"`
+}
+
+// PaymentLedgerReply is what payment recorded for an order.
+type PaymentLedgerReply struct {
+	ChargedCents  int64 `json:"charged_cents"`
+	RefundedCents int64 `json:"refunded_cents"`
+}
+
+// ShipmentLedgerReply is what shipping recorded for an order (counts).
+type ShipmentLedgerReply struct {
+	Prepared  int `json:"prepared"`
+	Cancelled int `json:"cancelled"`
+}
+
+// The commands each worker handles: its queue's bindings.
+var (
+	InventoryCommands = []string{InventoryReserve, InventoryRelease, InventoryCommit, InventoryGetProduct, InventoryUpsertProduct}
+	PaymentCommands   = []string{PaymentCharge, PaymentRefund, PaymentLedger}
+	ShippingCommands  = []string{ShippingPrepare, ShippingCancel, ShippingLedger}
+)

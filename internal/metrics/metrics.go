@@ -1,0 +1,36 @@
+// Package metrics defines sagaflow's Prometheus metrics, in one place so
+// names and labels stay consistent across binaries.
+package metrics
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Worker metrics.
+var (
+	WorkerCommands = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sagaflow_worker_commands_total",
+		Help: "Commands handled by a worker, by type and outcome (ok, failed, retry, invalid, poison).",
+	}, []string{"type", "outcome"})
+	WorkerCommandDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "sagaflow_worker_command_duration_seconds",
+		Help:    "Time to handle a command, reply excluded.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+	}, []string{"type"})
+)
+
+// WorkerObserver feeds the worker metrics; it implements worker.Observer.
+type WorkerObserver struct{}
+
+// Handled records one handled command.
+func (WorkerObserver) Handled(typ, outcome string, d time.Duration) {
+	WorkerCommands.WithLabelValues(typ, outcome).Inc()
+	WorkerCommandDuration.WithLabelValues(typ).Observe(d.Seconds())
+}
+
+// RegisterWorker registers the worker metrics with r.
+func RegisterWorker(r prometheus.Registerer) {
+	r.MustRegister(WorkerCommands, WorkerCommandDuration)
+}

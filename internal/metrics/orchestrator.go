@@ -1,0 +1,128 @@
+package metrics
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sagaflow/sagaflow/saga"
+)
+
+// Orchestrator metrics (DESIGN.md names them).
+var (
+	SagasStarted = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "sagaflow_sagas_started_total",
+		Help: "Sagas accepted.",
+	})
+	SagasFinished = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sagaflow_sagas_finished_total",
+		Help: "Sagas that reached a terminal state, by outcome (completed, rejected, cancelled).",
+	}, []string{"outcome"})
+	StepDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "sagaflow_step_duration_seconds",
+		Help:    "Time from a step's (or compensation's) first send to its end, retries included.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 18),
+	}, []string{"step"})
+	StepRetries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sagaflow_step_retries_total",
+		Help: "Commands re-sent after a timeout or a transient failure, by step.",
+	}, []string{"step"})
+	Compensations = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "sagaflow_compensations_total",
+		Help: "Sagas that started compensating.",
+	})
+	SagasStuck = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "sagaflow_sagas_stuck_total",
+		Help: "Times a saga got stuck and needed an operator.",
+	})
+	MessagesPublished = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sagaflow_messages_published_total",
+		Help: "Outbox messages published, by result (confirmed, failed).",
+	}, []string{"result"})
+)
+
+// SagaObserver feeds the orchestrator metrics; it implements saga.Observer.
+type SagaObserver struct{}
+
+// SagaCreated counts a new saga.
+func (SagaObserver) SagaCreated(*saga.Definition, saga.Instance) { SagasStarted.Inc() }
+
+// SagaChanged counts outcomes, step durations, retries and compensations.
+func (SagaObserver) SagaChanged(def *saga.Definition, d saga.Decision) {
+	in := &d.Instance
+	if in.Phase.Terminal() {
+		SagasFinished.WithLabelValues(string(in.Phase)).Inc()
+	}
+	for i := range in.History {
+		r := &in.History[i]
+		if r.FinishedAt != nil && r.FinishedAt.Equal(in.UpdatedAt) {
+			StepDuration.WithLabelValues(r.Name).Observe(r.FinishedAt.Sub(r.StartedAt).Seconds())
+		}
+	}
+	for _, t := range d.Transitions {
+		switch t {
+		case "retry", "retry_compensation":
+			if n := len(d.Commands); n > 0 {
+				StepRetries.WithLabelValues(d.Commands[n-1].Step).Inc()
+			}
+		case "compensate":
+			Compensations.Inc()
+		case "stick":
+			SagasStuck.Inc()
+		}
+	}
+}
+
+// Published counts relayed messages.
+func (SagaObserver) Published(confirmed, failed int) {
+	MessagesPublished.WithLabelValues("confirmed").Add(float64(confirmed))
+	if failed > 0 {
+		MessagesPublished.WithLabelValues("failed").Add(float64(failed))
+	}
+}
+
+// StoreStats reads the gauges that live in the database.
+type StoreStats interface {
+	OutboxStats(ctx context.Context) (count int64, oldest time.Duration, err error)
+	CountState(ctx context.Context, state string) (int64, error)
+}
+
+// StoreCollector reads the outbox backlog and the stuck sagas at scrape
+// time, so every orchestrator reports the shared truth.
+type StoreCollector struct {
+	Stats StoreStats
+}
+
+var (
+	outboxBacklogDesc = prometheus.NewDesc("sagaflow_outbox_backlog", "Messages staged in the outbox, not yet confirmed by the broker.", nil, nil)
+	outboxAgeDesc     = prometheus.NewDesc("sagaflow_outbox_oldest_seconds", "Age of the oldest message in the outbox.", nil, nil)
+	stuckDesc         = prometheus.NewDesc("sagaflow_stuck_sagas", "Sagas waiting for an operator (state stuck).", nil, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (c StoreCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- outboxBacklogDesc
+	ch <- outboxAgeDesc
+	ch <- stuckDesc
+}
+
+// Collect implements prometheus.Collector; a database that does not answer
+// within a second leaves the gauges out of this scrape.
+func (c StoreCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if n, age, err := c.Stats.OutboxStats(ctx); err == nil {
+		ch <- prometheus.MustNewConstMetric(outboxBacklogDesc, prometheus.GaugeValue, float64(n))
+		ch <- prometheus.MustNewConstMetric(outboxAgeDesc, prometheus.GaugeValue, age.Seconds())
+	}
+	if n, err := c.Stats.CountState(ctx, string(saga.Stuck)); err == nil {
+		ch <- prometheus.MustNewConstMetric(stuckDesc, prometheus.GaugeValue, float64(n))
+	}
+}
+
+// RegisterOrchestrator registers the orchestrator metrics with r.
+func RegisterOrchestrator(r prometheus.Registerer, stats StoreStats) {
+	r.MustRegister(SagasStarted, SagasFinished, StepDuration, StepRetries, Compensations, SagasStuck,
+		MessagesPublished, StoreCollector{Stats: stats})
+}

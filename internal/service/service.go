@@ -1,0 +1,190 @@
+// Package service is the wiring every sagaflow binary shares: configuration
+// from the environment, logging, the PostgreSQL pool with its schema, the
+// RabbitMQ bus with the system's topology, the health and metrics server,
+// and an ordered, signal-aware shutdown.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/rs/zerolog"
+
+	"github.com/sagaflow/sagaflow"
+	"github.com/sagaflow/sagaflow/saga/amqpbus"
+)
+
+// Base is the configuration every service shares.
+type Base struct {
+	// DatabaseURL is the PostgreSQL URL
+	// (default postgres://postgres@127.0.0.1:5432/sagaflow?sslmode=disable).
+	DatabaseURL string `env:"DATABASE_URL" envDefault:"postgres://postgres@127.0.0.1:5432/sagaflow?sslmode=disable"`
+	// AMQPURL is the RabbitMQ URL (default amqp://guest:guest@127.0.0.1:5672/).
+	AMQPURL string `env:"AMQP_URL" envDefault:"amqp://guest:guest@127.0.0.1:5672/"`
+	// LogLevel is debug, info, warn or error (default info).
+	LogLevel string `env:"LOG_LEVEL" envDefault:"info"`
+	// LogFormat is json or console (default json).
+	LogFormat string `env:"LOG_FORMAT" envDefault:"json"`
+	// QueueType is classic or quorum for every queue (default classic).
+	QueueType string `env:"AMQP_QUEUE_TYPE" envDefault:"classic"`
+	// DBMaxConns is the pool size (default 16).
+	DBMaxConns int32 `env:"DB_MAX_CONNS" envDefault:"16"`
+	// StartTimeout bounds connecting to PostgreSQL and RabbitMQ at start
+	// (default 15s).
+	StartTimeout time.Duration `env:"START_TIMEOUT" envDefault:"15s"`
+	// ShutdownTimeout bounds the graceful stop (default 20s).
+	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"20s"`
+}
+
+// Validate reports every problem of the shared settings.
+func (b *Base) Validate() []error {
+	var errs []error
+	if u, err := url.Parse(b.DatabaseURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		errs = append(errs, fmt.Errorf("DATABASE_URL: want postgres://..., got %q", redact(b.DatabaseURL)))
+	}
+	if u, err := url.Parse(b.AMQPURL); err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") {
+		errs = append(errs, fmt.Errorf("AMQP_URL: want amqp://..., got %q", redact(b.AMQPURL)))
+	}
+	if _, err := zerolog.ParseLevel(b.LogLevel); err != nil || b.LogLevel == "" {
+		errs = append(errs, fmt.Errorf("LOG_LEVEL: want debug, info, warn or error, got %q", b.LogLevel))
+	}
+	if b.LogFormat != "json" && b.LogFormat != "console" {
+		errs = append(errs, fmt.Errorf("LOG_FORMAT: want json or console, got %q", b.LogFormat))
+	}
+	if b.QueueType != string(amqpbus.Classic) && b.QueueType != string(amqpbus.Quorum) {
+		errs = append(errs, fmt.Errorf("AMQP_QUEUE_TYPE: want classic or quorum, got %q", b.QueueType))
+	}
+	if b.DBMaxConns < 1 {
+		errs = append(errs, fmt.Errorf("DB_MAX_CONNS: want at least 1, got %d", b.DBMaxConns))
+	}
+	return errs
+}
+
+// Validator is a configuration that can check itself.
+type Validator interface{ Validate() []error }
+
+// LoadConfig parses the environment into cfg (a pointer to a struct whose
+// fields carry env tags) and validates it, reporting every problem at once.
+func LoadConfig(cfg Validator) error {
+	if err := env.Parse(cfg); err != nil {
+		return fmt.Errorf("configuration: %w", err)
+	}
+	if errs := cfg.Validate(); len(errs) > 0 {
+		return fmt.Errorf("configuration: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// Logger returns a zerolog logger for a service.
+func Logger(service string, b *Base) zerolog.Logger {
+	level, _ := zerolog.ParseLevel(b.LogLevel)
+	zerolog.TimeFieldFormat = time.RFC3339Nano
+	var log zerolog.Logger
+	if b.LogFormat == "console" {
+		log = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: "15:04:05.000"})
+	} else {
+		log = zerolog.New(os.Stderr)
+	}
+	return log.Level(level).With().Timestamp().Str("service", service).Logger()
+}
+
+// OpenDB connects to PostgreSQL with search_path set to schema, checks the
+// connection, and applies the service's section of schema.sql.
+func OpenDB(ctx context.Context, b *Base, schema string) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(b.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("DATABASE_URL: %w", err)
+	}
+	cfg.MaxConns = b.DBMaxConns
+	cfg.ConnConfig.RuntimeParams["search_path"] = schema
+	cfg.ConnConfig.RuntimeParams["application_name"] = "sagaflow-" + schema
+	cfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("postgres %s: %w", redact(b.DatabaseURL), err)
+	}
+	if err := ApplySchema(ctx, pool, schema); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("postgres %s: %w", redact(b.DatabaseURL), err)
+	}
+	return pool, nil
+}
+
+// schemaLock serialises schema creation between services starting together.
+const schemaLock = 0x5a6af10
+
+// ApplySchema applies one section of schema.sql, idempotently, under an
+// advisory lock.
+func ApplySchema(ctx context.Context, pool *pgxpool.Pool, section string) error {
+	ddl, err := sagaflow.SchemaSection(section)
+	if err != nil {
+		return err
+	}
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("apply schema %s: %w", section, err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, schemaLock); err != nil {
+		return fmt.Errorf("apply schema %s: %w", section, err)
+	}
+	// No arguments: the simple protocol runs the whole section at once.
+	if _, err := tx.Exec(ctx, ddl); err != nil {
+		return fmt.Errorf("apply schema %s: %w", section, err)
+	}
+	return tx.Commit(ctx)
+}
+
+// DialBus connects to RabbitMQ and declares the system's topology (every
+// process declares all of it, so nobody has to start first).
+func DialBus(ctx context.Context, b *Base, name string, log zerolog.Logger) (*amqpbus.Bus, error) {
+	bus, err := amqpbus.Dial(ctx, amqpbus.Config{URL: b.AMQPURL, Name: name}, log)
+	if err != nil {
+		return nil, err
+	}
+	if err := bus.Declare(ctx, Topology(amqpbus.QueueType(b.QueueType))); err != nil {
+		bus.Close()
+		return nil, err
+	}
+	return bus, nil
+}
+
+// Listen binds addr now, so that a port in use is an error at start.
+func Listen(name, addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s %q: %w", name, addr, err)
+	}
+	return ln, nil
+}
+
+// Serve runs srv on ln until ctx is done, then shuts it down gracefully.
+func Serve(ctx context.Context, srv *http.Server, ln net.Listener, grace time.Duration) error {
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	return srv.Shutdown(sctx)
+}
+
+func redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return strings.Repeat("*", 3)
+	}
+	return u.Redacted()
+}

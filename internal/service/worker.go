@@ -1,0 +1,186 @@
+package service
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+
+	"github.com/sagaflow/sagaflow/internal/metrics"
+	"github.com/sagaflow/sagaflow/saga/amqpbus"
+	"github.com/sagaflow/sagaflow/saga/worker"
+)
+
+// WorkerConfig is the configuration of a command worker.
+type WorkerConfig struct {
+	Base
+	// MetricsAddr serves /metrics, /healthz and /readyz (default per worker:
+	// inventory :9101, payment :9102, shipping :9103).
+	MetricsAddr string `env:"METRICS_ADDR"`
+	// Prefetch is how many unacked commands the broker hands over (default 64).
+	Prefetch int `env:"WORKER_PREFETCH" envDefault:"64"`
+	// Concurrency is how many commands are handled at once (default 32).
+	Concurrency int `env:"WORKER_CONCURRENCY" envDefault:"32"`
+	// SimLatency is added before each command (default 0s).
+	SimLatency time.Duration `env:"SIM_LATENCY" envDefault:"0s"`
+	// SimFailureRate is the probability of a transient failure (default 0).
+	SimFailureRate float64 `env:"SIM_FAILURE_RATE" envDefault:"0"`
+	// SimDropReplyRate is the probability a reply is lost after the effect
+	// committed (default 0).
+	SimDropReplyRate float64 `env:"SIM_DROP_REPLY_RATE" envDefault:"0"`
+}
+
+// Validate reports every problem at once.
+func (c *WorkerConfig) Validate() []error {
+	errs := c.Base.Validate()
+	if c.Prefetch < 1 {
+		errs = append(errs, fmt.Errorf("WORKER_PREFETCH: want at least 1, got %d", c.Prefetch))
+	}
+	if c.Concurrency < 1 {
+		errs = append(errs, fmt.Errorf("WORKER_CONCURRENCY: want at least 1, got %d", c.Concurrency))
+	}
+	if c.SimLatency < 0 {
+		errs = append(errs, fmt.Errorf("SIM_LATENCY: want a non-negative duration, got %s", c.SimLatency))
+	}
+	for name, v := range map[string]float64{"SIM_FAILURE_RATE": c.SimFailureRate, "SIM_DROP_REPLY_RATE": c.SimDropReplyRate} {
+		if v < 0 || v > 1 {
+			errs = append(errs, fmt.Errorf("%s: want a probability in [0,1], got %g", name, v))
+		}
+	}
+	return errs
+}
+
+// WorkerSpec describes a command worker binary.
+type WorkerSpec struct {
+	// Name is the service name, its PostgreSQL schema and its log name.
+	Name string
+	// Queue is its command queue.
+	Queue string
+	// MetricsAddr is the default of METRICS_ADDR.
+	MetricsAddr string
+	// Register adds the worker's handlers to the runtime.
+	Register func(rt *worker.Runtime, db *pgxpool.Pool)
+}
+
+// RunWorker runs a command worker until SIGINT or SIGTERM and returns the
+// process exit code: 0 after a graceful stop, 1 on a start or run error.
+func RunWorker(spec WorkerSpec) int {
+	cfg := WorkerConfig{MetricsAddr: spec.MetricsAddr}
+	if err := LoadConfig(&cfg); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", spec.Name, err)
+		return 1
+	}
+	log := Logger(spec.Name, &cfg.Base)
+	if err := runWorker(spec, &cfg, log); err != nil {
+		log.Error().Err(err).Msg("stopped with an error")
+		return 1
+	}
+	log.Info().Msg("stopped")
+	return 0
+}
+
+func runWorker(spec WorkerSpec, cfg *WorkerConfig, log zerolog.Logger) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	ln, err := Listen("METRICS_ADDR", cfg.MetricsAddr)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	sctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
+	defer cancel()
+	db, err := OpenDB(sctx, &cfg.Base, spec.Name)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	bus, err := DialBus(sctx, &cfg.Base, spec.Name, log)
+	if err != nil {
+		return err
+	}
+	defer bus.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics.RegisterWorker(reg)
+
+	rt := worker.New(worker.Config{
+		Queue: spec.Queue, Prefetch: cfg.Prefetch, Concurrency: cfg.Concurrency,
+		Simulate: worker.Simulation{
+			Latency: cfg.SimLatency, FailureRate: cfg.SimFailureRate, DropReplyRate: cfg.SimDropReplyRate,
+		},
+	}, db, bus, log)
+	rt.SetObserver(metrics.WorkerObserver{})
+	spec.Register(rt, db)
+
+	srv := &http.Server{Handler: HealthMux(reg, db, bus), ReadHeaderTimeout: 5 * time.Second}
+	httpDone := make(chan error, 1)
+	go func() { httpDone <- Serve(ctx, srv, ln, 5*time.Second) }()
+
+	log.Info().Str("queue", spec.Queue).Str("metrics_addr", ln.Addr().String()).
+		Int("prefetch", cfg.Prefetch).Int("concurrency", cfg.Concurrency).Msg("worker started")
+	// Run returns once ctx is done and in-flight commands finished.
+	runErr := rt.Run(ctx)
+	stop()
+	if err := <-httpDone; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Warn().Err(err).Msg("metrics server")
+	}
+	return runErr
+}
+
+// HealthMux serves /metrics from reg, /healthz (the process is alive, with
+// the state of its dependencies) and /readyz (503 unless PostgreSQL and
+// RabbitMQ are both reachable).
+func HealthMux(reg *prometheus.Registry, db *pgxpool.Pool, bus *amqpbus.Bus) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	check := func(w http.ResponseWriter, r *http.Request, strict bool) {
+		st := Check(r.Context(), db, bus)
+		code := http.StatusOK
+		if strict && !st.OK() {
+			code = http.StatusServiceUnavailable
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(code)
+		_ = json.NewEncoder(w).Encode(st)
+	}
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { check(w, r, false) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) { check(w, r, true) })
+	return mux
+}
+
+// Status is the state of a process's dependencies.
+type Status struct {
+	Status   string `json:"status"`
+	Postgres string `json:"postgres"`
+	RabbitMQ string `json:"rabbitmq"`
+}
+
+// OK reports whether both dependencies are reachable.
+func (s Status) OK() bool { return s.Status == "ok" }
+
+// Check pings PostgreSQL (bounded at 2s) and asks the bus for its state.
+func Check(ctx context.Context, db *pgxpool.Pool, bus *amqpbus.Bus) Status {
+	st := Status{Status: "ok", Postgres: "ok", RabbitMQ: "ok"}
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := db.Ping(pctx); err != nil {
+		st.Status, st.Postgres = "unavailable", err.Error()
+	}
+	if err := bus.Err(); err != nil {
+		st.Status, st.RabbitMQ = "unavailable", err.Error()
+	}
+	return st
+}

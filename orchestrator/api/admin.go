@@ -1,0 +1,149 @@
+package api
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/sagaflow/sagaflow/internal/contract"
+	"github.com/sagaflow/sagaflow/orchestrator/order"
+	"github.com/sagaflow/sagaflow/saga"
+)
+
+// Ledger is what the workers themselves recorded for an order.
+type Ledger struct {
+	Payment  contract.PaymentLedgerReply  `json:"payment"`
+	Shipment contract.ShipmentLedgerReply `json:"shipment"`
+}
+
+// ledger asks payment and shipping, over RPC, what they recorded for an
+// order: the services' own books, to reconcile with the saga's view.
+func (s *server) ledger(c *gin.Context) {
+	in, err := s.loadOrder(c)
+	if err != nil {
+		abort(c, err)
+		return
+	}
+	ref := contract.OrderRef{OrderID: in.ID.String()}
+	var l Ledger
+	g, ctx := errgroup.WithContext(c)
+	g.Go(func() error { return s.rpc.call(ctx, contract.PaymentLedger, ref, &l.Payment) })
+	g.Go(func() error { return s.rpc.call(ctx, contract.ShippingLedger, ref, &l.Shipment) })
+	if err := g.Wait(); err != nil {
+		abort(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, l)
+}
+
+// SagaView is a saga as the admin API shows it.
+type SagaView struct {
+	SagaID     string            `json:"saga_id"`
+	Definition string            `json:"definition"`
+	State      string            `json:"state"`
+	Phase      string            `json:"phase"`
+	StuckIn    string            `json:"stuck_in,omitempty"`
+	Reason     string            `json:"reason"`
+	Step       string            `json:"step"`
+	Attempt    int               `json:"attempt"`
+	Deadline   *time.Time        `json:"deadline"`
+	CreatedAt  time.Time         `json:"created_at"`
+	UpdatedAt  time.Time         `json:"updated_at"`
+	History    []saga.StepRecord `json:"history"`
+}
+
+func (s *server) sagaView(in *saga.Instance) SagaView {
+	v := SagaView{
+		SagaID: in.ID.String(), Definition: in.Definition, State: in.State, Phase: string(in.Phase),
+		StuckIn: string(in.StuckIn), Reason: in.Reason, Attempt: in.Attempt,
+		CreatedAt: in.CreatedAt, UpdatedAt: in.UpdatedAt, History: in.History,
+	}
+	if in.Phase == saga.Stuck {
+		v.Reason = in.StuckReason
+	}
+	if !in.Deadline.IsZero() {
+		d := in.Deadline
+		v.Deadline = &d
+	}
+	if def := s.Coordinator.Definition(in.Definition); def != nil && in.Step < len(def.Steps) {
+		v.Step = def.Steps[in.Step].Name
+	}
+	if v.History == nil {
+		v.History = []saga.StepRecord{}
+	}
+	return v
+}
+
+// listSagas lists sagas in a state, stuck by default, newest first.
+func (s *server) listSagas(c *gin.Context) {
+	f, err := page(c, order.StateStuck)
+	if err != nil {
+		abort(c, err)
+		return
+	}
+	list, err := s.Store.List(c, f)
+	if err != nil {
+		abort(c, err)
+		return
+	}
+	out := struct {
+		Sagas      []SagaView `json:"sagas"`
+		NextCursor *string    `json:"next_cursor"`
+	}{Sagas: make([]SagaView, 0, len(list))}
+	for i := range list {
+		out.Sagas = append(out.Sagas, s.sagaView(&list[i]))
+	}
+	if len(list) == f.Limit {
+		next := list[len(list)-1].ID.String()
+		out.NextCursor = &next
+	}
+	c.JSON(http.StatusOK, out)
+}
+
+// replaySaga re-drives a saga from where it stands, with a fresh attempt
+// budget.
+func (s *server) replaySaga(c *gin.Context) {
+	id, err := parseID(c, "saga")
+	if err != nil {
+		abort(c, err)
+		return
+	}
+	in, err := s.Coordinator.Replay(c, id)
+	if err != nil {
+		abort(c, err)
+		return
+	}
+	logOf(c).Info().Str("saga_id", id.String()).Str("state", in.State).Msg("operator replayed saga")
+	c.JSON(http.StatusOK, s.sagaView(&in))
+}
+
+// cancelSaga forces compensation of a saga that has not passed its pivot.
+func (s *server) cancelSaga(c *gin.Context) {
+	id, err := parseID(c, "saga")
+	if err != nil {
+		abort(c, err)
+		return
+	}
+	var body struct {
+		Reason string `json:"reason"`
+	}
+	if c.Request.ContentLength != 0 {
+		if err := s.readJSON(c, &body); err != nil {
+			abort(c, err)
+			return
+		}
+	}
+	reason := "cancelled by operator"
+	if body.Reason != "" {
+		reason += ": " + body.Reason
+	}
+	in, err := s.Coordinator.Cancel(c, id, reason)
+	if err != nil {
+		abort(c, err)
+		return
+	}
+	logOf(c).Info().Str("saga_id", id.String()).Str("state", in.State).Msg("operator cancelled saga")
+	c.JSON(http.StatusOK, s.sagaView(&in))
+}

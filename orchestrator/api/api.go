@@ -1,0 +1,156 @@
+// Package api is the orchestrator's REST API (gin): orders, products,
+// admin routes, health and metrics. DESIGN.md is its contract.
+package api
+
+import (
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"net/http"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+
+	"github.com/sagaflow/sagaflow/internal/service"
+	"github.com/sagaflow/sagaflow/saga"
+	"github.com/sagaflow/sagaflow/saga/amqpbus"
+	"github.com/sagaflow/sagaflow/saga/pgstore"
+)
+
+// Deps are what the API works with.
+type Deps struct {
+	Coordinator *saga.Coordinator
+	Store       *pgstore.Store
+	Bus         *amqpbus.Bus
+	DB          *pgxpool.Pool
+	Registry    *prometheus.Registry
+	Log         zerolog.Logger
+	// AdminToken guards /admin routes; empty refuses them all.
+	AdminToken string
+	// RPCTimeout bounds a request relayed to a worker (default 5s).
+	RPCTimeout time.Duration
+	// MaxBodyBytes bounds request bodies (default 1 MiB).
+	MaxBodyBytes int64
+}
+
+type server struct {
+	Deps
+	rpc rpc
+}
+
+// New returns the API's HTTP handler.
+func New(d Deps) http.Handler {
+	if d.RPCTimeout <= 0 {
+		d.RPCTimeout = 5 * time.Second
+	}
+	if d.MaxBodyBytes <= 0 {
+		d.MaxBodyBytes = 1 << 20
+	}
+	s := &server{Deps: d, rpc: rpc{bus: d.Bus, timeout: d.RPCTimeout}}
+	gin.SetMode(gin.ReleaseMode)
+	r := gin.New()
+	r.HandleMethodNotAllowed = true
+	r.ContextWithFallback = true
+	r.Use(s.logging, s.recovery)
+	r.NoRoute(func(c *gin.Context) {
+		abort(c, errorf(http.StatusNotFound, CodeNotFound, "no route %s %s", c.Request.Method, c.Request.URL.Path))
+	})
+	r.NoMethod(func(c *gin.Context) {
+		abort(c, errorf(http.StatusMethodNotAllowed, CodeMethodNotAllowed, "%s is not allowed on %s", c.Request.Method, c.Request.URL.Path))
+	})
+
+	r.POST("/orders", s.createOrder)
+	r.GET("/orders", s.listOrders)
+	r.GET("/orders/:id", s.getOrder)
+	r.GET("/products/:sku", s.getProduct)
+
+	admin := r.Group("/admin", s.requireAdmin)
+	admin.PUT("/products/:sku", s.putProduct)
+	admin.GET("/orders/:id/ledger", s.ledger)
+	admin.GET("/sagas", s.listSagas)
+	admin.POST("/sagas/:id/replay", s.replaySaga)
+	admin.POST("/sagas/:id/cancel", s.cancelSaga)
+
+	r.GET("/healthz", func(c *gin.Context) { c.JSON(http.StatusOK, service.Check(c, d.DB, d.Bus)) })
+	r.GET("/readyz", func(c *gin.Context) {
+		st := service.Check(c, d.DB, d.Bus)
+		code := http.StatusOK
+		if !st.OK() {
+			code = http.StatusServiceUnavailable
+		}
+		c.JSON(code, st)
+	})
+	if d.Registry != nil {
+		r.GET("/metrics", gin.WrapH(promhttp.HandlerFor(d.Registry, promhttp.HandlerOpts{Registry: d.Registry})))
+	}
+	return r
+}
+
+const logKey = "sagaflow.log"
+
+func logOf(c *gin.Context) *zerolog.Logger {
+	if l, ok := c.Get(logKey); ok {
+		return l.(*zerolog.Logger)
+	}
+	l := zerolog.Nop()
+	return &l
+}
+
+// logging logs every request at debug level, and failures louder.
+func (s *server) logging(c *gin.Context) {
+	start := time.Now()
+	log := s.Log.With().Str("method", c.Request.Method).Str("path", c.Request.URL.Path).Logger()
+	c.Set(logKey, &log)
+	c.Next()
+	status := c.Writer.Status()
+	ev := log.Debug()
+	if status >= 500 {
+		ev = log.Warn()
+	}
+	ev.Int("status", status).Dur("took", time.Since(start)).Msg("request")
+}
+
+// recovery turns a panic into a JSON 500 instead of a dropped connection.
+func (s *server) recovery(c *gin.Context) {
+	defer func() {
+		if p := recover(); p != nil {
+			logOf(c).Error().Interface("panic", p).Msg("handler panicked")
+			abort(c, errorf(http.StatusInternalServerError, CodeInternal, "internal error"))
+		}
+	}()
+	c.Next()
+}
+
+// requireAdmin checks Authorization: Bearer $ADMIN_TOKEN in constant time.
+// With no token configured, the admin API is off.
+func (s *server) requireAdmin(c *gin.Context) {
+	if s.AdminToken == "" {
+		abort(c, errorf(http.StatusForbidden, CodeForbidden, "the admin API is disabled: ADMIN_TOKEN is not set"))
+		return
+	}
+	got, ok := strings.CutPrefix(c.GetHeader("Authorization"), "Bearer ")
+	if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.AdminToken)) != 1 {
+		c.Header("WWW-Authenticate", `Bearer realm="sagaflow-admin"`)
+		abort(c, errorf(http.StatusUnauthorized, CodeUnauthorized, "a valid admin bearer token is required"))
+		return
+	}
+	c.Next()
+}
+
+var traceParentRE = regexp.MustCompile(`^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$`)
+
+// traceParent returns the request's W3C trace context, or starts one.
+func traceParent(c *gin.Context) string {
+	if tp := c.GetHeader("traceparent"); traceParentRE.MatchString(tp) {
+		return tp
+	}
+	var b [24]byte
+	_, _ = rand.Read(b[:])
+	return "00-" + hex.EncodeToString(b[:16]) + "-" + hex.EncodeToString(b[16:]) + "-01"
+}

@@ -1,0 +1,79 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/sagaflow/sagaflow/internal/contract"
+	"github.com/sagaflow/sagaflow/saga"
+	"github.com/sagaflow/sagaflow/saga/amqpbus"
+	"github.com/sagaflow/sagaflow/saga/worker"
+)
+
+// QueryPriority is the message priority of requests the API relays to
+// workers: a customer waiting on a stock check overtakes queued saga work.
+const QueryPriority saga.Priority = amqpbus.MaxPriority
+
+var errNoReply = errors.New("no reply")
+
+// rpc relays API requests to workers over RabbitMQ.
+type rpc struct {
+	bus     *amqpbus.Bus
+	timeout time.Duration
+}
+
+// call sends req as command typ and decodes an ok reply into out. A
+// failed reply maps to an API error: not_found to 404, invalid_command to
+// 400; no reply in time is 503.
+func (r rpc) call(ctx context.Context, typ string, req, out any) error {
+	payload, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	id := uuid.NewString()
+	now := time.Now().UTC()
+	d, err := r.bus.Call(ctx, saga.Message{
+		Exchange: amqpbus.CommandExchange, RoutingKey: typ, Type: typ, MessageID: id,
+		CorrelationID: id, Priority: QueryPriority, Timestamp: now,
+		Body: saga.Envelope{ID: id, CorrelationID: id, Type: typ, At: now, Payload: payload}.Encode(),
+	})
+	if err != nil {
+		return fmt.Errorf("%w from the %s service in %s: %w", errNoReply, serviceOf(typ), r.timeout, err)
+	}
+	env, err := saga.Decode(d.Body)
+	if err != nil {
+		return fmt.Errorf("%w: bad reply from %s: %w", errNoReply, typ, err)
+	}
+	switch {
+	case env.Status == saga.ReplyOK:
+		if out == nil || len(env.Payload) == 0 {
+			return nil
+		}
+		return json.Unmarshal(env.Payload, out)
+	case env.Code == contract.CodeNotFound:
+		return errorf(http.StatusNotFound, CodeNotFound, "%s", env.Message)
+	case env.Code == worker.CodeInvalidCommand:
+		return invalid("%s", env.Message)
+	case env.Status == saga.ReplyRetry:
+		return errorf(http.StatusServiceUnavailable, CodeUnavailable, "the %s service failed, try again: %s", serviceOf(typ), env.Message)
+	}
+	return errorf(http.StatusConflict, CodeConflict, "%s: %s", env.Code, env.Message)
+}
+
+// serviceOf is the worker a command type goes to ("inventory").
+func serviceOf(typ string) string {
+	for i := range typ {
+		if typ[i] == '.' {
+			return typ[:i]
+		}
+	}
+	return typ
+}

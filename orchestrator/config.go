@@ -1,0 +1,88 @@
+package main
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/sagaflow/sagaflow/internal/service"
+	"github.com/sagaflow/sagaflow/saga"
+)
+
+// Config is the orchestrator's configuration, read from the environment.
+// README.md lists every variable.
+type Config struct {
+	service.Base
+	// HTTPAddr is where the REST API listens (default :8080).
+	HTTPAddr string `env:"HTTP_ADDR" envDefault:":8080"`
+	// AdminToken guards /admin routes; empty disables them (default empty).
+	AdminToken string `env:"ADMIN_TOKEN"`
+	// RPCTimeout bounds requests relayed to workers (default 5s).
+	RPCTimeout time.Duration `env:"RPC_TIMEOUT" envDefault:"5s"`
+	// MaxBodyBytes bounds request bodies (default 1048576).
+	MaxBodyBytes int64 `env:"MAX_BODY_BYTES" envDefault:"1048576"`
+
+	// StepTimeout is how long a step's first attempt waits for its reply
+	// (default 10s); later attempts wait longer, up to StepMaxTimeout.
+	StepTimeout time.Duration `env:"STEP_TIMEOUT" envDefault:"10s"`
+	// StepMaxTimeout caps one attempt's wait (default 2m).
+	StepMaxTimeout time.Duration `env:"STEP_MAX_TIMEOUT" envDefault:"2m"`
+	// RetryBackoff is the first pause after a transient failure (default 200ms).
+	RetryBackoff time.Duration `env:"RETRY_BACKOFF" envDefault:"200ms"`
+	// RetryMaxBackoff caps that pause (default 30s).
+	RetryMaxBackoff time.Duration `env:"RETRY_MAX_BACKOFF" envDefault:"30s"`
+	// StepAttempts is the budget of a step before the saga compensates (default 5).
+	StepAttempts int `env:"STEP_ATTEMPTS" envDefault:"5"`
+	// CompensationAttempts is the budget of a compensation before the saga
+	// is stuck (default 10).
+	CompensationAttempts int `env:"COMPENSATION_ATTEMPTS" envDefault:"10"`
+	// RetriableAttempts is the budget of a step after the pivot before the
+	// saga is stuck (default 20).
+	RetriableAttempts int `env:"RETRIABLE_ATTEMPTS" envDefault:"20"`
+
+	// BatchSize is the most replies applied in one transaction (default 256).
+	BatchSize int `env:"BATCH_SIZE" envDefault:"256"`
+	// BatchWorkers is how many batches commit concurrently (default 4).
+	BatchWorkers int `env:"BATCH_WORKERS" envDefault:"4"`
+	// TimerInterval is how often due sagas are looked for (default 200ms).
+	TimerInterval time.Duration `env:"TIMER_INTERVAL" envDefault:"200ms"`
+	// ReplyPrefetch is how many unacked replies the broker hands over
+	// (default 512).
+	ReplyPrefetch int `env:"REPLY_PREFETCH" envDefault:"512"`
+}
+
+// Validate reports every problem at once.
+func (c *Config) Validate() []error {
+	errs := c.Base.Validate()
+	positive := map[string]time.Duration{
+		"RPC_TIMEOUT": c.RPCTimeout, "STEP_TIMEOUT": c.StepTimeout, "STEP_MAX_TIMEOUT": c.StepMaxTimeout,
+		"RETRY_BACKOFF": c.RetryBackoff, "RETRY_MAX_BACKOFF": c.RetryMaxBackoff, "TIMER_INTERVAL": c.TimerInterval,
+	}
+	for name, d := range positive {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("%s: want a positive duration, got %s", name, d))
+		}
+	}
+	counts := map[string]int{
+		"STEP_ATTEMPTS": c.StepAttempts, "COMPENSATION_ATTEMPTS": c.CompensationAttempts,
+		"RETRIABLE_ATTEMPTS": c.RetriableAttempts, "BATCH_SIZE": c.BatchSize,
+		"BATCH_WORKERS": c.BatchWorkers, "REPLY_PREFETCH": c.ReplyPrefetch,
+	}
+	for name, n := range counts {
+		if n < 1 {
+			errs = append(errs, fmt.Errorf("%s: want at least 1, got %d", name, n))
+		}
+	}
+	if c.MaxBodyBytes < 1024 {
+		errs = append(errs, fmt.Errorf("MAX_BODY_BYTES: want at least 1024, got %d", c.MaxBodyBytes))
+	}
+	return errs
+}
+
+// Retry is the saga retry policy from the configuration.
+func (c *Config) Retry() saga.Retry {
+	return saga.Retry{
+		Timeout: c.StepTimeout, MaxTimeout: c.StepMaxTimeout, Backoff: c.RetryBackoff,
+		MaxBackoff: c.RetryMaxBackoff, MaxAttempts: c.StepAttempts,
+		CompensationAttempts: c.CompensationAttempts, RetriableAttempts: c.RetriableAttempts,
+	}
+}

@@ -1,0 +1,171 @@
+package amqpbus
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/sagaflow/sagaflow/saga"
+)
+
+// Handler processes one delivery. Returning nil acks it. An error for which
+// IsPoison is true dead-letters the delivery (with the error as reason) and
+// acks it. Any other error is transient: the delivery is requeued after
+// ConsumerConfig.RequeueDelay.
+type Handler func(ctx context.Context, d *amqp.Delivery) error
+
+// ConsumerConfig configures Consume. Zero fields take the defaults.
+type ConsumerConfig struct {
+	// Queue to consume.
+	Queue string
+	// Prefetch is how many unacked deliveries the broker hands this
+	// consumer (default 64).
+	Prefetch int
+	// Concurrency is how many deliveries are handled at once (default
+	// Prefetch).
+	Concurrency int
+	// RequeueDelay is the pause before a transient failure is requeued, so
+	// that an outage does not become a hot loop (default 1s).
+	RequeueDelay time.Duration
+	// StopGrace is how long in-flight handlers may run after ctx is done
+	// (default 10s).
+	StopGrace time.Duration
+}
+
+// IsPoison reports whether err means the message can never be processed:
+// it is dead-lettered instead of retried.
+func IsPoison(err error) bool {
+	var p *PoisonError
+	return errors.As(err, &p) || errors.Is(err, saga.ErrMalformed) ||
+		errors.Is(err, saga.ErrUnknownVersion) || errors.Is(err, saga.ErrUnknownCommand)
+}
+
+// PoisonError marks an error as poison for IsPoison.
+type PoisonError struct{ Err error }
+
+func (e *PoisonError) Error() string { return e.Err.Error() }
+func (e *PoisonError) Unwrap() error { return e.Err }
+
+// Poison wraps err so that IsPoison reports true.
+func Poison(err error) error { return &PoisonError{Err: err} }
+
+// Consume delivers messages of cfg.Queue to h until ctx is done, across
+// reconnects: when the connection or channel is lost it consumes again on
+// the next one. On stop it cancels the consumer and lets in-flight handlers
+// finish (up to StopGrace); unacked deliveries go back to the queue.
+func (b *Bus) Consume(ctx context.Context, cfg ConsumerConfig, h Handler) error {
+	if cfg.Prefetch <= 0 {
+		cfg.Prefetch = 64
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = cfg.Prefetch
+	}
+	if cfg.RequeueDelay <= 0 {
+		cfg.RequeueDelay = time.Second
+	}
+	if cfg.StopGrace <= 0 {
+		cfg.StopGrace = 10 * time.Second
+	}
+	// Handlers run on a context that outlives ctx by StopGrace.
+	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	go func() {
+		select {
+		case <-ctx.Done():
+			select {
+			case <-time.After(cfg.StopGrace):
+				cancelWork()
+			case <-work.Done():
+			}
+		case <-work.Done():
+		}
+	}()
+	log := b.log.With().Str("queue", cfg.Queue).Logger()
+	for {
+		err := b.consumeOnce(ctx, work, cfg, h)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			log.Warn().Err(err).Msg("consumer stopped; resuming")
+			select {
+			case <-time.After(cfg.RequeueDelay):
+			case <-ctx.Done():
+				return nil
+			}
+		}
+	}
+}
+
+func (b *Bus) consumeOnce(ctx, work context.Context, cfg ConsumerConfig, h Handler) error {
+	ch, err := b.Channel(ctx)
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	if err := ch.Qos(cfg.Prefetch, 0, false /* global */); err != nil {
+		return err
+	}
+	tag := cfg.Queue + "." + uuid.NewString()[:8]
+	deliveries, err := ch.Consume(cfg.Queue, tag,
+		false, // auto-ack
+		false, // exclusive
+		false, // no-local
+		false, // no-wait
+		nil)
+	if err != nil {
+		return err
+	}
+	stopped := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			_ = ch.Cancel(tag, false /* no-wait */)
+		case <-stopped:
+		}
+	}()
+	var wg sync.WaitGroup
+	for range cfg.Concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for d := range deliveries {
+				b.handle(work, cfg, h, &d)
+			}
+		}()
+	}
+	wg.Wait()
+	close(stopped)
+	return nil
+}
+
+func (b *Bus) handle(ctx context.Context, cfg ConsumerConfig, h Handler, d *amqp.Delivery) {
+	err := h(ctx, d)
+	switch {
+	case err == nil:
+		_ = d.Ack(false)
+	case IsPoison(err):
+		b.log.Warn().Err(err).Str("queue", cfg.Queue).Str("message_id", d.MessageId).
+			Str("routing_key", d.RoutingKey).Msg("dead-lettering poison message")
+		if dlErr := b.DeadLetter(ctx, d, cfg.Queue, err.Error()); dlErr != nil {
+			// Could not keep a copy: let the broker dead-letter it itself
+			// (the queue's x-dead-letter-exchange), without our reason.
+			b.log.Error().Err(dlErr).Msg("dead-letter publish failed; rejecting instead")
+			_ = d.Nack(false, false /* requeue */)
+			return
+		}
+		_ = d.Ack(false)
+	default:
+		b.log.Warn().Err(err).Str("queue", cfg.Queue).Str("message_id", d.MessageId).
+			Msg("transient failure; requeueing")
+		select {
+		case <-time.After(cfg.RequeueDelay):
+		case <-ctx.Done():
+		}
+		_ = d.Nack(false, true /* requeue */)
+	}
+}

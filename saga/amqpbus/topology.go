@@ -1,0 +1,228 @@
+package amqpbus
+
+import (
+	"context"
+	"fmt"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// Names the saga engine uses on the broker.
+const (
+	// CommandExchange is the direct exchange commands are published to,
+	// routed by command type.
+	CommandExchange = "saga.commands"
+	// EventExchange is the topic exchange of domain events.
+	EventExchange = "saga.events"
+	// ReplyQueue is the durable queue every orchestrator consumes replies
+	// from: a restarted orchestrator finds its replies waiting.
+	ReplyQueue = "saga.replies"
+	// DeadLetterExchange receives poison, expired and unroutable messages.
+	DeadLetterExchange = "saga.dlx"
+	// DeadLetterQueue keeps them for an operator.
+	DeadLetterQueue = "saga.dead"
+)
+
+// Exchange is an exchange to declare (always durable).
+type Exchange struct {
+	Name string
+	Kind string // direct, topic, fanout
+	Args amqp.Table
+}
+
+// Queue is a queue to declare (always durable).
+type Queue struct {
+	Name string
+	Args amqp.Table
+}
+
+// Binding binds a queue, or an exchange, to a source exchange.
+type Binding struct {
+	Source string
+	Key    string
+	// Queue is the destination queue; set it or Exchange.
+	Queue string
+	// Exchange is the destination exchange (exchange-to-exchange binding).
+	Exchange string
+}
+
+// Topology is a set of declarations. Declare is idempotent, so every
+// process declares what it uses and nobody has to start first.
+type Topology struct {
+	Exchanges []Exchange
+	Queues    []Queue
+	Bindings  []Binding
+}
+
+// Merge returns t with the declarations of others appended.
+func (t Topology) Merge(others ...Topology) Topology {
+	for _, o := range others {
+		t.Exchanges = append(t.Exchanges, o.Exchanges...)
+		t.Queues = append(t.Queues, o.Queues...)
+		t.Bindings = append(t.Bindings, o.Bindings...)
+	}
+	return t
+}
+
+// QueueType is classic or quorum.
+type QueueType string
+
+// Queue types.
+const (
+	Classic QueueType = "classic"
+	Quorum  QueueType = "quorum"
+)
+
+// QueueOptions are the arguments of a queue. RabbitMQ 3.10 (Debian's)
+// fills in nothing for us, so every argument is declared explicitly.
+type QueueOptions struct {
+	// Type is classic (default) or quorum. Quorum queues are replicated
+	// across a cluster but, on RabbitMQ 3.10, have no priorities: MaxPriority
+	// is then ignored.
+	Type QueueType
+	// MaxPriority enables message priorities 0..MaxPriority (classic only).
+	MaxPriority uint8
+	// DeadLetter routes rejected and expired messages to saga.dlx.
+	DeadLetter bool
+	// SingleActiveConsumer delivers to one consumer at a time, in order,
+	// with the others on standby.
+	SingleActiveConsumer bool
+}
+
+// Args renders the options as queue arguments.
+func (o QueueOptions) Args() amqp.Table {
+	t := amqp.Table{}
+	typ := o.Type
+	if typ == "" {
+		typ = Classic
+	}
+	t["x-queue-type"] = string(typ)
+	if o.MaxPriority > 0 && typ == Classic {
+		t["x-max-priority"] = int32(o.MaxPriority)
+	}
+	if o.DeadLetter {
+		t["x-dead-letter-exchange"] = DeadLetterExchange
+		if typ == Quorum {
+			// Quorum queues drop dead letters after a delivery limit unless
+			// told where to send them; at-least-once needs a 3.10 feature
+			// flag we cannot assume, so the default strategy is explicit.
+			t["x-dead-letter-strategy"] = "at-most-once"
+		}
+	}
+	if o.SingleActiveConsumer {
+		t["x-single-active-consumer"] = true
+	}
+	return t
+}
+
+// SagaTopology is what the engine itself needs: the command and event
+// exchanges, the reply queue, and the dead-letter exchange and queue.
+// Unroutable commands go to the dead-letter exchange (alternate exchange)
+// instead of vanishing.
+func SagaTopology(o QueueOptions) Topology {
+	replies := o
+	replies.MaxPriority, replies.DeadLetter, replies.SingleActiveConsumer = 0, true, false
+	dead := o
+	dead.MaxPriority, dead.DeadLetter, dead.SingleActiveConsumer = 0, false, false
+	return Topology{
+		Exchanges: []Exchange{
+			{Name: DeadLetterExchange, Kind: "fanout", Args: amqp.Table{}},
+			{Name: CommandExchange, Kind: "direct", Args: amqp.Table{"alternate-exchange": DeadLetterExchange}},
+			{Name: EventExchange, Kind: "topic", Args: amqp.Table{}},
+		},
+		Queues: []Queue{
+			{Name: DeadLetterQueue, Args: dead.Args()},
+			{Name: ReplyQueue, Args: replies.Args()},
+		},
+		Bindings: []Binding{{Source: DeadLetterExchange, Key: "", Queue: DeadLetterQueue}},
+	}
+}
+
+// CommandQueue declares a worker's command queue, bound to saga.commands by
+// each command type it handles, with priorities and dead-lettering.
+func CommandQueue(name string, types []string, o QueueOptions) Topology {
+	o.DeadLetter = true
+	if o.MaxPriority == 0 {
+		o.MaxPriority = MaxPriority
+	}
+	t := Topology{Queues: []Queue{{Name: name, Args: o.Args()}}}
+	for _, typ := range types {
+		t.Bindings = append(t.Bindings, Binding{Source: CommandExchange, Key: typ, Queue: name})
+	}
+	return t
+}
+
+// MaxPriority is the highest message priority of command queues.
+const MaxPriority = 10
+
+// Declare declares t now and again after every reconnect.
+func (b *Bus) Declare(ctx context.Context, t Topology) error {
+	ch, err := b.Channel(ctx)
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	if err := declare(ch, t); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	b.topology = append(b.topology, t)
+	b.mu.Unlock()
+	return nil
+}
+
+// declareAll re-declares every remembered topology on a new connection.
+func (b *Bus) declareAll(conn *amqp.Connection) error {
+	b.mu.Lock()
+	tops := append([]Topology(nil), b.topology...)
+	b.mu.Unlock()
+	if len(tops) == 0 {
+		return nil
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	for _, t := range tops {
+		if err := declare(ch, t); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func declare(ch *amqp.Channel, t Topology) error {
+	for _, e := range t.Exchanges {
+		if err := ch.ExchangeDeclare(e.Name, e.Kind,
+			true,  // durable
+			false, // auto-delete
+			false, // internal
+			false, // no-wait
+			e.Args); err != nil {
+			return fmt.Errorf("amqpbus: declare exchange %s: %w", e.Name, err)
+		}
+	}
+	for _, q := range t.Queues {
+		if _, err := ch.QueueDeclare(q.Name,
+			true,  // durable
+			false, // auto-delete
+			false, // exclusive
+			false, // no-wait
+			q.Args); err != nil {
+			return fmt.Errorf("amqpbus: declare queue %s: %w", q.Name, err)
+		}
+	}
+	for _, bd := range t.Bindings {
+		var err error
+		if bd.Exchange != "" {
+			err = ch.ExchangeBind(bd.Exchange, bd.Key, bd.Source, false /* no-wait */, nil)
+		} else {
+			err = ch.QueueBind(bd.Queue, bd.Key, bd.Source, false /* no-wait */, nil)
+		}
+		if err != nil {
+			return fmt.Errorf("amqpbus: bind %s -> %s%s (%q): %w", bd.Source, bd.Queue, bd.Exchange, bd.Key, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,548 @@
+package saga
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/rs/zerolog"
+)
+
+// Config tunes a Coordinator. Zero fields take the documented defaults.
+type Config struct {
+	// CommandExchange receives commands, routed by their type
+	// (default "saga.commands").
+	CommandExchange string
+	// EventExchange receives domain events, routed by their type
+	// (default "saga.events").
+	EventExchange string
+	// ReplyQueue is where workers send replies (default "saga.replies").
+	ReplyQueue string
+	// CommandTTL sets each command's message TTL to its deadline, so that a
+	// command nobody picked up in time is dead-lettered instead of executed
+	// late (default true; set DisableCommandTTL to turn it off).
+	DisableCommandTTL bool
+	// BatchSize is the most inputs applied in one transaction (default 256).
+	BatchSize int
+	// Workers is how many batches are applied concurrently (default 4).
+	Workers int
+	// QueueSize is how many inputs may wait for a batch (default 4096).
+	QueueSize int
+	// TimerInterval is how often the timer looks for due sagas
+	// (default 200ms).
+	TimerInterval time.Duration
+	// TimerBatch is the most due sagas claimed per transaction (default 512).
+	TimerBatch int
+	// StartGrace is how long a new saga waits for the in-process start before
+	// the timer starts it (default 2s): the recovery path after a crash.
+	StartGrace time.Duration
+	// OutboxInterval is how often the outbox is scanned for messages whose
+	// relay failed or crashed (default 1s).
+	OutboxInterval time.Duration
+	// OutboxBatch is the most messages claimed per scan (default 512).
+	OutboxBatch int
+	// RelayWorkers is how many batches are published concurrently
+	// (default 4).
+	RelayWorkers int
+	// PublishTimeout bounds one publish batch, confirms included
+	// (default 10s).
+	PublishTimeout time.Duration
+	// Clock is the time source (default SystemClock).
+	Clock Clock
+	// Observer is told about every saga change after it commits (default
+	// none).
+	Observer Observer
+}
+
+func (c Config) withDefaults() Config {
+	def := func(s *string, v string) {
+		if *s == "" {
+			*s = v
+		}
+	}
+	defInt := func(n *int, v int) {
+		if *n <= 0 {
+			*n = v
+		}
+	}
+	defDur := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.CommandExchange, "saga.commands")
+	def(&c.EventExchange, "saga.events")
+	def(&c.ReplyQueue, "saga.replies")
+	defInt(&c.BatchSize, 256)
+	defInt(&c.Workers, 4)
+	defInt(&c.QueueSize, 4096)
+	defDur(&c.TimerInterval, 200*time.Millisecond)
+	defInt(&c.TimerBatch, 512)
+	defDur(&c.StartGrace, 2*time.Second)
+	defDur(&c.OutboxInterval, time.Second)
+	defInt(&c.OutboxBatch, 512)
+	defInt(&c.RelayWorkers, 4)
+	defDur(&c.PublishTimeout, 10*time.Second)
+	if c.Clock == nil {
+		c.Clock = SystemClock{}
+	}
+	if c.Observer == nil {
+		c.Observer = NopObserver{}
+	}
+	return c
+}
+
+// Observer is told about sagas after their changes commit; metrics hang
+// here. Calls come from several goroutines.
+type Observer interface {
+	// SagaCreated is called for every new saga.
+	SagaCreated(def *Definition, in Instance)
+	// SagaChanged is called for every decision that changed a saga.
+	SagaChanged(def *Definition, d Decision)
+	// Published is called after each publish attempt of the relay.
+	Published(confirmed, failed int)
+}
+
+// NopObserver observes nothing.
+type NopObserver struct{}
+
+// SagaCreated does nothing.
+func (NopObserver) SagaCreated(*Definition, Instance) {}
+
+// SagaChanged does nothing.
+func (NopObserver) SagaChanged(*Definition, Decision) {}
+
+// Published does nothing.
+func (NopObserver) Published(int, int) {}
+
+// ErrUnknownDefinition is returned for a saga type nobody registered.
+var ErrUnknownDefinition = errors.New("saga: unknown definition")
+
+// Coordinator drives sagas: it creates them, applies replies and timeouts
+// in batched transactions, and relays the outbox to the broker. It holds no
+// saga state in memory; several coordinators can share one store.
+type Coordinator struct {
+	cfg   Config
+	defs  map[string]*Definition
+	store Store
+	pub   Publisher
+	log   zerolog.Logger
+
+	inputs chan *queued
+	relayq chan []Message
+	kick   chan struct{}
+}
+
+type queued struct {
+	input Input
+	done  chan error // nil when nobody waits
+}
+
+// NewCoordinator validates the definitions and returns a coordinator; call
+// Run to start it.
+func NewCoordinator(cfg Config, store Store, pub Publisher, log zerolog.Logger, defs ...*Definition) (*Coordinator, error) {
+	cfg = cfg.withDefaults()
+	c := &Coordinator{
+		cfg: cfg, defs: map[string]*Definition{}, store: store, pub: pub, log: log,
+		inputs: make(chan *queued, cfg.QueueSize),
+		relayq: make(chan []Message, cfg.RelayWorkers*4),
+		kick:   make(chan struct{}, 1),
+	}
+	for _, d := range defs {
+		if err := d.Validate(); err != nil {
+			return nil, err
+		}
+		c.defs[d.Name] = d
+	}
+	return c, nil
+}
+
+// Definition returns a registered definition, or nil.
+func (c *Coordinator) Definition(name string) *Definition { return c.defs[name] }
+
+// Submission is a request to start a saga.
+type Submission struct {
+	Definition string
+	ID         uuid.UUID
+	Data       json.RawMessage
+	Priority   Priority
+	// Key is the client's idempotency key; empty for none.
+	Key string
+	// Fingerprint identifies the request behind Key.
+	Fingerprint string
+	// TraceParent is the W3C trace context to carry on every message.
+	TraceParent string
+}
+
+// Submit creates a pending saga and hands it to the batch loop to start.
+// It returns once the saga is committed: accepting never waits on a worker.
+// created is false when Key named an existing saga, which is returned.
+func (c *Coordinator) Submit(ctx context.Context, s Submission) (in Instance, created bool, err error) {
+	def := c.defs[s.Definition]
+	if def == nil {
+		return Instance{}, false, fmt.Errorf("%w: %q", ErrUnknownDefinition, s.Definition)
+	}
+	now := c.cfg.Clock.Now()
+	in, ev := def.New(s.ID, s.Data, s.Priority, now, now.Add(c.cfg.StartGrace))
+	in.TraceParent = s.TraceParent
+	msgs := c.messages(Decision{Instance: in, Events: []Event{ev}}, now)
+	in, created, staged, err := c.store.Create(ctx, NewSaga{Instance: in, Key: s.Key, Fingerprint: s.Fingerprint, Messages: msgs})
+	if err != nil || !created {
+		return in, created, err
+	}
+	c.cfg.Observer.SagaCreated(def, in)
+	c.offerRelay(staged)
+	// Best effort: if the queue is full the timer starts it after StartGrace.
+	select {
+	case c.inputs <- &queued{input: Input{Kind: InputStart, SagaID: in.ID}}:
+	default:
+	}
+	return in, true, nil
+}
+
+// HandleReply decodes a worker's reply and applies it, returning once the
+// resulting state is committed (ack the delivery then). An error wrapping
+// ErrMalformed or ErrUnknownVersion marks a poison message.
+func (c *Coordinator) HandleReply(ctx context.Context, body []byte) error {
+	env, err := Decode(body)
+	if err != nil {
+		return err
+	}
+	id, err := uuid.Parse(env.SagaID)
+	if err != nil {
+		return fmt.Errorf("%w: saga_id %q: %w", ErrMalformed, env.SagaID, err)
+	}
+	switch env.Status {
+	case ReplyOK, ReplyFailed, ReplyRetry:
+	default:
+		return fmt.Errorf("%w: reply status %q", ErrMalformed, env.Status)
+	}
+	inp := Input{Kind: InputReply, SagaID: id, Reply: &Reply{
+		CorrelationID: env.CorrelationID, Status: env.Status, Code: env.Code,
+		Message: env.Message, Payload: env.Payload,
+	}}
+	err = c.apply(ctx, inp)
+	if errors.Is(err, ErrNotFound) {
+		// A reply for a saga this store does not have (another deployment
+		// sharing the broker, or a hand-made message): poison, not retried.
+		return fmt.Errorf("%w: reply for unknown saga %s", ErrMalformed, id)
+	}
+	return err
+}
+
+// apply queues an input for the batch loop and waits for its commit.
+func (c *Coordinator) apply(ctx context.Context, inp Input) error {
+	q := &queued{input: inp, done: make(chan error, 1)}
+	select {
+	case c.inputs <- q:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-q.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Replay re-drives a saga that is not terminal from where it stands, with a
+// fresh attempt budget. It returns ErrConflict for a terminal saga.
+func (c *Coordinator) Replay(ctx context.Context, id uuid.UUID) (Instance, error) {
+	return c.applyNow(ctx, Input{Kind: InputReplay, SagaID: id})
+}
+
+// Cancel forces compensation of a saga that has not passed its pivot. It
+// returns ErrConflict when the saga is terminal, compensating, or past its
+// pivot.
+func (c *Coordinator) Cancel(ctx context.Context, id uuid.UUID, reason string) (Instance, error) {
+	return c.applyNow(ctx, Input{Kind: InputCancel, SagaID: id, Reason: reason})
+}
+
+// applyNow applies one input in its own transaction, for operator actions
+// that need the outcome.
+func (c *Coordinator) applyNow(ctx context.Context, inp Input) (Instance, error) {
+	outs, msgs, err := c.store.Apply(ctx, []Input{inp}, c.transition)
+	if err != nil {
+		return Instance{}, err
+	}
+	c.observe(outs)
+	c.offerRelay(msgs)
+	return outs[0].Instance, outs[0].Err
+}
+
+// Kick wakes the timer now instead of at its next interval.
+func (c *Coordinator) Kick() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// transition is the TransitionFunc: decide, then turn the decision into
+// outbox messages.
+func (c *Coordinator) transition(in Instance, inp Input) (Decision, []Message, error) {
+	def := c.defs[in.Definition]
+	if def == nil {
+		return Decision{}, nil, fmt.Errorf("%w: %q", ErrUnknownDefinition, in.Definition)
+	}
+	now := c.cfg.Clock.Now()
+	d, err := def.Decide(in, inp, now)
+	if err != nil || !d.Changed {
+		return d, nil, err
+	}
+	return d, c.messages(d, now), nil
+}
+
+// messages renders a decision's commands and events as broker messages.
+func (c *Coordinator) messages(d Decision, now time.Time) []Message {
+	msgs := make([]Message, 0, len(d.Commands)+len(d.Events))
+	var headers map[string]string
+	if tp := d.Instance.TraceParent; tp != "" {
+		headers = map[string]string{"traceparent": tp}
+	}
+	for _, cmd := range d.Commands {
+		m := Message{
+			Exchange: c.cfg.CommandExchange, RoutingKey: cmd.Type, MessageID: cmd.MessageID,
+			CorrelationID: cmd.MessageID, ReplyTo: c.cfg.ReplyQueue, Type: cmd.Type,
+			Priority: cmd.Priority, Timestamp: now, Headers: headers,
+			Body: Envelope{
+				ID: cmd.MessageID, CorrelationID: cmd.MessageID, SagaID: cmd.SagaID.String(),
+				Type: cmd.Type, At: now, Attempt: cmd.Attempt, Payload: cmd.Payload,
+			}.Encode(),
+		}
+		if !c.cfg.DisableCommandTTL {
+			m.Expiration = cmd.Deadline.Sub(now)
+		}
+		msgs = append(msgs, m)
+	}
+	for _, ev := range d.Events {
+		id := ev.ID.String()
+		msgs = append(msgs, Message{
+			Exchange: c.cfg.EventExchange, RoutingKey: ev.Type, MessageID: id,
+			CorrelationID: ev.SagaID.String(), Type: ev.Type, Priority: d.Instance.Priority,
+			Timestamp: ev.At, Headers: headers,
+			Body: Envelope{
+				ID: id, CorrelationID: ev.SagaID.String(), SagaID: ev.SagaID.String(),
+				Type: ev.Type, At: ev.At, Payload: ev.Payload,
+			}.Encode(),
+		})
+	}
+	return msgs
+}
+
+func (c *Coordinator) observe(outs []Outcome) {
+	for _, o := range outs {
+		if o.Err == nil && o.Changed {
+			c.cfg.Observer.SagaChanged(c.defs[o.Instance.Definition], o.Decision)
+		}
+	}
+}
+
+// offerRelay hands staged messages to the relay without blocking; if the
+// relay is saturated the outbox scan publishes them after their lease.
+func (c *Coordinator) offerRelay(msgs []Message) {
+	if len(msgs) == 0 {
+		return
+	}
+	select {
+	case c.relayq <- msgs:
+	default:
+	}
+}
+
+// Run drives sagas until ctx is done: the batch workers, the timer, the
+// relay and the outbox scan. It returns after they all stopped.
+func (c *Coordinator) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	spawn := func(f func(context.Context)) {
+		wg.Add(1)
+		go func() { defer wg.Done(); f(ctx) }()
+	}
+	for range c.cfg.Workers {
+		spawn(c.batchLoop)
+	}
+	for range c.cfg.RelayWorkers {
+		spawn(c.relayLoop)
+	}
+	spawn(c.timerLoop)
+	spawn(c.outboxLoop)
+	wg.Wait()
+	return nil
+}
+
+// batchLoop applies queued inputs, as many as are waiting (up to
+// BatchSize), in one transaction: one commit for many sagas.
+func (c *Coordinator) batchLoop(ctx context.Context) {
+	batch := make([]*queued, 0, c.cfg.BatchSize)
+	inputs := make([]Input, 0, c.cfg.BatchSize)
+	for {
+		batch, inputs = batch[:0], inputs[:0]
+		select {
+		case q := <-c.inputs:
+			batch = append(batch, q)
+		case <-ctx.Done():
+			return
+		}
+	drain:
+		for len(batch) < c.cfg.BatchSize {
+			select {
+			case q := <-c.inputs:
+				batch = append(batch, q)
+			default:
+				break drain
+			}
+		}
+		for _, q := range batch {
+			inputs = append(inputs, q.input)
+		}
+		// Finish a batch already taken even while stopping: its callers
+		// are waiting to ack their deliveries.
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		outs, msgs, err := c.store.Apply(actx, inputs, c.transition)
+		cancel()
+		if err != nil {
+			c.log.Error().Err(err).Int("inputs", len(inputs)).Msg("apply batch failed")
+		} else {
+			c.observe(outs)
+			c.sendRelay(ctx, msgs)
+		}
+		for i, q := range batch {
+			if q.done == nil {
+				continue
+			}
+			switch {
+			case err != nil:
+				q.done <- err
+			default:
+				if oe := outs[i].Err; oe != nil && !errors.Is(oe, ErrNotFound) {
+					c.log.Error().Err(oe).Str("saga_id", q.input.SagaID.String()).
+						Str("input", q.input.Kind.String()).Msg("input not applied")
+				}
+				q.done <- outs[i].Err
+			}
+		}
+	}
+}
+
+// sendRelay hands messages to the relay, waiting for room: a slow broker
+// slows the batch loop down instead of growing memory.
+func (c *Coordinator) sendRelay(ctx context.Context, msgs []Message) {
+	if len(msgs) == 0 {
+		return
+	}
+	select {
+	case c.relayq <- msgs:
+	case <-ctx.Done():
+	}
+}
+
+// relayLoop publishes staged messages right after their commit and deletes
+// them once confirmed. Failures are left to the outbox scan.
+func (c *Coordinator) relayLoop(ctx context.Context) {
+	for {
+		var msgs []Message
+		select {
+		case msgs = <-c.relayq:
+		case <-ctx.Done():
+			return
+		}
+	more:
+		for len(msgs) < c.cfg.OutboxBatch {
+			select {
+			case m := <-c.relayq:
+				msgs = append(msgs, m...)
+			default:
+				break more
+			}
+		}
+		c.publish(ctx, msgs)
+	}
+}
+
+func (c *Coordinator) publish(ctx context.Context, msgs []Message) {
+	pctx, cancel := context.WithTimeout(ctx, c.cfg.PublishTimeout)
+	defer cancel()
+	ok, err := c.pub.Publish(pctx, msgs)
+	c.cfg.Observer.Published(len(ok), len(msgs)-len(ok))
+	if err != nil && ctx.Err() == nil {
+		c.log.Warn().Err(err).Int("confirmed", len(ok)).Int("failed", len(msgs)-len(ok)).
+			Msg("publish failed; the outbox scan retries")
+	}
+	if len(ok) == 0 {
+		return
+	}
+	ids := make([]uuid.UUID, 0, len(ok))
+	for _, m := range ok {
+		if m.OutboxID != uuid.Nil {
+			ids = append(ids, m.OutboxID)
+		}
+	}
+	dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer dcancel()
+	if err := c.store.DeleteOutbox(dctx, ids); err != nil {
+		// Published but still in the outbox: it will be published again,
+		// and consumers deduplicate by message id.
+		c.log.Warn().Err(err).Int("messages", len(ids)).Msg("delete published outbox rows failed")
+	}
+}
+
+// timerLoop applies timeouts to due sagas: deadlines of commands, backoffs
+// of retries, and pending sagas nobody started.
+func (c *Coordinator) timerLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.cfg.Clock.After(c.cfg.TimerInterval):
+		case <-c.kick:
+		}
+		for ctx.Err() == nil {
+			outs, msgs, err := c.store.ApplyDue(ctx, c.cfg.Clock.Now(), c.cfg.TimerBatch, c.transition)
+			if err != nil {
+				if ctx.Err() == nil {
+					c.log.Error().Err(err).Msg("timer: apply due sagas failed")
+				}
+				break
+			}
+			c.observe(outs)
+			c.sendRelay(ctx, msgs)
+			if len(outs) < c.cfg.TimerBatch {
+				break
+			}
+		}
+	}
+}
+
+// outboxLoop publishes what the relay left behind: messages of a crashed
+// process, or of publishes that failed while the broker was away.
+func (c *Coordinator) outboxLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(c.cfg.OutboxInterval):
+		}
+		for ctx.Err() == nil {
+			msgs, err := c.store.ClaimOutbox(ctx, c.cfg.OutboxBatch)
+			if err != nil {
+				if ctx.Err() == nil {
+					c.log.Error().Err(err).Msg("outbox scan failed")
+				}
+				break
+			}
+			if len(msgs) == 0 {
+				break
+			}
+			c.log.Debug().Int("messages", len(msgs)).Msg("outbox scan: republishing")
+			c.publish(ctx, msgs)
+			if len(msgs) < c.cfg.OutboxBatch {
+				break
+			}
+		}
+	}
+}

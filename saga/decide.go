@@ -1,0 +1,619 @@
+package saga
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"math"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/looplab/fsm"
+)
+
+// InputKind is what happened to a saga.
+type InputKind int
+
+// The inputs a saga reacts to.
+const (
+	InputStart   InputKind = iota + 1 // begin a pending saga
+	InputReply                        // a worker answered a command
+	InputTimeout                      // the saga's deadline passed
+	InputReplay                       // an operator re-drives the saga with a fresh attempt budget
+	InputCancel                       // an operator forces compensation
+)
+
+func (k InputKind) String() string {
+	switch k {
+	case InputStart:
+		return "start"
+	case InputReply:
+		return "reply"
+	case InputTimeout:
+		return "timeout"
+	case InputReplay:
+		return "replay"
+	case InputCancel:
+		return "cancel"
+	}
+	return "input(" + strconv.Itoa(int(k)) + ")"
+}
+
+// Input is one thing that happened to one saga.
+type Input struct {
+	Kind   InputKind
+	SagaID uuid.UUID
+	// Reply is set for InputReply.
+	Reply *Reply
+	// Reason is the operator's reason for InputCancel.
+	Reason string
+}
+
+// ReplyStatus is a worker's verdict on a command.
+type ReplyStatus string
+
+// Reply statuses. A business failure (Failed) compensates; a transient one
+// (Retry) is retried with backoff and never compensates by itself.
+const (
+	ReplyOK     ReplyStatus = "ok"
+	ReplyFailed ReplyStatus = "failed"
+	ReplyRetry  ReplyStatus = "retry"
+)
+
+// Reply is a worker's answer to a command.
+type Reply struct {
+	// CorrelationID is the message id of the command answered.
+	CorrelationID string
+	Status        ReplyStatus
+	// Code is a stable snake_case failure code ("card_declined").
+	Code    string
+	Message string
+	// Payload is merged into the saga's data when Status is ok.
+	Payload json.RawMessage
+}
+
+// Command is a message the saga sends to a worker.
+type Command struct {
+	// MessageID is the idempotency key, the same on every attempt:
+	// "<saga id>:<step or compensation name>".
+	MessageID string
+	SagaID    uuid.UUID
+	// Type is the routing key ("payment.charge").
+	Type string
+	// Step is the step or compensation name.
+	Step     string
+	Attempt  int
+	Priority Priority
+	// Deadline is when the saga stops waiting for this attempt; a command
+	// still queued then is useless (it becomes the message TTL).
+	Deadline time.Time
+	Payload  json.RawMessage
+}
+
+// Event is a domain event: something that happened to a saga, for
+// consumers such as audit and notifications.
+type Event struct {
+	// ID is stable: derived from the saga id and the event's sequence number.
+	ID      uuid.UUID
+	Type    string
+	SagaID  uuid.UUID
+	At      time.Time
+	Payload json.RawMessage
+}
+
+// Decision is the outcome of one input: the new state, and what to send.
+type Decision struct {
+	Instance Instance
+	// Changed is false when the input was stale or redundant (a duplicate
+	// reply, a timer that lost a race); nothing needs saving then.
+	Changed bool
+	// Transitions are the state machine events fired, in order.
+	Transitions []string
+	Commands    []Command
+	Events      []Event
+}
+
+// ErrConflict is returned when an operator asks for something the saga's
+// state does not allow (replay a completed saga, cancel past the pivot).
+var ErrConflict = errors.New("saga: not allowed in this state")
+
+// The state machine, as a table. Decide rebuilds it from the persisted
+// phase for every decision; it has no callbacks and does no I/O.
+var transitions = fsm.Events{
+	{Name: "start", Src: []string{string(Pending)}, Dst: string(Running)},
+	{Name: "advance", Src: []string{string(Running)}, Dst: string(Running)},
+	{Name: "retry", Src: []string{string(Running)}, Dst: string(Running)},
+	{Name: "complete", Src: []string{string(Running)}, Dst: string(Completed)},
+	{Name: "reject", Src: []string{string(Running)}, Dst: string(Rejected)},
+	{Name: "compensate", Src: []string{string(Running)}, Dst: string(Compensating)},
+	{Name: "compensate_next", Src: []string{string(Compensating)}, Dst: string(Compensating)},
+	{Name: "retry_compensation", Src: []string{string(Compensating)}, Dst: string(Compensating)},
+	{Name: "finish_compensation", Src: []string{string(Compensating)}, Dst: string(Cancelled)},
+	{Name: "stick", Src: []string{string(Running), string(Compensating)}, Dst: string(Stuck)},
+	{Name: "resume", Src: []string{string(Stuck)}, Dst: string(Running)},
+	{Name: "resume_compensation", Src: []string{string(Stuck)}, Dst: string(Compensating)},
+	{Name: "abort", Src: []string{string(Pending)}, Dst: string(Cancelled)},
+}
+
+// Transitions returns the state machine table, for documentation and tests.
+func Transitions() fsm.Events { return append(fsm.Events(nil), transitions...) }
+
+// New returns a pending saga of this definition and its "<name>.created"
+// event. The saga's deadline is startBy: if nobody starts it earlier, the
+// timer does.
+func (d *Definition) New(id uuid.UUID, data json.RawMessage, prio Priority, now, startBy time.Time) (Instance, Event) {
+	now = now.UTC().Truncate(time.Microsecond)
+	in := Instance{
+		ID: id, Definition: d.Name, Phase: Pending, Step: 0, Priority: prio,
+		Deadline: startBy.UTC().Truncate(time.Microsecond), Data: data,
+		CreatedAt: now, UpdatedAt: now, State: string(Pending),
+	}
+	x := decider{def: d, in: in, now: now}
+	x.emit(d.Name+".created", eventDetail{})
+	return x.in, x.events[0]
+}
+
+// Decide applies one input to a saga and returns the new state with the
+// commands and events it causes. It is a pure function of its arguments:
+// no I/O, no clock, no randomness (jitter is derived from the saga id).
+func (d *Definition) Decide(in Instance, inp Input, now time.Time) (Decision, error) {
+	x := &decider{def: d, in: in.clone(), now: now.UTC().Truncate(time.Microsecond)}
+	x.m = fsm.NewFSM(string(in.Phase), transitions, nil)
+	var err error
+	switch inp.Kind {
+	case InputStart:
+		if x.in.Phase == Pending {
+			err = x.start()
+		}
+	case InputTimeout:
+		err = x.timeout()
+	case InputReply:
+		if inp.Reply == nil {
+			return Decision{}, errors.New("saga: reply input without a reply")
+		}
+		err = x.reply(inp.Reply)
+	case InputReplay:
+		err = x.replay()
+	case InputCancel:
+		err = x.cancel(inp.Reason)
+	default:
+		return Decision{}, fmt.Errorf("saga: unknown input %d", inp.Kind)
+	}
+	if err != nil {
+		return Decision{}, err
+	}
+	dec := Decision{Instance: x.in, Changed: x.changed, Transitions: x.fired, Commands: x.commands, Events: x.events}
+	if x.changed {
+		dec.Instance.UpdatedAt = x.now
+		dec.Instance.State = d.StateOf(&dec.Instance)
+	} else {
+		dec.Instance = in
+	}
+	return dec, nil
+}
+
+type eventDetail struct {
+	Step    string `json:"step,omitempty"`
+	Code    string `json:"code,omitempty"`
+	Message string `json:"message,omitempty"`
+}
+
+type decider struct {
+	def      *Definition
+	in       Instance
+	now      time.Time
+	m        *fsm.FSM
+	changed  bool
+	fired    []string
+	commands []Command
+	events   []Event
+}
+
+func (x *decider) fire(event string) error {
+	err := x.m.Event(context.Background(), event)
+	var same fsm.NoTransitionError
+	if err != nil && !errors.As(err, &same) {
+		return fmt.Errorf("saga %s: %s in phase %s: %w", x.in.ID, event, x.in.Phase, err)
+	}
+	x.in.Phase = Phase(x.m.Current())
+	x.fired = append(x.fired, event)
+	x.changed = true
+	return nil
+}
+
+// current is the step or compensation whose command is outstanding.
+func (x *decider) current() (name, command string, budget int, ok bool) {
+	phase := x.in.Phase
+	if phase == Stuck {
+		phase = x.in.StuckIn
+	}
+	if x.in.Step < 0 || x.in.Step >= len(x.def.Steps) {
+		return "", "", 0, false
+	}
+	s := x.def.Steps[x.in.Step]
+	switch {
+	case phase == Running && s.Kind == Retriable:
+		return s.Name, s.Command, x.def.Retry.RetriableAttempts, true
+	case phase == Running:
+		return s.Name, s.Command, x.def.Retry.MaxAttempts, true
+	case phase == Compensating && s.Compensation != nil:
+		return s.Compensation.Name, s.Compensation.Command, x.def.Retry.CompensationAttempts, true
+	}
+	return "", "", 0, false
+}
+
+// MessageID is the idempotency key of a saga's step or compensation.
+func MessageID(sagaID uuid.UUID, step string) string {
+	return sagaID.String() + ":" + step
+}
+
+func (x *decider) start() error {
+	if err := x.fire("start"); err != nil {
+		return err
+	}
+	x.begin(0, KindAction)
+	return nil
+}
+
+// begin starts step i (or its compensation) with a fresh attempt budget.
+func (x *decider) begin(i int, kind string) {
+	x.in.Step, x.in.Attempt, x.in.Waiting = i, 1, false
+	name := x.def.Steps[i].Name
+	if kind == KindCompensation {
+		name = x.def.Steps[i].Compensation.Name
+	}
+	x.in.History = append(x.in.History, StepRecord{
+		Name: name, Kind: kind, Status: StepRunning, Attempts: 1, StartedAt: x.now,
+	})
+	x.send()
+}
+
+// send emits the outstanding command for the current attempt and sets the
+// deadline for its reply.
+func (x *decider) send() {
+	name, command, _, _ := x.current()
+	base := x.def.Steps[x.in.Step].Timeout
+	if base <= 0 {
+		base = x.def.Retry.Timeout
+	}
+	wait := x.grow(base, x.def.Retry.MaxTimeout, name)
+	x.in.Deadline = x.now.Add(wait)
+	payload := x.in.Data
+	if x.def.Request != nil {
+		p, err := x.def.Request(command, x.in.Data)
+		if err == nil {
+			payload = p
+		} else {
+			// A payload that cannot be built is a bug in the definition; the
+			// worker will reject the whole data object and the saga's
+			// retries make it visible.
+			payload = x.in.Data
+		}
+	}
+	x.commands = append(x.commands, Command{
+		MessageID: MessageID(x.in.ID, name), SagaID: x.in.ID, Type: command, Step: name,
+		Attempt: x.in.Attempt, Priority: x.in.Priority, Deadline: x.in.Deadline, Payload: payload,
+	})
+}
+
+// grow returns base × Multiplier^(attempt-1), capped, spread by jitter.
+func (x *decider) grow(base, limit time.Duration, name string) time.Duration {
+	r := x.def.Retry
+	f := float64(base) * math.Pow(r.Multiplier, float64(x.in.Attempt-1))
+	if f > float64(limit) {
+		f = float64(limit)
+	}
+	f *= 1 + r.Jitter*x.unit(name)
+	return time.Duration(f).Truncate(time.Microsecond)
+}
+
+// unit is a number in [0,1) derived from the saga, the step and the attempt:
+// jitter without randomness, so decisions stay reproducible.
+func (x *decider) unit(name string) float64 {
+	h := fnv.New64a()
+	h.Write(x.in.ID[:])
+	h.Write([]byte(name))
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], uint64(x.in.Attempt))
+	h.Write(b[:])
+	return float64(h.Sum64()>>11) / float64(1<<53)
+}
+
+func (x *decider) emit(typ string, d eventDetail) {
+	if typ == "" {
+		return
+	}
+	x.in.Seq++
+	data := x.in.Data
+	if x.def.EventData != nil {
+		data = x.def.EventData(data)
+	}
+	body := struct {
+		SagaID string `json:"saga_id"`
+		State  string `json:"state"`
+		Reason string `json:"reason,omitempty"`
+		eventDetail
+		Data json.RawMessage `json:"data,omitempty"`
+	}{x.in.ID.String(), x.def.StateOf(&x.in), x.in.Reason, d, data}
+	payload, _ := json.Marshal(body) // cannot fail: strings and valid JSON only
+	x.events = append(x.events, Event{
+		ID:      uuid.NewSHA1(x.in.ID, []byte(strconv.Itoa(x.in.Seq))),
+		Type:    typ,
+		SagaID:  x.in.ID,
+		At:      x.now,
+		Payload: payload,
+	})
+}
+
+func (x *decider) finishRecord(name, status, errMsg string) {
+	if r := x.in.record(name); r != nil {
+		r.Status = status
+		t := x.now
+		r.FinishedAt = &t
+		r.Error = errMsg
+	}
+}
+
+func (x *decider) timeout() error {
+	switch {
+	case x.in.Phase == Pending:
+		return x.start()
+	case x.in.Phase != Running && x.in.Phase != Compensating:
+		return nil // terminal or stuck: no timer
+	case x.in.Deadline.IsZero() || x.in.Deadline.After(x.now):
+		return nil // another input moved the deadline since the timer looked
+	case x.in.Waiting:
+		return x.resend()
+	}
+	return x.fail(fmt.Sprintf("no reply to attempt %d", x.in.Attempt), false)
+}
+
+// fail handles a failed attempt that may be retried: a timeout (re-sent at
+// once, its next deadline longer) or a transient failure (re-sent after a
+// backoff). When the budget is spent the saga compensates or is stuck.
+func (x *decider) fail(msg string, transient bool) error {
+	name, _, budget, _ := x.current()
+	rec := x.in.record(name)
+	if rec != nil {
+		rec.Error = msg
+	}
+	if x.in.Attempt >= budget {
+		return x.exhausted(fmt.Sprintf("%s: gave up after %d attempts: %s", name, x.in.Attempt, msg))
+	}
+	if err := x.fire(x.retryEvent()); err != nil {
+		return err
+	}
+	if transient {
+		x.in.Waiting = true
+		x.in.Deadline = x.now.Add(x.grow(x.def.Retry.Backoff, x.def.Retry.MaxBackoff, name))
+		return nil
+	}
+	return x.resend()
+}
+
+func (x *decider) retryEvent() string {
+	if x.in.Phase == Compensating {
+		return "retry_compensation"
+	}
+	return "retry"
+}
+
+// resend sends the outstanding command again, same idempotency key.
+func (x *decider) resend() error {
+	if !x.changed {
+		if err := x.fire(x.retryEvent()); err != nil {
+			return err
+		}
+	}
+	name, _, _, _ := x.current()
+	x.in.Attempt++
+	x.in.Waiting = false
+	if rec := x.in.record(name); rec != nil {
+		rec.Attempts++
+	}
+	x.send()
+	return nil
+}
+
+func (x *decider) exhausted(msg string) error {
+	name, _, _, _ := x.current()
+	s := x.def.Steps[x.in.Step]
+	if x.in.Phase == Running && s.Kind == Compensatable {
+		x.finishRecord(name, StepFailed, msg)
+		// The last attempt may have taken effect: undo this step too.
+		return x.compensateFrom(x.in.Step, msg)
+	}
+	prev := x.in.Phase
+	if err := x.fire("stick"); err != nil {
+		return err
+	}
+	x.in.StuckIn = prev
+	x.in.Deadline, x.in.Waiting = time.Time{}, false
+	x.in.StuckReason = msg
+	x.finishRecord(name, StepFailed, msg)
+	x.emit(x.def.Name+".stuck", eventDetail{Step: name, Message: msg})
+	return nil
+}
+
+// compensateFrom undoes steps from..0 in reverse. With nothing to undo the
+// saga is rejected.
+func (x *decider) compensateFrom(from int, reason string) error {
+	x.in.Reason = reason
+	if from < 0 {
+		if err := x.fire("reject"); err != nil {
+			return err
+		}
+		x.in.Deadline = time.Time{}
+		x.emit(x.def.Name+".rejected", eventDetail{})
+		return nil
+	}
+	if err := x.fire("compensate"); err != nil {
+		return err
+	}
+	x.emit(x.def.Name+".compensating", eventDetail{})
+	x.begin(from, KindCompensation)
+	return nil
+}
+
+func (x *decider) reply(r *Reply) error {
+	name, _, _, ok := x.current()
+	if !ok || x.in.Phase.Terminal() || x.in.Phase == Pending || r.CorrelationID != MessageID(x.in.ID, name) {
+		return nil // a duplicate or a reply to a command the saga moved past
+	}
+	if x.in.Phase == Stuck {
+		// The command that ran out of attempts answered after all.
+		ev := "resume"
+		if x.in.StuckIn == Compensating {
+			ev = "resume_compensation"
+		}
+		if err := x.fire(ev); err != nil {
+			return err
+		}
+		x.in.StuckReason = ""
+	}
+	step := x.def.Steps[x.in.Step]
+	switch {
+	case r.Status == ReplyOK && x.in.Phase == Running:
+		x.finishRecord(name, StepSucceeded, "")
+		x.in.Data = mergeObject(x.in.Data, r.Payload)
+		x.emit(step.SucceededEvent, eventDetail{Step: name})
+		if x.in.Step+1 < len(x.def.Steps) {
+			if err := x.fire("advance"); err != nil {
+				return err
+			}
+			x.begin(x.in.Step+1, KindAction)
+			return nil
+		}
+		if err := x.fire("complete"); err != nil {
+			return err
+		}
+		x.in.Deadline = time.Time{}
+		x.emit(x.def.Name+".completed", eventDetail{})
+		return nil
+	case r.Status == ReplyOK: // compensating
+		x.finishRecord(name, StepSucceeded, "")
+		x.emit(step.Compensation.Event, eventDetail{Step: name})
+		if x.in.Step > 0 {
+			if err := x.fire("compensate_next"); err != nil {
+				return err
+			}
+			x.begin(x.in.Step-1, KindCompensation)
+			return nil
+		}
+		if err := x.fire("finish_compensation"); err != nil {
+			return err
+		}
+		x.in.Deadline = time.Time{}
+		x.emit(x.def.Name+".cancelled", eventDetail{})
+		return nil
+	case r.Status == ReplyFailed && x.in.Phase == Running && step.Kind == Compensatable:
+		msg := r.Code
+		if r.Message != "" {
+			msg += ": " + r.Message
+		}
+		x.finishRecord(name, StepFailed, msg)
+		typ := step.FailedEvent
+		if t, ok := step.FailedEvents[r.Code]; ok {
+			typ = t
+		}
+		// The step did not take effect: undo only the ones before it.
+		x.in.Reason = msg
+		x.emit(typ, eventDetail{Step: name, Code: r.Code, Message: r.Message})
+		return x.compensateFrom(x.in.Step-1, msg)
+	default:
+		// A transient failure, or a business failure where failing is not
+		// allowed (a compensation, a step after the pivot): retry later.
+		msg := string(r.Status)
+		if r.Code != "" {
+			msg = r.Code
+		}
+		if r.Message != "" {
+			msg += ": " + r.Message
+		}
+		return x.fail(msg, true)
+	}
+}
+
+func (x *decider) replay() error {
+	switch {
+	case x.in.Phase.Terminal():
+		return fmt.Errorf("%w: saga is %s", ErrConflict, x.in.Phase)
+	case x.in.Phase == Pending:
+		return x.start()
+	case x.in.Phase == Stuck:
+		ev := "resume"
+		if x.in.StuckIn == Compensating {
+			ev = "resume_compensation"
+		}
+		if err := x.fire(ev); err != nil {
+			return err
+		}
+		x.in.StuckReason = ""
+	default:
+		if err := x.fire(x.retryEvent()); err != nil {
+			return err
+		}
+	}
+	name, _, _, _ := x.current()
+	if rec := x.in.record(name); rec != nil {
+		rec.Status, rec.FinishedAt = StepRunning, nil
+		rec.Attempts++
+	}
+	x.in.Attempt, x.in.Waiting = 1, false
+	x.send()
+	return nil
+}
+
+func (x *decider) cancel(reason string) error {
+	if reason == "" {
+		reason = "cancelled by operator"
+	}
+	switch {
+	case x.in.Phase.Terminal():
+		return fmt.Errorf("%w: saga is %s", ErrConflict, x.in.Phase)
+	case x.in.Phase == Pending:
+		x.in.Reason = reason
+		if err := x.fire("abort"); err != nil {
+			return err
+		}
+		x.in.Deadline = time.Time{}
+		x.emit(x.def.Name+".cancelled", eventDetail{})
+		return nil
+	case x.in.Phase == Compensating || (x.in.Phase == Stuck && x.in.StuckIn == Compensating):
+		return fmt.Errorf("%w: saga is already compensating", ErrConflict)
+	case x.in.Phase == Stuck || x.def.Steps[x.in.Step].Kind == Retriable:
+		return fmt.Errorf("%w: saga is past its pivot step and can only go forward", ErrConflict)
+	}
+	name, _, _, _ := x.current()
+	x.finishRecord(name, StepFailed, reason)
+	// The step in flight may yet take effect: its compensation covers it.
+	return x.compensateFrom(x.in.Step, reason)
+}
+
+// mergeObject returns the JSON object base with the keys of patch set.
+// A patch that is not an object is ignored.
+func mergeObject(base, patch json.RawMessage) json.RawMessage {
+	if len(patch) == 0 || string(patch) == "null" {
+		return base
+	}
+	var p map[string]json.RawMessage
+	if json.Unmarshal(patch, &p) != nil || len(p) == 0 {
+		return base
+	}
+	b := map[string]json.RawMessage{}
+	if len(base) > 0 {
+		_ = json.Unmarshal(base, &b)
+	}
+	for k, v := range p {
+		b[k] = v
+	}
+	out, err := json.Marshal(b)
+	if err != nil {
+		return base
+	}
+	return out
+}

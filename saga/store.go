@@ -1,0 +1,74 @@
+package saga
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Store errors.
+var (
+	ErrNotFound = errors.New("saga: not found")
+	// ErrKeyReused is returned by Create when an idempotency key comes back
+	// with a different request.
+	ErrKeyReused = errors.New("saga: idempotency key reused with a different request")
+)
+
+// NewSaga is a saga to create, with the messages its creation causes.
+type NewSaga struct {
+	Instance Instance
+	// Key is the client's idempotency key; empty for none.
+	Key string
+	// Fingerprint identifies the request behind Key, so that a key reused
+	// for a different request is refused.
+	Fingerprint string
+	Messages    []Message
+}
+
+// TransitionFunc decides one input for one locked saga. It returns the
+// decision (the new instance when Changed) and the messages to stage in the
+// outbox. It must not do I/O: the store calls it inside a transaction.
+type TransitionFunc func(in Instance, inp Input) (Decision, []Message, error)
+
+// Outcome is what happened to one input of Apply.
+type Outcome struct {
+	Decision
+	// Err is ErrNotFound, or the TransitionFunc's error; the other inputs of
+	// the batch are applied regardless.
+	Err error
+}
+
+// Store persists sagas and the outbox. Every method that changes a saga
+// does so in one transaction together with the messages it causes.
+type Store interface {
+	// Create inserts a saga and its messages. If Key is set and a saga with
+	// that key exists, Create returns the existing saga and created=false
+	// (or ErrKeyReused when the fingerprints differ).
+	Create(ctx context.Context, s NewSaga) (in Instance, created bool, msgs []Message, err error)
+	// Apply locks the sagas the inputs name, applies each input in order
+	// with fn, and saves the changed sagas with their messages, in one
+	// transaction. It returns one Outcome per input and the staged
+	// messages, each with its OutboxID.
+	Apply(ctx context.Context, inputs []Input, fn TransitionFunc) ([]Outcome, []Message, error)
+	// ApplyDue claims up to limit sagas whose deadline is at or before now,
+	// skipping sagas other transactions hold, and applies a timeout input to
+	// each, in one transaction. It returns the outcomes and staged messages.
+	ApplyDue(ctx context.Context, now time.Time, limit int, fn TransitionFunc) ([]Outcome, []Message, error)
+	// ClaimOutbox leases up to limit outbox messages whose lease expired.
+	// Messages are leased to their writer when staged, so this finds only
+	// what a crashed or failing relay left behind.
+	ClaimOutbox(ctx context.Context, limit int) ([]Message, error)
+	// DeleteOutbox removes published messages.
+	DeleteOutbox(ctx context.Context, ids []uuid.UUID) error
+	// Get loads one saga.
+	Get(ctx context.Context, id uuid.UUID) (Instance, error)
+}
+
+// Publisher sends messages to the broker.
+type Publisher interface {
+	// Publish sends msgs and waits for the broker's confirms. It returns the
+	// messages the broker confirmed; err says why the others were not.
+	Publish(ctx context.Context, msgs []Message) (confirmed []Message, err error)
+}

@@ -1,0 +1,358 @@
+// Package worker is the runtime of a thin saga worker: it consumes a
+// command queue, deduplicates commands by message id (the inbox), runs the
+// business handler and records the processed command with its reply in the
+// same transaction as the effect, then replies.
+//
+// A redelivered or re-sent command finds its stored reply and has no second
+// effect. A handler's Go error is transient: the transaction rolls back and
+// the command is retried (inline, then by the saga); a business failure is
+// a Result with Status failed and a stable code, and it compensates.
+package worker
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/rs/zerolog"
+
+	"github.com/sagaflow/sagaflow/saga"
+	"github.com/sagaflow/sagaflow/saga/amqpbus"
+)
+
+// Command is a decoded command as a handler sees it.
+type Command struct {
+	saga.Envelope
+	// Redelivered is the broker's flag: this delivery may have been seen.
+	Redelivered bool
+}
+
+// Decode unmarshals the payload into v, refusing unknown fields. An error
+// makes the command invalid: it is answered failed/invalid_command and a
+// copy is dead-lettered.
+func (c Command) Decode(v any) error {
+	dec := json.NewDecoder(bytes.NewReader(c.Payload))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return Invalid(fmt.Errorf("%s payload: %w", c.Type, err))
+	}
+	return nil
+}
+
+// InvalidError marks a command that can never succeed as sent.
+type InvalidError struct{ Err error }
+
+func (e *InvalidError) Error() string { return "invalid command: " + e.Err.Error() }
+func (e *InvalidError) Unwrap() error { return e.Err }
+
+// Invalid wraps err as an InvalidError.
+func Invalid(err error) error { return &InvalidError{Err: err} }
+
+// CodeInvalidCommand is the failure code of an invalid command.
+const CodeInvalidCommand = "invalid_command"
+
+// Result is a handler's verdict.
+type Result struct {
+	Status  saga.ReplyStatus `json:"status"`
+	Code    string           `json:"code,omitempty"`
+	Message string           `json:"message,omitempty"`
+	Payload json.RawMessage  `json:"payload,omitempty"`
+}
+
+// OK is a success with a payload (marshalled to JSON; nil for none).
+func OK(payload any) (Result, error) {
+	if payload == nil {
+		return Result{Status: saga.ReplyOK}, nil
+	}
+	b, err := json.Marshal(payload)
+	if err != nil {
+		return Result{}, fmt.Errorf("worker: marshal reply: %w", err)
+	}
+	return Result{Status: saga.ReplyOK, Payload: b}, nil
+}
+
+// Fail is a business failure with a stable code.
+func Fail(code, format string, args ...any) (Result, error) {
+	return Result{Status: saga.ReplyFailed, Code: code, Message: fmt.Sprintf(format, args...)}, nil
+}
+
+// HandlerFunc performs a command's effect inside tx. The runtime commits tx
+// together with the inbox record of the command and its reply.
+type HandlerFunc func(ctx context.Context, tx pgx.Tx, cmd Command) (Result, error)
+
+// QueryFunc answers a read-only or naturally idempotent request; it is not
+// recorded in the inbox.
+type QueryFunc func(ctx context.Context, cmd Command) (Result, error)
+
+// Config configures a Runtime. Zero fields take the documented defaults.
+type Config struct {
+	// Queue is the command queue to consume.
+	Queue string
+	// Prefetch is how many unacked commands the broker hands over
+	// (default 64).
+	Prefetch int
+	// Concurrency is how many commands are handled at once (default 32).
+	Concurrency int
+	// Retries is how many times a transient failure is retried inline
+	// before the worker replies "retry" and leaves it to the saga (default 2).
+	Retries int
+	// RetryBackoff is the first pause between inline retries (default 50ms).
+	RetryBackoff time.Duration
+	// Simulate adds latency and failures, for demos and fault tests.
+	Simulate Simulation
+}
+
+// Simulation makes a worker slow or unreliable on purpose.
+type Simulation struct {
+	// Latency is added before each command is handled.
+	Latency time.Duration
+	// FailureRate is the probability (0..1) that handling a command fails
+	// transiently before its effect.
+	FailureRate float64
+	// DropReplyRate is the probability (0..1) that a reply is lost after
+	// the effect committed: the saga's retry must get the stored reply.
+	DropReplyRate float64
+}
+
+// Runtime runs a worker's handlers. Register handlers, then Run.
+type Runtime struct {
+	cfg      Config
+	pool     *pgxpool.Pool
+	bus      *amqpbus.Bus
+	log      zerolog.Logger
+	handlers map[string]HandlerFunc
+	queries  map[string]QueryFunc
+	observer Observer
+}
+
+// Observer is told about each command handled; metrics hang here.
+type Observer interface {
+	Handled(typ, outcome string, d time.Duration)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Handled(string, string, time.Duration) {}
+
+// New returns a runtime; pool's search_path must reach the worker's inbox
+// table.
+func New(cfg Config, pool *pgxpool.Pool, bus *amqpbus.Bus, log zerolog.Logger) *Runtime {
+	if cfg.Prefetch <= 0 {
+		cfg.Prefetch = 64
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 32
+	}
+	if cfg.Retries < 0 {
+		cfg.Retries = 0
+	} else if cfg.Retries == 0 {
+		cfg.Retries = 2
+	}
+	if cfg.RetryBackoff <= 0 {
+		cfg.RetryBackoff = 50 * time.Millisecond
+	}
+	return &Runtime{
+		cfg: cfg, pool: pool, bus: bus, log: log.With().Str("queue", cfg.Queue).Logger(),
+		handlers: map[string]HandlerFunc{}, queries: map[string]QueryFunc{}, observer: nopObserver{},
+	}
+}
+
+// SetObserver sets the observer of handled commands.
+func (r *Runtime) SetObserver(o Observer) { r.observer = o }
+
+// Handle registers the handler of an idempotent command type.
+func (r *Runtime) Handle(typ string, h HandlerFunc) { r.handlers[typ] = h }
+
+// Query registers the handler of a query type.
+func (r *Runtime) Query(typ string, q QueryFunc) { r.queries[typ] = q }
+
+// Types lists the registered types, for binding the queue.
+func (r *Runtime) Types() []string {
+	var out []string
+	for t := range r.handlers {
+		out = append(out, t)
+	}
+	for t := range r.queries {
+		out = append(out, t)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Run consumes the queue until ctx is done.
+func (r *Runtime) Run(ctx context.Context) error {
+	return r.bus.Consume(ctx, amqpbus.ConsumerConfig{
+		Queue: r.cfg.Queue, Prefetch: r.cfg.Prefetch, Concurrency: r.cfg.Concurrency,
+	}, r.deliver)
+}
+
+func (r *Runtime) deliver(ctx context.Context, d *amqp.Delivery) error {
+	start := time.Now()
+	env, err := saga.Decode(d.Body)
+	if err != nil {
+		r.observer.Handled(d.RoutingKey, "poison", time.Since(start))
+		return err
+	}
+	log := r.log.With().Str("type", env.Type).Str("message_id", env.ID).Str("saga_id", env.SagaID).
+		Str("correlation_id", d.CorrelationId).Logger()
+	cmd := Command{Envelope: env, Redelivered: d.Redelivered}
+	var res Result
+	if q, ok := r.queries[env.Type]; ok {
+		res, err = q(ctx, cmd)
+		if err != nil && !isInvalid(err) {
+			res, err = Result{Status: saga.ReplyRetry, Code: "transient", Message: err.Error()}, nil
+		}
+	} else if h, ok := r.handlers[env.Type]; ok {
+		if r.cfg.Simulate.Latency > 0 {
+			select {
+			case <-time.After(r.cfg.Simulate.Latency):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		res, err = r.execute(ctx, log, h, cmd)
+	} else {
+		r.observer.Handled(env.Type, "poison", time.Since(start))
+		return fmt.Errorf("%w: %q", saga.ErrUnknownCommand, env.Type)
+	}
+	var invalid error
+	if isInvalid(err) {
+		invalid = err
+		res = Result{Status: saga.ReplyFailed, Code: CodeInvalidCommand, Message: err.Error()}
+	} else if err != nil {
+		return err
+	}
+	r.observer.Handled(env.Type, outcome(res, invalid), time.Since(start))
+	if d.ReplyTo != "" && !r.dropReply() {
+		if err := r.reply(ctx, d, env, res); err != nil {
+			// Not acked: the redelivery finds the stored reply and sends it.
+			return err
+		}
+	}
+	if invalid != nil {
+		log.Warn().Err(invalid).Msg("invalid command answered failed; copy dead-lettered")
+		return amqpbus.Poison(invalid)
+	}
+	return nil
+}
+
+func outcome(res Result, invalid error) string {
+	if invalid != nil {
+		return "invalid"
+	}
+	return string(res.Status)
+}
+
+func isInvalid(err error) bool {
+	var inv *InvalidError
+	return errors.As(err, &inv)
+}
+
+func (r *Runtime) dropReply() bool {
+	return r.cfg.Simulate.DropReplyRate > 0 && rand.Float64() < r.cfg.Simulate.DropReplyRate
+}
+
+// execute runs an idempotent handler, retrying transient failures inline a
+// few times; if they persist it replies "retry" and the saga re-sends later.
+func (r *Runtime) execute(ctx context.Context, log zerolog.Logger, h HandlerFunc, cmd Command) (Result, error) {
+	wait := r.cfg.RetryBackoff
+	for attempt := 1; ; attempt++ {
+		res, err := r.once(ctx, h, cmd)
+		if err == nil || isInvalid(err) {
+			return res, err
+		}
+		if attempt > r.cfg.Retries || ctx.Err() != nil {
+			log.Warn().Err(err).Int("attempts", attempt).Msg("transient failure; replying retry")
+			return Result{Status: saga.ReplyRetry, Code: "transient", Message: err.Error()}, nil
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+		}
+		wait *= 2
+	}
+}
+
+// errSimulated is the transient failure injected by Simulation.FailureRate.
+var errSimulated = errors.New("worker: simulated transient failure")
+
+// once runs the handler in a transaction that first claims the command's
+// message id in the inbox. A command already processed returns its stored
+// reply; one being processed concurrently waits for that transaction.
+func (r *Runtime) once(ctx context.Context, h HandlerFunc, cmd Command) (Result, error) {
+	if r.cfg.Simulate.FailureRate > 0 && rand.Float64() < r.cfg.Simulate.FailureRate {
+		return Result{}, errSimulated
+	}
+	tx, err := r.pool.Begin(ctx)
+	if err != nil {
+		return Result{}, fmt.Errorf("worker: begin: %w", err)
+	}
+	defer tx.Rollback(ctx)
+	tag, err := tx.Exec(ctx, `INSERT INTO inbox (message_id, type) VALUES ($1, $2)
+		ON CONFLICT (message_id) DO NOTHING`, cmd.ID, cmd.Type)
+	if err != nil {
+		return Result{}, fmt.Errorf("worker: inbox: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		var stored []byte
+		if err := tx.QueryRow(ctx, `SELECT reply FROM inbox WHERE message_id = $1`, cmd.ID).Scan(&stored); err != nil {
+			return Result{}, fmt.Errorf("worker: stored reply: %w", err)
+		}
+		var res Result
+		if err := json.Unmarshal(stored, &res); err != nil {
+			return Result{}, fmt.Errorf("worker: stored reply of %s: %w", cmd.ID, err)
+		}
+		return res, nil
+	}
+	res, err := h(ctx, tx, cmd)
+	if err != nil {
+		return Result{}, err
+	}
+	body, err := json.Marshal(res)
+	if err != nil {
+		return Result{}, fmt.Errorf("worker: marshal reply: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `UPDATE inbox SET reply = $2 WHERE message_id = $1`, cmd.ID, body); err != nil {
+		return Result{}, fmt.Errorf("worker: record reply: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return Result{}, fmt.Errorf("worker: commit: %w", err)
+	}
+	return res, nil
+}
+
+// reply publishes the result to the delivery's reply_to with its
+// correlation id, and waits for the broker's confirm.
+func (r *Runtime) reply(ctx context.Context, d *amqp.Delivery, env saga.Envelope, res Result) error {
+	m := saga.Message{
+		Exchange: "", RoutingKey: d.ReplyTo, MessageID: env.ID + ":reply",
+		CorrelationID: d.CorrelationId, Type: env.Type + ".reply", Timestamp: time.Now().UTC(),
+		Body: saga.Envelope{
+			ID: env.ID + ":reply", CorrelationID: d.CorrelationId, SagaID: env.SagaID,
+			Type: env.Type + ".reply", At: time.Now().UTC(), Status: res.Status, Code: res.Code,
+			Message: res.Message, Payload: res.Payload,
+		}.Encode(),
+	}
+	if tp, ok := d.Headers["traceparent"].(string); ok {
+		m.Headers = map[string]string{"traceparent": tp}
+	}
+	if strings.HasPrefix(d.ReplyTo, "amq.rabbitmq.reply-to") {
+		// Direct reply-to: the caller waits on its channel; nothing to keep.
+		m.Transient = true
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := r.bus.PublishOne(pctx, m); err != nil {
+		return fmt.Errorf("worker: reply to %s: %w", d.ReplyTo, err)
+	}
+	return nil
+}

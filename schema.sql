@@ -1,0 +1,137 @@
+-- sagaflow database schema.
+--
+-- Every service owns one PostgreSQL schema and touches no other, so each can
+-- be pointed at a database of its own. At start a service applies its own
+-- section of this file (sections begin with "-- section: <name>"), under an
+-- advisory lock, idempotently: starting on an empty database creates
+-- everything, starting on an existing one changes nothing.
+
+-- section: orchestrator
+CREATE SCHEMA IF NOT EXISTS orchestrator;
+
+-- One row per saga: its whole state, saved in one UPDATE per decision.
+CREATE TABLE IF NOT EXISTS orchestrator.sagas (
+    id              uuid PRIMARY KEY,            -- UUIDv7: ordered by creation
+    definition      text NOT NULL,               -- saga type, e.g. 'order'
+    phase           text NOT NULL,               -- engine phase: pending, running, compensating, completed, rejected, cancelled, stuck
+    state           text NOT NULL,               -- the definition's label, e.g. 'charging_payment'
+    step            integer NOT NULL DEFAULT 0,  -- index of the running (or compensating) step
+    attempt         integer NOT NULL DEFAULT 0,  -- sends of the current command within its budget
+    waiting         boolean NOT NULL DEFAULT false, -- backing off before a re-send
+    deadline        timestamptz,                 -- when the timer looks next; NULL when terminal or stuck
+    stuck_in        text NOT NULL DEFAULT '',    -- phase a stuck saga resumes on replay
+    reason          text NOT NULL DEFAULT '',    -- why it left the happy path
+    stuck_reason    text NOT NULL DEFAULT '',    -- why it waits for an operator
+    priority        smallint NOT NULL DEFAULT 0,
+    data            jsonb NOT NULL,              -- input merged with successful replies' payloads
+    history         jsonb NOT NULL DEFAULT '[]', -- step records: name, kind, status, attempts, times, error
+    seq             integer NOT NULL DEFAULT 0,  -- domain events emitted so far
+    trace_parent    text NOT NULL DEFAULT '',    -- W3C trace context of the creating request
+    idempotency_key text UNIQUE,                 -- client's Idempotency-Key
+    fingerprint     text NOT NULL DEFAULT '',    -- hash of the request behind the key
+    created_at      timestamptz NOT NULL,
+    updated_at      timestamptz NOT NULL
+);
+-- The timer: due sagas, oldest deadline first.
+CREATE INDEX IF NOT EXISTS sagas_due ON orchestrator.sagas (deadline) WHERE deadline IS NOT NULL;
+-- Listing by state, newest first (ids are time-ordered).
+CREATE INDEX IF NOT EXISTS sagas_state ON orchestrator.sagas (state, id DESC);
+
+-- The transactional outbox: messages staged with the state change that
+-- caused them, published by the relay after commit, deleted once confirmed.
+CREATE TABLE IF NOT EXISTS orchestrator.outbox (
+    id             uuid PRIMARY KEY,             -- UUIDv7
+    exchange       text NOT NULL,
+    routing_key    text NOT NULL,
+    message_id     text NOT NULL,
+    correlation_id text NOT NULL DEFAULT '',
+    reply_to       text NOT NULL DEFAULT '',
+    type           text NOT NULL DEFAULT '',
+    priority       smallint NOT NULL DEFAULT 0,
+    expiration_ms  bigint NOT NULL DEFAULT 0,
+    headers        jsonb,
+    body           bytea NOT NULL,
+    created_at     timestamptz NOT NULL,
+    leased_until   timestamptz NOT NULL          -- the writer's relay owns it until then; then the scan does
+);
+CREATE INDEX IF NOT EXISTS outbox_lease ON orchestrator.outbox (leased_until);
+
+-- section: inventory
+CREATE SCHEMA IF NOT EXISTS inventory;
+
+CREATE TABLE IF NOT EXISTS inventory.products (
+    sku         text PRIMARY KEY,
+    name        text NOT NULL,
+    price_cents bigint NOT NULL CHECK (price_cents >= 0),
+    available   bigint NOT NULL CHECK (available >= 0),
+    reserved    bigint NOT NULL DEFAULT 0 CHECK (reserved >= 0),
+    sold        bigint NOT NULL DEFAULT 0 CHECK (sold >= 0),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- One reservation per order; its status makes reserve, release and commit
+-- idempotent, and a release recorded before its reserve arrives turns that
+-- reserve into a no-op.
+CREATE TABLE IF NOT EXISTS inventory.reservations (
+    order_id     text PRIMARY KEY,
+    status       text NOT NULL,                  -- reserved, released, committed
+    lines        jsonb NOT NULL DEFAULT '[]',    -- [{sku, quantity, price_cents}]
+    amount_cents bigint NOT NULL DEFAULT 0,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
+
+-- Processed commands and their replies (the idempotent-consumer inbox).
+CREATE TABLE IF NOT EXISTS inventory.inbox (
+    message_id   text PRIMARY KEY,
+    type         text NOT NULL,
+    reply        bytea,
+    processed_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- section: payment
+CREATE SCHEMA IF NOT EXISTS payment;
+
+-- One payment per order. A refund recorded before its charge arrives
+-- (status refunded, charged 0) turns that charge into a no-op.
+CREATE TABLE IF NOT EXISTS payment.payments (
+    order_id       text PRIMARY KEY,
+    customer_id    text NOT NULL DEFAULT '',
+    status         text NOT NULL,                -- charged, declined, refunded
+    charged_cents  bigint NOT NULL DEFAULT 0 CHECK (charged_cents >= 0),
+    refunded_cents bigint NOT NULL DEFAULT 0 CHECK (refunded_cents >= 0),
+    gateway_ref    text NOT NULL DEFAULT '',
+    decline_code   text NOT NULL DEFAULT '',
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    CHECK (refunded_cents <= charged_cents)
+);
+
+CREATE TABLE IF NOT EXISTS payment.inbox (
+    message_id   text PRIMARY KEY,
+    type         text NOT NULL,
+    reply        bytea,
+    processed_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- section: shipping
+CREATE SCHEMA IF NOT EXISTS shipping;
+
+-- One shipment per order. A cancellation recorded before its prepare
+-- arrives turns that prepare into a no-op.
+CREATE TABLE IF NOT EXISTS shipping.shipments (
+    order_id    text PRIMARY KEY,
+    status      text NOT NULL,                   -- prepared, cancelled, refused
+    country     text NOT NULL DEFAULT '',
+    carrier_ref text NOT NULL DEFAULT '',
+    prepared    boolean NOT NULL DEFAULT false,  -- a shipment was actually prepared
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS shipping.inbox (
+    message_id   text PRIMARY KEY,
+    type         text NOT NULL,
+    reply        bytea,
+    processed_at timestamptz NOT NULL DEFAULT now()
+);

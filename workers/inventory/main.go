@@ -1,0 +1,20 @@
+// Command inventory is the inventory worker: it owns the catalog and the
+// stock, reserves all lines of an order or none, prices the order, and
+// releases or commits reservations. Configuration: README.md.
+package main
+
+import (
+	"os"
+
+	"github.com/sagaflow/sagaflow/internal/contract"
+	"github.com/sagaflow/sagaflow/internal/service"
+)
+
+func main() {
+	os.Exit(service.RunWorker(service.WorkerSpec{
+		Name:        "inventory",
+		Queue:       contract.InventoryQueue,
+		MetricsAddr: ":9101",
+		Register:    register,
+	}))
+}

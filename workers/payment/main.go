@@ -1,0 +1,20 @@
+// Command payment is the payment worker: it charges and refunds orders
+// against a simulated gateway (token tok_decline is declined) and keeps
+// the payments ledger. Configuration: README.md.
+package main
+
+import (
+	"os"
+
+	"github.com/sagaflow/sagaflow/internal/contract"
+	"github.com/sagaflow/sagaflow/internal/service"
+)
+
+func main() {
+	os.Exit(service.RunWorker(service.WorkerSpec{
+		Name:        "payment",
+		Queue:       contract.PaymentQueue,
+		MetricsAddr: ":9102",
+		Register:    register,
+	}))
+}

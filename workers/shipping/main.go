@@ -1,0 +1,20 @@
+// Command shipping is the shipping worker: it prepares and cancels
+// shipments against a simulated carrier (country ZZ is refused).
+// Configuration: README.md.
+package main
+
+import (
+	"os"
+
+	"github.com/sagaflow/sagaflow/internal/contract"
+	"github.com/sagaflow/sagaflow/internal/service"
+)
+
+func main() {
+	os.Exit(service.RunWorker(service.WorkerSpec{
+		Name:        "shipping",
+		Queue:       contract.ShippingQueue,
+		MetricsAddr: ":9103",
+		Register:    register,
+	}))
+}
