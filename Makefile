@@ -1,15 +1,31 @@
-# sagaflow — `make help` lists the targets.
-GO      ?= go
-BIN     := bin
-SERVICES := orchestrator inventory payment shipping
+# sagaflow: `make help` lists the targets.
+GO       ?= go
+BIN      := bin
+WORKERS  := inventory payment shipping
 
-.PHONY: help build test run clean
+.PHONY: help build run services test test-short vet clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 build: ## build every binary into bin/
-	$(GO) build -o $(BIN)/ ./orchestrator $(addprefix ./workers/,$(filter-out orchestrator,$(SERVICES)))
+	$(GO) build -o $(BIN)/ ./orchestrator $(addprefix ./workers/,$(WORKERS))
 
-clean: ## remove bin/
-	rm -rf $(BIN)
+run: ## start PostgreSQL and RabbitMQ if needed, create the database, run every service
+	internal/scripts/run.sh
+
+services: ## start PostgreSQL and RabbitMQ if they are not running
+	internal/scripts/services.sh
+
+vet: ## go vet and gofmt
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt needed"; exit 1; }
+
+test: services vet ## the whole suite, against real PostgreSQL and RabbitMQ
+	$(GO) test -count=1 -timeout 14m ./...
+
+test-short: services ## the suite without the slow end-to-end packages
+	$(GO) test -count=1 -short ./...
+
+clean: ## remove bin/ and tmp/
+	rm -rf $(BIN) tmp

@@ -1,0 +1,158 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/sagaflow/sagaflow/internal/testenv"
+	"github.com/sagaflow/sagaflow/orchestrator/api"
+)
+
+// footprint is what a request could have stored or sent.
+type footprint struct {
+	sagas, published, started float64
+}
+
+func measure(t *testing.T, s *testenv.System) footprint {
+	t.Helper()
+	var f footprint
+	var n int64
+	if err := s.Pool(t, "orchestrator").QueryRow(context.Background(), `SELECT count(*) FROM sagas`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	f.sagas = float64(n)
+	m := metricValues(t, s)
+	f.published = m[`sagaflow_messages_published_total{result="confirmed"}`]
+	f.started = m["sagaflow_sagas_started_total"]
+	return f
+}
+
+// metricValues scrapes the orchestrator's /metrics into name{labels} -> value.
+func metricValues(t *testing.T, s *testenv.System) map[string]float64 {
+	t.Helper()
+	r := s.Call(t, http.MethodGet, "/metrics", nil, nil)
+	out := map[string]float64{}
+	sc := bufio.NewScanner(bytes.NewReader(r.Body))
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err == nil {
+			out[line[:i]] = v
+		}
+	}
+	return out
+}
+
+func TestBadOrdersAreRefusedAndChangeNothing(t *testing.T) {
+	s := system(t)
+	good := func() map[string]any {
+		return testenv.OrderSpec{Items: testenv.Items(sku(t, "a"), 1)}.Body()
+	}
+	with := func(edit func(map[string]any)) []byte {
+		b := good()
+		edit(b)
+		j, _ := json.Marshal(b)
+		return j
+	}
+	many := make([]map[string]any, 10_000)
+	for i := range many {
+		many[i] = map[string]any{"sku": "sku-x", "quantity": 1}
+	}
+	huge := append([]byte(`{"customer_id":"`), bytes.Repeat([]byte("x"), 5<<20)...)
+	huge = append(huge, `"}`...)
+
+	cases := []struct {
+		name        string
+		body        []byte
+		contentType string
+		status      int
+		code        string
+		mention     string // the message names the problem
+	}{
+		{"invalid JSON", []byte(`{"customer_id": "c-1", "items": [`), "", 400, api.CodeInvalidRequest, "malformed"},
+		{"not an object", []byte(`[1, 2]`), "", 400, api.CodeInvalidRequest, "malformed"},
+		{"trailing data", append(with(func(map[string]any) {}), []byte(` {}`)...), "", 400, api.CodeInvalidRequest, "after"},
+		{"quantity zero", with(func(b map[string]any) { b["items"] = []map[string]any{{"sku": "a", "quantity": 0}} }), "", 400, api.CodeInvalidRequest, "quantity"},
+		{"quantity negative", with(func(b map[string]any) { b["items"] = []map[string]any{{"sku": "a", "quantity": -3}} }), "", 400, api.CodeInvalidRequest, "quantity"},
+		{"quantity not a number", with(func(b map[string]any) { b["items"] = []map[string]any{{"sku": "a", "quantity": "2"}} }), "", 400, api.CodeInvalidRequest, "quantity"},
+		{"quantity fractional", with(func(b map[string]any) { b["items"] = []map[string]any{{"sku": "a", "quantity": 1.5}} }), "", 400, api.CodeInvalidRequest, "quantity"},
+		{"no items", with(func(b map[string]any) { b["items"] = []any{} }), "", 400, api.CodeInvalidRequest, "items"},
+		{"items missing", with(func(b map[string]any) { delete(b, "items") }), "", 400, api.CodeInvalidRequest, "items"},
+		{"10,000 items", with(func(b map[string]any) { b["items"] = many }), "", 400, api.CodeInvalidRequest, "items"},
+		{"bad sku", with(func(b map[string]any) { b["items"] = []map[string]any{{"sku": "no spaces", "quantity": 1}} }), "", 400, api.CodeInvalidRequest, "sku"},
+		{"5 MB body", huge, "", 413, api.CodePayloadTooLarge, "larger"},
+		{"wrong content type", with(func(map[string]any) {}), "text/plain", 415, api.CodeUnsupportedMediaType, "Content-Type"},
+		{"no content type", with(func(map[string]any) {}), "-", 415, api.CodeUnsupportedMediaType, "Content-Type"},
+		{"customer missing", with(func(b map[string]any) { delete(b, "customer_id") }), "", 400, api.CodeInvalidRequest, "customer_id"},
+		{"token missing", with(func(b map[string]any) { delete(b, "payment_token") }), "", 400, api.CodeInvalidRequest, "payment_token"},
+		{"address missing", with(func(b map[string]any) { delete(b, "shipping_address") }), "", 400, api.CodeInvalidRequest, "shipping_address"},
+		{"country missing", with(func(b map[string]any) { b["shipping_address"] = map[string]string{"line1": "x", "city": "y"} }), "", 400, api.CodeInvalidRequest, "country"},
+		{"country invalid", with(func(b map[string]any) {
+			b["shipping_address"] = map[string]string{"line1": "x", "city": "y", "country": "USA"}
+		}), "", 400, api.CodeInvalidRequest, "country"},
+		{"unknown priority", with(func(b map[string]any) { b["priority"] = "urgent" }), "", 400, api.CodeInvalidRequest, "priority"},
+		{"unknown field", with(func(b map[string]any) { b["amount_cents"] = 1 }), "", 400, api.CodeInvalidRequest, "amount_cents"},
+		{"every field missing", []byte(`{}`), "", 400, api.CodeInvalidRequest, "customer_id"},
+	}
+	before := measure(t, s)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			h := map[string]string{}
+			switch tc.contentType {
+			case "":
+			case "-":
+				h["Content-Type"] = ""
+			default:
+				h["Content-Type"] = tc.contentType
+			}
+			r := s.Call(t, http.MethodPost, "/orders", tc.body, h)
+			var e testenv.ErrorBody
+			if err := json.Unmarshal(r.Body, &e); err != nil {
+				t.Fatalf("body is not a JSON error: %d %q", r.Status, r.Body)
+			}
+			if r.Status != tc.status || e.Error.Code != tc.code {
+				t.Errorf("got %d %s, want %d %s (%s)", r.Status, e.Error.Code, tc.status, tc.code, e.Error.Message)
+			}
+			if !strings.Contains(e.Error.Message, tc.mention) {
+				t.Errorf("message %q does not mention %q", e.Error.Message, tc.mention)
+			}
+		})
+	}
+	if after := measure(t, s); after != before {
+		t.Errorf("bad input changed something: before %+v, after %+v", before, after)
+	}
+}
+
+func TestAdminProductValidation(t *testing.T) {
+	s := system(t)
+	for _, tc := range []struct {
+		name string
+		body any
+	}{
+		{"negative price", map[string]any{"name": "x", "price_cents": -1, "available": 1}},
+		{"negative stock", map[string]any{"name": "x", "price_cents": 1, "available": -1}},
+		{"no name", map[string]any{"price_cents": 1, "available": 1}},
+		{"unknown field", map[string]any{"name": "x", "price_cents": 1, "available": 1, "sold": 3}},
+	} {
+		r := s.Admin(t, http.MethodPut, "/admin/products/"+sku(t, "p"), tc.body)
+		if r.Status != http.StatusBadRequest || !strings.Contains(string(r.Body), api.CodeInvalidRequest) {
+			t.Errorf("%s: %d %s, want 400 invalid_request", tc.name, r.Status, r.Body)
+		}
+	}
+	if r := s.Call(t, http.MethodGet, "/products/"+sku(t, "p"), nil, nil); r.Status != http.StatusNotFound {
+		t.Errorf("a refused product exists: %d %s", r.Status, r.Body)
+	}
+}

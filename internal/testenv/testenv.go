@@ -1,0 +1,364 @@
+// Package testenv runs whole sagaflow deployments for end-to-end tests: the
+// real binaries, built once per test process, on a fresh PostgreSQL
+// database and a fresh RabbitMQ vhost, driven through the REST API.
+package testenv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sagaflow/sagaflow/saga/sagatest"
+)
+
+// Workers are the command workers; Services all binaries in start order.
+var (
+	Workers  = []string{"inventory", "payment", "shipping"}
+	Services = append([]string{"orchestrator"}, Workers...)
+)
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// Binaries builds every binary once per test process (go build's cache
+// makes it quick) and returns their directory.
+func Binaries() (string, error) {
+	buildOnce.Do(func() {
+		root, err := moduleRoot()
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binDir, err = os.MkdirTemp("", "sagaflow-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", binDir+string(os.PathSeparator), "./orchestrator", "./workers/...")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %w\n%s", err, out)
+		}
+	})
+	return binDir, buildErr
+}
+
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	mod := strings.TrimSpace(string(out))
+	if mod == "" || mod == os.DevNull {
+		return "", errors.New("not inside the sagaflow module")
+	}
+	return filepath.Dir(mod), nil
+}
+
+// Options shape a deployment.
+type Options struct {
+	// Services to start (default Services).
+	Services []string
+	// Env is added to every service's environment.
+	Env map[string]string
+	// ServiceEnv is added to one service's environment.
+	ServiceEnv map[string]map[string]string
+}
+
+// System is one running deployment with its own database, vhost, ports
+// and processes.
+type System struct {
+	Name       string
+	DBURL      string
+	AMQPURL    string
+	BaseURL    string
+	AdminToken string
+	HTTP       *http.Client
+
+	opts   Options
+	bin    string
+	logDir string
+	env    []string
+
+	mu      sync.Mutex
+	procs   map[string]*exec.Cmd
+	exited  map[string]chan struct{}
+	metrics map[string]string // service -> metrics address
+}
+
+// Start brings a deployment up and waits until every service is ready.
+func Start(opts Options) (*System, error) {
+	if len(opts.Services) == 0 {
+		opts.Services = Services
+	}
+	bin, err := Binaries()
+	if err != nil {
+		return nil, err
+	}
+	s := &System{
+		Name: sagatest.Name("sf_e2e_"), opts: opts, bin: bin,
+		HTTP:  &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}},
+		procs: map[string]*exec.Cmd{}, exited: map[string]chan struct{}{}, metrics: map[string]string{},
+	}
+	s.AdminToken = "admin-" + s.Name
+	if s.logDir, err = os.MkdirTemp("", s.Name+"-logs-"); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if s.DBURL, err = sagatest.CreateDatabase(ctx, s.Name); err != nil {
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
+	if s.AMQPURL, err = sagatest.CreateVhost(s.Name); err != nil {
+		_ = sagatest.DropDatabase(ctx, s.Name)
+		return nil, fmt.Errorf("rabbitmq: %w", err)
+	}
+	port, err := freePort()
+	if err != nil {
+		s.Stop()
+		return nil, err
+	}
+	s.BaseURL = fmt.Sprintf("http://127.0.0.1:%d", port)
+	s.env = append(os.Environ(),
+		"DATABASE_URL="+s.DBURL, "AMQP_URL="+s.AMQPURL, fmt.Sprintf("HTTP_ADDR=127.0.0.1:%d", port),
+		"ADMIN_TOKEN="+s.AdminToken, "LOG_LEVEL=info")
+	for k, v := range opts.Env {
+		s.env = append(s.env, k+"="+v)
+	}
+	for _, name := range opts.Services {
+		if err := s.StartService(name, nil); err != nil {
+			s.Stop()
+			return nil, err
+		}
+	}
+	if err := s.WaitReady(60 * time.Second); err != nil {
+		err = fmt.Errorf("%w\n%s", err, s.AllLogs(20))
+		s.Stop()
+		return nil, err
+	}
+	return s, nil
+}
+
+// StartT starts a deployment for one test, stopped at cleanup; it skips
+// (or fails under CI=true) when the services are unreachable.
+func StartT(t testing.TB, opts Options) *System {
+	t.Helper()
+	s, err := Start(opts)
+	if err != nil {
+		if strings.HasPrefix(err.Error(), "postgres:") || strings.HasPrefix(err.Error(), "rabbitmq:") {
+			sagatest.Unavailable(t, "PostgreSQL or RabbitMQ", err)
+		}
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("service logs of %s:\n%s", s.Name, s.AllLogs(40))
+		}
+		s.Stop()
+	})
+	return s
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// StartService starts (or restarts) one binary with extra environment.
+func (s *System) StartService(name string, extra map[string]string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cmd, ok := s.procs[name]; ok && cmd.ProcessState == nil {
+		select {
+		case <-s.exited[name]:
+		default:
+			return fmt.Errorf("%s is already running", name)
+		}
+	}
+	env := append([]string(nil), s.env...)
+	if name != "orchestrator" {
+		addr := s.metrics[name]
+		if addr == "" {
+			p, err := freePort()
+			if err != nil {
+				return err
+			}
+			addr = fmt.Sprintf("127.0.0.1:%d", p)
+			s.metrics[name] = addr
+		}
+		env = append(env, "METRICS_ADDR="+addr)
+	}
+	for k, v := range s.opts.ServiceEnv[name] {
+		env = append(env, k+"="+v)
+	}
+	for k, v := range extra {
+		env = append(env, k+"="+v)
+	}
+	logf, err := os.OpenFile(filepath.Join(s.logDir, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(filepath.Join(s.bin, name))
+	cmd.Env, cmd.Stdout, cmd.Stderr = env, logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start %s: %w", name, err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
+	s.procs[name], s.exited[name] = cmd, done
+	return nil
+}
+
+// Kill sends sig to a service and waits for it to exit (SIGKILL after
+// 20s). It returns the exit code (-1 when killed by a signal).
+func (s *System) Kill(name string, sig syscall.Signal) (int, error) {
+	s.mu.Lock()
+	cmd, done := s.procs[name], s.exited[name]
+	s.mu.Unlock()
+	if cmd == nil {
+		return 0, fmt.Errorf("%s was never started", name)
+	}
+	select {
+	case <-done:
+		return cmd.ProcessState.ExitCode(), nil
+	default:
+	}
+	_ = cmd.Process.Signal(sig)
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+		return -1, fmt.Errorf("%s did not stop within 20s of %s", name, sig)
+	}
+	return cmd.ProcessState.ExitCode(), nil
+}
+
+// Running reports whether a service's process is alive.
+func (s *System) Running(name string) bool {
+	s.mu.Lock()
+	done := s.exited[name]
+	s.mu.Unlock()
+	if done == nil {
+		return false
+	}
+	select {
+	case <-done:
+		return false
+	default:
+		return true
+	}
+}
+
+// MetricsAddr is a worker's metrics/health address.
+func (s *System) MetricsAddr(name string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.metrics[name]
+}
+
+// WaitReady waits until the orchestrator's /readyz and every running
+// worker's /readyz answer 200.
+func (s *System) WaitReady(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	var last error
+	for time.Now().Before(deadline) {
+		last = nil
+		for _, name := range s.opts.Services {
+			if !s.Running(name) {
+				return fmt.Errorf("%s exited:\n%s", name, s.Logs(name, 20))
+			}
+			url := s.BaseURL + "/readyz"
+			if name != "orchestrator" {
+				url = "http://" + s.MetricsAddr(name) + "/readyz"
+			}
+			resp, err := s.HTTP.Get(url)
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					err = fmt.Errorf("%s: /readyz %d", name, resp.StatusCode)
+				}
+			}
+			if err != nil {
+				last = err
+				break
+			}
+		}
+		if last == nil {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("not ready after %s: %w", timeout, last)
+}
+
+// Logs returns the last n lines of a service's log.
+func (s *System) Logs(name string, n int) string {
+	b, err := os.ReadFile(filepath.Join(s.logDir, name+".log"))
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// AllLogs returns the tails of every service's log.
+func (s *System) AllLogs(n int) string {
+	var b strings.Builder
+	for _, name := range s.opts.Services {
+		fmt.Fprintf(&b, "--- %s\n%s\n", name, s.Logs(name, n))
+	}
+	return b.String()
+}
+
+// Pool opens a pool on the deployment's database with search_path set to a
+// service's schema, closed at cleanup.
+func (s *System) Pool(t testing.TB, schema string) *pgxpool.Pool {
+	return sagatest.Pool(t, s.DBURL, schema)
+}
+
+// Stop stops every service with SIGTERM and removes the database, the vhost
+// and the logs.
+func (s *System) Stop() {
+	var wg sync.WaitGroup
+	s.mu.Lock()
+	names := make([]string, 0, len(s.procs))
+	for n := range s.procs {
+		names = append(names, n)
+	}
+	s.mu.Unlock()
+	for _, n := range names {
+		wg.Add(1)
+		go func() { defer wg.Done(); _, _ = s.Kill(n, syscall.SIGTERM) }()
+	}
+	wg.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_ = sagatest.DeleteVhost(s.Name)
+	_ = sagatest.DropDatabase(ctx, s.Name)
+	_ = os.RemoveAll(s.logDir)
+}
