@@ -140,7 +140,13 @@ var transitions = fsm.Events{
 }
 
 // Transitions returns the state machine table, for documentation and tests.
-func Transitions() fsm.Events { return append(fsm.Events(nil), transitions...) }
+func Transitions() fsm.Events {
+	out := make(fsm.Events, len(transitions))
+	for i, e := range transitions {
+		out[i] = fsm.EventDesc{Name: e.Name, Src: append([]string(nil), e.Src...), Dst: e.Dst}
+	}
+	return out
+}
 
 // New returns a pending saga of this definition and its "<name>.created"
 // event. The saga's deadline is startBy: if nobody starts it earlier, the
@@ -190,6 +196,10 @@ func (d *Definition) Decide(in Instance, inp Input, now time.Time) (Decision, er
 	if x.changed {
 		dec.Instance.UpdatedAt = x.now
 		dec.Instance.State = d.StateOf(&dec.Instance)
+		if p := dec.Instance.Phase; p.Terminal() || p == Stuck {
+			// Nothing is in flight or waiting any more.
+			dec.Instance.Waiting, dec.Instance.Deadline = false, time.Time{}
+		}
 	} else {
 		dec.Instance = in
 	}
@@ -300,13 +310,15 @@ func (x *decider) send() {
 	})
 }
 
-// grow returns base × Multiplier^(attempt-1), capped, spread by jitter.
+// grow returns base × Multiplier^(attempt-1), capped at limit, then spread
+// upwards by up to Jitter.
 func (x *decider) grow(base, limit time.Duration, name string) time.Duration {
 	r := x.def.Retry
 	f := float64(base) * math.Pow(r.Multiplier, float64(x.in.Attempt-1))
 	if f > float64(limit) {
 		f = float64(limit)
 	}
+	// Jitter after the cap: sagas at the cap stay spread out.
 	f *= 1 + r.Jitter*x.unit(name)
 	return time.Duration(f).Truncate(time.Microsecond)
 }
@@ -512,6 +524,9 @@ func (x *decider) reply(r *Reply) error {
 		return nil
 	case r.Status == ReplyFailed && x.in.Phase == Running && step.Kind == Compensatable:
 		msg := r.Code
+		if msg == "" {
+			msg = "failed"
+		}
 		if r.Message != "" {
 			msg += ": " + r.Message
 		}

@@ -81,17 +81,17 @@ type Retry struct {
 	// reply before it is re-sent (default 10s). Each further attempt waits
 	// Multiplier times longer, up to MaxTimeout.
 	Timeout time.Duration
-	// MaxTimeout caps the wait of one attempt (default 2m).
+	// MaxTimeout caps the wait of one attempt, before jitter (default 2m).
 	MaxTimeout time.Duration
 	// Backoff is the pause before re-sending a command whose worker reported
 	// a transient failure (default 200ms); it grows by Multiplier up to
 	// MaxBackoff.
 	Backoff time.Duration
-	// MaxBackoff caps Backoff (default 30s).
+	// MaxBackoff caps Backoff, before jitter (default 30s).
 	MaxBackoff time.Duration
 	// Multiplier is the growth factor of timeouts and backoffs (default 2).
 	Multiplier float64
-	// Jitter spreads each wait by up to this fraction, so that retries of
+	// Jitter lengthens each wait by up to this fraction, so that retries of
 	// many sagas do not arrive together (default 0.2).
 	Jitter float64
 	// MaxAttempts is the budget of a compensatable step; when it runs out

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/google/uuid"
@@ -65,7 +66,7 @@ func Decode(body []byte) (Envelope, error) {
 	if err := dec.Decode(&e); err != nil {
 		return Envelope{}, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
-	if dec.More() {
+	if !AtEOF(dec) {
 		return Envelope{}, fmt.Errorf("%w: trailing data after the envelope", ErrMalformed)
 	}
 	if e.V != SchemaVersion {
@@ -75,6 +76,13 @@ func Decode(body []byte) (Envelope, error) {
 		return Envelope{}, fmt.Errorf("%w: id and type are required", ErrMalformed)
 	}
 	return e, nil
+}
+
+// AtEOF reports whether a decoder has nothing left but whitespace.
+// (json.Decoder.More is not enough: it is false before a stray '}' or ']'.)
+func AtEOF(dec *json.Decoder) bool {
+	_, err := dec.Token()
+	return err == io.EOF
 }
 
 // Message is a message to publish, independent of the transport. The
