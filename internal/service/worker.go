@@ -39,6 +39,8 @@ type WorkerConfig struct {
 	// SimDropReplyRate is the probability a reply is lost after the effect
 	// committed (default 0).
 	SimDropReplyRate float64 `env:"SIM_DROP_REPLY_RATE" envDefault:"0"`
+	// SimDropFirstReply loses the first reply to each command (default false).
+	SimDropFirstReply bool `env:"SIM_DROP_FIRST_REPLY" envDefault:"false"`
 }
 
 // Validate reports every problem at once.
@@ -120,6 +122,7 @@ func runWorker(spec WorkerSpec, cfg *WorkerConfig, log zerolog.Logger) error {
 		Queue: spec.Queue, Prefetch: cfg.Prefetch, Concurrency: cfg.Concurrency,
 		Simulate: worker.Simulation{
 			Latency: cfg.SimLatency, FailureRate: cfg.SimFailureRate, DropReplyRate: cfg.SimDropReplyRate,
+			DropFirstReply: cfg.SimDropFirstReply,
 		},
 	}, db, bus, log)
 	rt.SetObserver(metrics.WorkerObserver{})

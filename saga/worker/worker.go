@@ -18,6 +18,7 @@ import (
 	"math/rand/v2"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -44,6 +45,9 @@ func (c Command) Decode(v any) error {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return Invalid(fmt.Errorf("%s payload: %w", c.Type, err))
+	}
+	if !saga.AtEOF(dec) {
+		return Invalid(fmt.Errorf("%s payload: data after the JSON value", c.Type))
 	}
 	return nil
 }
@@ -121,6 +125,9 @@ type Simulation struct {
 	// DropReplyRate is the probability (0..1) that a reply is lost after
 	// the effect committed: the saga's retry must get the stored reply.
 	DropReplyRate float64
+	// DropFirstReply loses the first reply to each message id (this
+	// process's memory): the deterministic form of DropReplyRate, for tests.
+	DropFirstReply bool
 }
 
 // Runtime runs a worker's handlers. Register handlers, then Run.
@@ -132,6 +139,9 @@ type Runtime struct {
 	handlers map[string]HandlerFunc
 	queries  map[string]QueryFunc
 	observer Observer
+
+	droppedMu sync.Mutex
+	dropped   map[string]bool // message ids whose first reply was dropped
 }
 
 // Observer is told about each command handled; metrics hang here.
@@ -206,7 +216,8 @@ func (r *Runtime) deliver(ctx context.Context, d *amqp.Delivery) error {
 		Str("correlation_id", d.CorrelationId).Logger()
 	cmd := Command{Envelope: env, Redelivered: d.Redelivered}
 	var res Result
-	if q, ok := r.queries[env.Type]; ok {
+	q, isQuery := r.queries[env.Type]
+	if isQuery {
 		res, err = q(ctx, cmd)
 		if err != nil && !isInvalid(err) {
 			res, err = Result{Status: saga.ReplyRetry, Code: "transient", Message: err.Error()}, nil
@@ -232,7 +243,8 @@ func (r *Runtime) deliver(ctx context.Context, d *amqp.Delivery) error {
 		return err
 	}
 	r.observer.Handled(env.Type, outcome(res, invalid), time.Since(start))
-	if d.ReplyTo != "" && !r.dropReply() {
+	// Simulated losses hit saga commands only: a query's caller just waits.
+	if d.ReplyTo != "" && (isQuery || !r.dropReply(env.ID)) {
 		if err := r.reply(ctx, d, env, res); err != nil {
 			// Not acked: the redelivery finds the stored reply and sends it.
 			return err
@@ -257,7 +269,21 @@ func isInvalid(err error) bool {
 	return errors.As(err, &inv)
 }
 
-func (r *Runtime) dropReply() bool {
+// dropReply decides whether the simulation loses this reply.
+func (r *Runtime) dropReply(msgID string) bool {
+	if r.cfg.Simulate.DropFirstReply {
+		r.droppedMu.Lock()
+		defer r.droppedMu.Unlock()
+		if r.dropped == nil {
+			r.dropped = map[string]bool{}
+		}
+		if !r.dropped[msgID] {
+			r.dropped[msgID] = true
+			r.log.Info().Str("message_id", msgID).Msg("simulation: dropping the first reply")
+			return true
+		}
+		return false
+	}
 	return r.cfg.Simulate.DropReplyRate > 0 && rand.Float64() < r.cfg.Simulate.DropReplyRate
 }
 

@@ -1,0 +1,308 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sagaflow/sagaflow/internal/contract"
+	"github.com/sagaflow/sagaflow/internal/service"
+	"github.com/sagaflow/sagaflow/saga"
+	"github.com/sagaflow/sagaflow/saga/sagatest"
+	"github.com/sagaflow/sagaflow/saga/worker"
+)
+
+// --- helpers (the three worker packages each carry their own) ---
+
+// newDB creates a fresh database with the payment schema and returns a
+// pool on it.
+func newDB(t *testing.T) *pgxpool.Pool {
+	t.Helper()
+	pool := sagatest.Pool(t, sagatest.NewDatabase(t), "payment")
+	if err := service.ApplySchema(context.Background(), pool, "payment"); err != nil {
+		t.Fatalf("apply schema: %v", err)
+	}
+	return pool
+}
+
+// command builds a command with a fresh message id; a string payload is
+// sent verbatim, anything else is marshalled.
+func command(t *testing.T, typ string, payload any) worker.Command {
+	t.Helper()
+	raw, ok := payload.(string)
+	if !ok {
+		b, err := json.Marshal(payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw = string(b)
+	}
+	return worker.Command{Envelope: saga.Envelope{ID: uuid.NewString(), Type: typ, Payload: json.RawMessage(raw)}}
+}
+
+// inTx runs h in its own transaction, committed when h returns no error and
+// rolled back otherwise, as the runtime does.
+func inTx(ctx context.Context, pool *pgxpool.Pool, h worker.HandlerFunc, cmd worker.Command) (worker.Result, error) {
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return worker.Result{}, err
+	}
+	defer tx.Rollback(ctx)
+	res, err := h(ctx, tx, cmd)
+	if err != nil {
+		return worker.Result{}, err
+	}
+	return res, tx.Commit(ctx)
+}
+
+// run runs a handler in a transaction and fails the test on a Go error.
+func run(t *testing.T, pool *pgxpool.Pool, h worker.HandlerFunc, typ string, payload any) worker.Result {
+	t.Helper()
+	res, err := inTx(context.Background(), pool, h, command(t, typ, payload))
+	if err != nil {
+		t.Fatalf("%s: unexpected error: %v", typ, err)
+	}
+	return res
+}
+
+// verdict is the part of a Result a saga decides on.
+type verdict struct {
+	Status saga.ReplyStatus
+	Code   string
+}
+
+var okVerdict = verdict{Status: saga.ReplyOK}
+
+func failed(code string) verdict { return verdict{Status: saga.ReplyFailed, Code: code} }
+
+func checkVerdict(t *testing.T, what string, res worker.Result, want verdict) {
+	t.Helper()
+	if diff := cmp.Diff(want, verdict{res.Status, res.Code}); diff != "" {
+		t.Errorf("%s verdict (-want +got):\n%s\nmessage: %q", what, diff, res.Message)
+	}
+}
+
+func payloadOf[T any](t *testing.T, res worker.Result) T {
+	t.Helper()
+	var v T
+	if err := json.Unmarshal(res.Payload, &v); err != nil {
+		t.Fatalf("decode payload %q: %v", res.Payload, err)
+	}
+	return v
+}
+
+// --- payment helpers ---
+
+func doCharge(t *testing.T, pool *pgxpool.Pool, orderID string, amount int64, token string) worker.Result {
+	t.Helper()
+	return run(t, pool, charge, contract.PaymentCharge, contract.ChargeRequest{
+		OrderID: orderID, CustomerID: "c1", AmountCents: amount, PaymentToken: token,
+	})
+}
+
+func doRefund(t *testing.T, pool *pgxpool.Pool, orderID string) worker.Result {
+	t.Helper()
+	return run(t, pool, refund, contract.PaymentRefund, contract.OrderRef{OrderID: orderID})
+}
+
+func checkLedger(t *testing.T, pool *pgxpool.Pool, orderID string, want contract.PaymentLedgerReply) {
+	t.Helper()
+	res, err := ledger(context.Background(), pool, command(t, contract.PaymentLedger, contract.OrderRef{OrderID: orderID}))
+	if err != nil {
+		t.Fatalf("ledger: %v", err)
+	}
+	checkVerdict(t, "ledger", res, okVerdict)
+	if diff := cmp.Diff(want, payloadOf[contract.PaymentLedgerReply](t, res)); diff != "" {
+		t.Errorf("ledger of %s (-want +got):\n%s", orderID, diff)
+	}
+}
+
+type paymentRow struct {
+	Status           string
+	Charged, Refunds int64
+	DeclineCode      string
+}
+
+// payments returns every payment row by order id.
+func payments(t *testing.T, pool *pgxpool.Pool) map[string]paymentRow {
+	t.Helper()
+	rows, err := pool.Query(context.Background(),
+		`SELECT order_id, status, charged_cents, refunded_cents, decline_code FROM payments`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	out := map[string]paymentRow{}
+	for rows.Next() {
+		var id string
+		var p paymentRow
+		if err := rows.Scan(&id, &p.Status, &p.Charged, &p.Refunds, &p.DeclineCode); err != nil {
+			t.Fatal(err)
+		}
+		out[id] = p
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func checkPayments(t *testing.T, pool *pgxpool.Pool, want map[string]paymentRow) {
+	t.Helper()
+	if diff := cmp.Diff(want, payments(t, pool)); diff != "" {
+		t.Errorf("payments (-want +got):\n%s", diff)
+	}
+}
+
+// --- tests ---
+
+func TestChargeRecordsChargedAmount(t *testing.T) {
+	t.Parallel()
+	pool := newDB(t)
+
+	res := doCharge(t, pool, "o1", 1234, "tok_visa")
+
+	checkVerdict(t, "charge", res, okVerdict)
+	reply := payloadOf[contract.ChargeReply](t, res)
+	if reply.ChargedCents != 1234 {
+		t.Errorf("charged_cents = %d, want 1234", reply.ChargedCents)
+	}
+	if !strings.HasPrefix(reply.PaymentID, "pay_") || len(reply.PaymentID) <= len("pay_") {
+		t.Errorf("payment_id = %q, want pay_<id>", reply.PaymentID)
+	}
+	checkLedger(t, pool, "o1", contract.PaymentLedgerReply{ChargedCents: 1234})
+	checkPayments(t, pool, map[string]paymentRow{"o1": {Status: "charged", Charged: 1234}})
+}
+
+func TestChargeDeclinedChargesNothing(t *testing.T) {
+	t.Parallel()
+	pool := newDB(t)
+
+	checkVerdict(t, "charge", doCharge(t, pool, "o1", 1234, contract.DeclineToken), failed(contract.CodeCardDeclined))
+	// A re-sent charge is declined again, without charging.
+	checkVerdict(t, "re-sent charge", doCharge(t, pool, "o1", 1234, contract.DeclineToken), failed(contract.CodeCardDeclined))
+
+	checkLedger(t, pool, "o1", contract.PaymentLedgerReply{})
+	checkPayments(t, pool, map[string]paymentRow{"o1": {Status: "declined", DeclineCode: contract.CodeCardDeclined}})
+}
+
+func TestChargeIsIdempotentPerOrder(t *testing.T) {
+	t.Parallel()
+	pool := newDB(t)
+
+	first := doCharge(t, pool, "o1", 1234, "tok_visa")
+	// Re-sent commands (new message ids) for the same order, even with a
+	// different amount, charge nothing more and answer as the first did.
+	second := doCharge(t, pool, "o1", 1234, "tok_visa")
+	third := doCharge(t, pool, "o1", 9999, "tok_visa")
+
+	checkVerdict(t, "first charge", first, okVerdict)
+	for _, got := range []worker.Result{second, third} {
+		if diff := cmp.Diff(first, got); diff != "" {
+			t.Errorf("repeated charge (-first +got):\n%s", diff)
+		}
+	}
+	checkLedger(t, pool, "o1", contract.PaymentLedgerReply{ChargedCents: 1234})
+	checkPayments(t, pool, map[string]paymentRow{"o1": {Status: "charged", Charged: 1234}})
+}
+
+func TestRefundRefundsChargedAmountOnce(t *testing.T) {
+	t.Parallel()
+	pool := newDB(t)
+	checkVerdict(t, "charge", doCharge(t, pool, "o1", 1234, "tok_visa"), okVerdict)
+
+	for _, what := range []string{"refund", "repeated refund"} {
+		res := doRefund(t, pool, "o1")
+		checkVerdict(t, what, res, okVerdict)
+		if diff := cmp.Diff(contract.RefundReply{RefundedCents: 1234}, payloadOf[contract.RefundReply](t, res)); diff != "" {
+			t.Errorf("%s reply (-want +got):\n%s", what, diff)
+		}
+	}
+	checkLedger(t, pool, "o1", contract.PaymentLedgerReply{ChargedCents: 1234, RefundedCents: 1234})
+	checkPayments(t, pool, map[string]paymentRow{"o1": {Status: "refunded", Charged: 1234, Refunds: 1234}})
+}
+
+// A refund that overtakes its charge wins: the late charge is a no-op.
+func TestRefundBeforeChargeMakesLateChargeFail(t *testing.T) {
+	t.Parallel()
+	pool := newDB(t)
+
+	res := doRefund(t, pool, "o1")
+	checkVerdict(t, "early refund", res, okVerdict)
+	if diff := cmp.Diff(contract.RefundReply{}, payloadOf[contract.RefundReply](t, res)); diff != "" {
+		t.Errorf("early refund reply (-want +got):\n%s", diff)
+	}
+
+	checkVerdict(t, "late charge", doCharge(t, pool, "o1", 1234, "tok_visa"), failed(contract.CodeAlreadyRefunded))
+	checkVerdict(t, "re-sent late charge", doCharge(t, pool, "o1", 1234, "tok_visa"), failed(contract.CodeAlreadyRefunded))
+
+	checkLedger(t, pool, "o1", contract.PaymentLedgerReply{})
+	checkPayments(t, pool, map[string]paymentRow{"o1": {Status: "refunded"}})
+}
+
+func TestRefundOfDeclinedPaymentRefundsNothing(t *testing.T) {
+	t.Parallel()
+	pool := newDB(t)
+	checkVerdict(t, "charge", doCharge(t, pool, "o1", 1234, contract.DeclineToken), failed(contract.CodeCardDeclined))
+
+	res := doRefund(t, pool, "o1")
+	checkVerdict(t, "refund", res, okVerdict)
+	if diff := cmp.Diff(contract.RefundReply{}, payloadOf[contract.RefundReply](t, res)); diff != "" {
+		t.Errorf("refund reply (-want +got):\n%s", diff)
+	}
+	checkLedger(t, pool, "o1", contract.PaymentLedgerReply{})
+	checkPayments(t, pool, map[string]paymentRow{"o1": {Status: "declined", DeclineCode: contract.CodeCardDeclined}})
+}
+
+func TestLedgerOfUnknownOrderIsZero(t *testing.T) {
+	t.Parallel()
+	pool := newDB(t)
+	checkVerdict(t, "charge other order", doCharge(t, pool, "other", 500, "tok_visa"), okVerdict)
+
+	checkLedger(t, pool, "o1", contract.PaymentLedgerReply{})
+	checkLedger(t, pool, "other", contract.PaymentLedgerReply{ChargedCents: 500})
+}
+
+func TestInvalidPayloadsAreRejected(t *testing.T) {
+	t.Parallel()
+	pool := newDB(t)
+	inTxCall := func(h worker.HandlerFunc) func(context.Context, worker.Command) (worker.Result, error) {
+		return func(ctx context.Context, cmd worker.Command) (worker.Result, error) { return inTx(ctx, pool, h, cmd) }
+	}
+	ledgerCall := func(ctx context.Context, cmd worker.Command) (worker.Result, error) { return ledger(ctx, pool, cmd) }
+	tests := []struct {
+		name    string
+		typ     string
+		call    func(context.Context, worker.Command) (worker.Result, error)
+		payload string
+	}{
+		{"charge amount 0", contract.PaymentCharge, inTxCall(charge), `{"order_id":"o1","customer_id":"c1","amount_cents":0,"payment_token":"tok_visa"}`},
+		{"charge negative amount", contract.PaymentCharge, inTxCall(charge), `{"order_id":"o1","amount_cents":-5,"payment_token":"tok_visa"}`},
+		{"charge missing token", contract.PaymentCharge, inTxCall(charge), `{"order_id":"o1","customer_id":"c1","amount_cents":100}`},
+		{"charge missing order_id", contract.PaymentCharge, inTxCall(charge), `{"amount_cents":100,"payment_token":"tok_visa"}`},
+		{"charge unknown field", contract.PaymentCharge, inTxCall(charge), `{"order_id":"o1","amount_cents":100,"payment_token":"tok_visa","currency":"EUR"}`},
+		{"charge amount as string", contract.PaymentCharge, inTxCall(charge), `{"order_id":"o1","amount_cents":"100","payment_token":"tok_visa"}`},
+		{"charge bad JSON", contract.PaymentCharge, inTxCall(charge), `{"order_id"`},
+		{"refund missing order_id", contract.PaymentRefund, inTxCall(refund), `{}`},
+		{"refund unknown field", contract.PaymentRefund, inTxCall(refund), `{"order_id":"o1","amount_cents":5}`},
+		{"refund bad JSON", contract.PaymentRefund, inTxCall(refund), `[`},
+		{"ledger bad JSON", contract.PaymentLedger, ledgerCall, `nope`},
+		{"ledger unknown field", contract.PaymentLedger, ledgerCall, `{"order_id":"o1","x":1}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, err := tt.call(context.Background(), command(t, tt.typ, tt.payload))
+			var inv *worker.InvalidError
+			if !errors.As(err, &inv) {
+				t.Fatalf("got result %+v, error %v; want a *worker.InvalidError", res, err)
+			}
+		})
+	}
+	checkPayments(t, pool, map[string]paymentRow{})
+}

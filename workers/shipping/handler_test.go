@@ -1,0 +1,273 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sagaflow/sagaflow/internal/contract"
+	"github.com/sagaflow/sagaflow/internal/service"
+	"github.com/sagaflow/sagaflow/saga"
+	"github.com/sagaflow/sagaflow/saga/sagatest"
+	"github.com/sagaflow/sagaflow/saga/worker"
+)
+
+// --- helpers (the three worker packages each carry their own) ---
+
+// newDB creates a fresh database with the shipping schema and returns a
+// pool on it.
+func newDB(t *testing.T) *pgxpool.Pool {
+	t.Helper()
+	pool := sagatest.Pool(t, sagatest.NewDatabase(t), "shipping")
+	if err := service.ApplySchema(context.Background(), pool, "shipping"); err != nil {
+		t.Fatalf("apply schema: %v", err)
+	}
+	return pool
+}
+
+// command builds a command with a fresh message id; a string payload is
+// sent verbatim, anything else is marshalled.
+func command(t *testing.T, typ string, payload any) worker.Command {
+	t.Helper()
+	raw, ok := payload.(string)
+	if !ok {
+		b, err := json.Marshal(payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw = string(b)
+	}
+	return worker.Command{Envelope: saga.Envelope{ID: uuid.NewString(), Type: typ, Payload: json.RawMessage(raw)}}
+}
+
+// inTx runs h in its own transaction, committed when h returns no error and
+// rolled back otherwise, as the runtime does.
+func inTx(ctx context.Context, pool *pgxpool.Pool, h worker.HandlerFunc, cmd worker.Command) (worker.Result, error) {
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return worker.Result{}, err
+	}
+	defer tx.Rollback(ctx)
+	res, err := h(ctx, tx, cmd)
+	if err != nil {
+		return worker.Result{}, err
+	}
+	return res, tx.Commit(ctx)
+}
+
+// run runs a handler in a transaction and fails the test on a Go error.
+func run(t *testing.T, pool *pgxpool.Pool, h worker.HandlerFunc, typ string, payload any) worker.Result {
+	t.Helper()
+	res, err := inTx(context.Background(), pool, h, command(t, typ, payload))
+	if err != nil {
+		t.Fatalf("%s: unexpected error: %v", typ, err)
+	}
+	return res
+}
+
+// verdict is the part of a Result a saga decides on.
+type verdict struct {
+	Status saga.ReplyStatus
+	Code   string
+}
+
+var okVerdict = verdict{Status: saga.ReplyOK}
+
+func failed(code string) verdict { return verdict{Status: saga.ReplyFailed, Code: code} }
+
+func checkVerdict(t *testing.T, what string, res worker.Result, want verdict) {
+	t.Helper()
+	if diff := cmp.Diff(want, verdict{res.Status, res.Code}); diff != "" {
+		t.Errorf("%s verdict (-want +got):\n%s\nmessage: %q", what, diff, res.Message)
+	}
+}
+
+func payloadOf[T any](t *testing.T, res worker.Result) T {
+	t.Helper()
+	var v T
+	if err := json.Unmarshal(res.Payload, &v); err != nil {
+		t.Fatalf("decode payload %q: %v", res.Payload, err)
+	}
+	return v
+}
+
+// --- shipping helpers ---
+
+func doPrepare(t *testing.T, pool *pgxpool.Pool, orderID, country string) worker.Result {
+	t.Helper()
+	return run(t, pool, prepare, contract.ShippingPrepare, contract.PrepareRequest{
+		OrderID:         orderID,
+		ShippingAddress: contract.Address{Line1: "1 Main St", City: "Springfield", Country: country},
+		Items:           []contract.Item{{SKU: "apple", Quantity: 2}},
+	})
+}
+
+func doCancel(t *testing.T, pool *pgxpool.Pool, orderID string) worker.Result {
+	t.Helper()
+	return run(t, pool, cancel, contract.ShippingCancel, contract.OrderRef{OrderID: orderID})
+}
+
+func checkLedger(t *testing.T, pool *pgxpool.Pool, orderID string, want contract.ShipmentLedgerReply) {
+	t.Helper()
+	res, err := ledger(context.Background(), pool, command(t, contract.ShippingLedger, contract.OrderRef{OrderID: orderID}))
+	if err != nil {
+		t.Fatalf("ledger: %v", err)
+	}
+	checkVerdict(t, "ledger", res, okVerdict)
+	if diff := cmp.Diff(want, payloadOf[contract.ShipmentLedgerReply](t, res)); diff != "" {
+		t.Errorf("ledger of %s (-want +got):\n%s", orderID, diff)
+	}
+}
+
+type shipmentRow struct {
+	Status, Country string
+	Prepared        bool
+}
+
+// shipments returns every shipment row by order id.
+func shipments(t *testing.T, pool *pgxpool.Pool) map[string]shipmentRow {
+	t.Helper()
+	rows, err := pool.Query(context.Background(), `SELECT order_id, status, country, prepared FROM shipments`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	out := map[string]shipmentRow{}
+	for rows.Next() {
+		var id string
+		var s shipmentRow
+		if err := rows.Scan(&id, &s.Status, &s.Country, &s.Prepared); err != nil {
+			t.Fatal(err)
+		}
+		out[id] = s
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func checkShipments(t *testing.T, pool *pgxpool.Pool, want map[string]shipmentRow) {
+	t.Helper()
+	if diff := cmp.Diff(want, shipments(t, pool)); diff != "" {
+		t.Errorf("shipments (-want +got):\n%s", diff)
+	}
+}
+
+// --- tests ---
+
+func TestPrepareBooksShipmentOnce(t *testing.T) {
+	t.Parallel()
+	pool := newDB(t)
+
+	first := doPrepare(t, pool, "o1", "fr")
+	checkVerdict(t, "prepare", first, okVerdict)
+	tracking := payloadOf[contract.PrepareReply](t, first).TrackingNumber
+	if !strings.HasPrefix(tracking, "trk_") || len(tracking) <= len("trk_") {
+		t.Errorf("tracking_number = %q, want trk_<id>", tracking)
+	}
+
+	// A re-sent prepare (new message id) answers the same tracking number.
+	second := doPrepare(t, pool, "o1", "FR")
+	if diff := cmp.Diff(first, second); diff != "" {
+		t.Errorf("repeated prepare (-first +second):\n%s", diff)
+	}
+	checkLedger(t, pool, "o1", contract.ShipmentLedgerReply{Prepared: 1})
+	checkShipments(t, pool, map[string]shipmentRow{"o1": {Status: "prepared", Country: "FR", Prepared: true}})
+}
+
+func TestPrepareToRefusedCountryFails(t *testing.T) {
+	t.Parallel()
+	for _, country := range []string{"ZZ", "zz", "Zz"} {
+		t.Run(country, func(t *testing.T) {
+			t.Parallel()
+			pool := newDB(t)
+
+			checkVerdict(t, "prepare", doPrepare(t, pool, "o1", country), failed(contract.CodeCarrierRefused))
+			checkVerdict(t, "re-sent prepare", doPrepare(t, pool, "o1", country), failed(contract.CodeCarrierRefused))
+			// Cancelling a refused shipment is a harmless no-op.
+			checkVerdict(t, "cancel", doCancel(t, pool, "o1"), okVerdict)
+
+			checkLedger(t, pool, "o1", contract.ShipmentLedgerReply{})
+			checkShipments(t, pool, map[string]shipmentRow{"o1": {Status: "refused", Country: "ZZ"}})
+		})
+	}
+}
+
+func TestCancelAfterPrepare(t *testing.T) {
+	t.Parallel()
+	pool := newDB(t)
+	checkVerdict(t, "prepare", doPrepare(t, pool, "o1", "DE"), okVerdict)
+
+	checkVerdict(t, "cancel", doCancel(t, pool, "o1"), okVerdict)
+	checkLedger(t, pool, "o1", contract.ShipmentLedgerReply{Prepared: 1, Cancelled: 1})
+
+	checkVerdict(t, "repeated cancel", doCancel(t, pool, "o1"), okVerdict)
+	checkLedger(t, pool, "o1", contract.ShipmentLedgerReply{Prepared: 1, Cancelled: 1})
+	checkShipments(t, pool, map[string]shipmentRow{"o1": {Status: "cancelled", Country: "DE", Prepared: true}})
+}
+
+// A cancel that overtakes its prepare wins: the late prepare is a no-op.
+func TestCancelBeforePrepareMakesLatePrepareFail(t *testing.T) {
+	t.Parallel()
+	pool := newDB(t)
+
+	checkVerdict(t, "early cancel", doCancel(t, pool, "o1"), okVerdict)
+	checkVerdict(t, "late prepare", doPrepare(t, pool, "o1", "DE"), failed(contract.CodeAlreadyCanceled))
+	checkVerdict(t, "repeated cancel", doCancel(t, pool, "o1"), okVerdict)
+	checkVerdict(t, "re-sent late prepare", doPrepare(t, pool, "o1", "DE"), failed(contract.CodeAlreadyCanceled))
+
+	checkLedger(t, pool, "o1", contract.ShipmentLedgerReply{})
+	checkShipments(t, pool, map[string]shipmentRow{"o1": {Status: "cancelled"}})
+}
+
+func TestLedgerOfUnknownOrderIsZero(t *testing.T) {
+	t.Parallel()
+	pool := newDB(t)
+	checkVerdict(t, "prepare other order", doPrepare(t, pool, "other", "US"), okVerdict)
+
+	checkLedger(t, pool, "o1", contract.ShipmentLedgerReply{})
+	checkLedger(t, pool, "other", contract.ShipmentLedgerReply{Prepared: 1})
+}
+
+func TestInvalidPayloadsAreRejected(t *testing.T) {
+	t.Parallel()
+	pool := newDB(t)
+	inTxCall := func(h worker.HandlerFunc) func(context.Context, worker.Command) (worker.Result, error) {
+		return func(ctx context.Context, cmd worker.Command) (worker.Result, error) { return inTx(ctx, pool, h, cmd) }
+	}
+	ledgerCall := func(ctx context.Context, cmd worker.Command) (worker.Result, error) { return ledger(ctx, pool, cmd) }
+	tests := []struct {
+		name    string
+		typ     string
+		call    func(context.Context, worker.Command) (worker.Result, error)
+		payload string
+	}{
+		{"prepare missing country", contract.ShippingPrepare, inTxCall(prepare), `{"order_id":"o1","shipping_address":{"line1":"1 Main St","city":"X"}}`},
+		{"prepare missing address", contract.ShippingPrepare, inTxCall(prepare), `{"order_id":"o1"}`},
+		{"prepare missing order_id", contract.ShippingPrepare, inTxCall(prepare), `{"shipping_address":{"country":"FR"}}`},
+		{"prepare unknown field", contract.ShippingPrepare, inTxCall(prepare), `{"order_id":"o1","shipping_address":{"country":"FR"},"express":true}`},
+		{"prepare unknown address field", contract.ShippingPrepare, inTxCall(prepare), `{"order_id":"o1","shipping_address":{"country":"FR","zip":"75001"}}`},
+		{"prepare bad JSON", contract.ShippingPrepare, inTxCall(prepare), `{"order_id":"o1",`},
+		{"cancel missing order_id", contract.ShippingCancel, inTxCall(cancel), `{"order_id":""}`},
+		{"cancel unknown field", contract.ShippingCancel, inTxCall(cancel), `{"order_id":"o1","reason":"x"}`},
+		{"cancel bad JSON", contract.ShippingCancel, inTxCall(cancel), `}`},
+		{"ledger bad JSON", contract.ShippingLedger, ledgerCall, `x`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, err := tt.call(context.Background(), command(t, tt.typ, tt.payload))
+			var inv *worker.InvalidError
+			if !errors.As(err, &inv) {
+				t.Fatalf("got result %+v, error %v; want a *worker.InvalidError", res, err)
+			}
+		})
+	}
+	checkShipments(t, pool, map[string]shipmentRow{})
+}
