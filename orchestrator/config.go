@@ -48,6 +48,13 @@ type Config struct {
 	// ReplyPrefetch is how many unacked replies the broker hands over
 	// (default 512).
 	ReplyPrefetch int `env:"REPLY_PREFETCH" envDefault:"512"`
+	// OutboxLease is how long a staged message belongs to the relay of the
+	// orchestrator that wrote it before any orchestrator's outbox scan may
+	// publish it (default 15s).
+	OutboxLease time.Duration `env:"OUTBOX_LEASE" envDefault:"15s"`
+	// StartGrace is how long a new order waits for the in-process start
+	// before the timer starts it (default 2s).
+	StartGrace time.Duration `env:"START_GRACE" envDefault:"2s"`
 }
 
 // Validate reports every problem at once.
@@ -56,6 +63,7 @@ func (c *Config) Validate() []error {
 	positive := map[string]time.Duration{
 		"RPC_TIMEOUT": c.RPCTimeout, "STEP_TIMEOUT": c.StepTimeout, "STEP_MAX_TIMEOUT": c.StepMaxTimeout,
 		"RETRY_BACKOFF": c.RetryBackoff, "RETRY_MAX_BACKOFF": c.RetryMaxBackoff, "TIMER_INTERVAL": c.TimerInterval,
+		"OUTBOX_LEASE": c.OutboxLease, "START_GRACE": c.StartGrace,
 	}
 	for name, d := range positive {
 		if d <= 0 {

@@ -64,13 +64,13 @@ func run(cfg *Config, log zerolog.Logger) error {
 	}
 	defer bus.Close()
 
-	store := pgstore.New(db, pgstore.Config{})
+	store := pgstore.New(db, pgstore.Config{OutboxLease: cfg.OutboxLease})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics.RegisterOrchestrator(reg, store)
 	coord, err := saga.NewCoordinator(saga.Config{
 		BatchSize: cfg.BatchSize, Workers: cfg.BatchWorkers, TimerInterval: cfg.TimerInterval,
-		Observer: metrics.SagaObserver{},
+		StartGrace: cfg.StartGrace, Observer: metrics.SagaObserver{},
 	}, store, bus, log, order.Definition(cfg.Retry()))
 	if err != nil {
 		return err

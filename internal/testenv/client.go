@@ -36,9 +36,15 @@ type ErrorBody struct {
 	} `json:"error"`
 }
 
-// Do sends a request. A body that is not []byte is marshalled to JSON;
-// Content-Type defaults to application/json when there is a body.
+// Do sends a request to the deployment's API; see Request.
 func (s *System) Do(method, path string, body any, headers map[string]string) (Response, error) {
+	return Request(s.HTTP, s.BaseURL, method, path, body, headers)
+}
+
+// Request sends a request to base+path. A body that is not []byte is
+// marshalled to JSON; Content-Type defaults to application/json when there
+// is a body, and an empty header value removes the header.
+func Request(hc *http.Client, base, method, path string, body any, headers map[string]string) (Response, error) {
 	var rd io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -51,7 +57,7 @@ func (s *System) Do(method, path string, body any, headers map[string]string) (R
 		}
 		rd = bytes.NewReader(j)
 	}
-	req, err := http.NewRequest(method, s.BaseURL+path, rd)
+	req, err := http.NewRequest(method, base+path, rd)
 	if err != nil {
 		return Response{}, err
 	}
@@ -65,7 +71,7 @@ func (s *System) Do(method, path string, body any, headers map[string]string) (R
 			req.Header.Set(k, v)
 		}
 	}
-	resp, err := s.HTTP.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return Response{}, err
 	}

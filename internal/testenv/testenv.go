@@ -98,7 +98,17 @@ type System struct {
 	mu      sync.Mutex
 	procs   map[string]*exec.Cmd
 	exited  map[string]chan struct{}
-	metrics map[string]string // service -> metrics address
+	metrics map[string]string // worker -> metrics address
+	apis    map[string]string // orchestrator instance -> base URL
+}
+
+// binaryOf maps an instance name to its binary: "orchestrator-2" runs
+// bin/orchestrator with its own port.
+func binaryOf(name string) string {
+	if i := strings.LastIndexByte(name, '-'); i > 0 {
+		return name[:i]
+	}
+	return name
 }
 
 // Start brings a deployment up and waits until every service is ready.
@@ -114,6 +124,7 @@ func Start(opts Options) (*System, error) {
 		Name: sagatest.Name("sf_e2e_"), opts: opts, bin: bin,
 		HTTP:  &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}},
 		procs: map[string]*exec.Cmd{}, exited: map[string]chan struct{}{}, metrics: map[string]string{},
+		apis: map[string]string{},
 	}
 	s.AdminToken = "admin-" + s.Name
 	if s.logDir, err = os.MkdirTemp("", s.Name+"-logs-"); err != nil {
@@ -134,6 +145,7 @@ func Start(opts Options) (*System, error) {
 		return nil, err
 	}
 	s.BaseURL = fmt.Sprintf("http://127.0.0.1:%d", port)
+	s.apis["orchestrator"] = s.BaseURL
 	s.env = append(os.Environ(),
 		"DATABASE_URL="+s.DBURL, "AMQP_URL="+s.AMQPURL, fmt.Sprintf("HTTP_ADDR=127.0.0.1:%d", port),
 		"ADMIN_TOKEN="+s.AdminToken, "LOG_LEVEL=info")
@@ -195,7 +207,18 @@ func (s *System) StartService(name string, extra map[string]string) error {
 		}
 	}
 	env := append([]string(nil), s.env...)
-	if name != "orchestrator" {
+	if binaryOf(name) == "orchestrator" {
+		base := s.apis[name]
+		if base == "" {
+			p, err := freePort()
+			if err != nil {
+				return err
+			}
+			base = fmt.Sprintf("http://127.0.0.1:%d", p)
+			s.apis[name] = base
+		}
+		env = append(env, "HTTP_ADDR="+strings.TrimPrefix(base, "http://"))
+	} else {
 		addr := s.metrics[name]
 		if addr == "" {
 			p, err := freePort()
@@ -217,7 +240,7 @@ func (s *System) StartService(name string, extra map[string]string) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(filepath.Join(s.bin, name))
+	cmd := exec.Command(filepath.Join(s.bin, binaryOf(name)))
 	cmd.Env, cmd.Stdout, cmd.Stderr = env, logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -271,6 +294,14 @@ func (s *System) Running(name string) bool {
 	}
 }
 
+// API is the base URL of an orchestrator instance ("orchestrator",
+// "orchestrator-2").
+func (s *System) API(name string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.apis[name]
+}
+
 // MetricsAddr is a worker's metrics/health address.
 func (s *System) MetricsAddr(name string) string {
 	s.mu.Lock()
@@ -289,8 +320,8 @@ func (s *System) WaitReady(timeout time.Duration) error {
 			if !s.Running(name) {
 				return fmt.Errorf("%s exited:\n%s", name, s.Logs(name, 20))
 			}
-			url := s.BaseURL + "/readyz"
-			if name != "orchestrator" {
+			url := s.API(name) + "/readyz"
+			if binaryOf(name) != "orchestrator" {
 				url = "http://" + s.MetricsAddr(name) + "/readyz"
 			}
 			resp, err := s.HTTP.Get(url)

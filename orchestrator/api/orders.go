@@ -118,7 +118,7 @@ func (s *server) readJSON(c *gin.Context, v any) error {
 	if err := dec.Decode(v); err != nil {
 		return invalid("malformed JSON body: %s", strings.TrimPrefix(err.Error(), "json: "))
 	}
-	if dec.More() {
+	if !saga.AtEOF(dec) {
 		return invalid("malformed JSON body: data after the JSON value")
 	}
 	return nil
