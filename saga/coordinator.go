@@ -335,12 +335,49 @@ func (c *Coordinator) messages(d Decision, now time.Time) []Message {
 	return msgs
 }
 
+// observe reports committed decisions to the observer, and logs what an
+// operator should know: a saga compensating, stuck, or back from stuck.
 func (c *Coordinator) observe(outs []Outcome) {
 	for _, o := range outs {
-		if o.Err == nil && o.Changed {
-			c.cfg.Observer.SagaChanged(c.defs[o.Instance.Definition], o.Decision)
+		if o.Err != nil || !o.Changed {
+			continue
+		}
+		def := c.defs[o.Instance.Definition]
+		c.cfg.Observer.SagaChanged(def, o.Decision)
+		for _, tr := range o.Transitions {
+			var ev *zerolog.Event
+			switch tr {
+			case "compensate":
+				ev = c.log.Info().Str("reason", o.Instance.Reason)
+			case "stick":
+				ev = c.log.Warn().Str("reason", o.Instance.StuckReason)
+			case "resume", "resume_compensation":
+				ev = c.log.Info()
+			case "retry", "retry_compensation":
+				ev = c.log.Debug().Int("attempt", o.Instance.Attempt)
+			default:
+				continue
+			}
+			c.sagaFields(ev, def, &o.Instance).Str("transition", tr).Str("state", o.Instance.State).Msg("saga " + tr)
 		}
 	}
+}
+
+// sagaFields adds the saga's identity to a log line: saga_id, the domain's
+// alias of it (order_id), and the current step.
+func (c *Coordinator) sagaFields(ev *zerolog.Event, def *Definition, in *Instance) *zerolog.Event {
+	id := in.ID.String()
+	ev = ev.Str("saga_id", id).Str("correlation_id", id)
+	if def == nil {
+		return ev
+	}
+	if def.IDName != "" {
+		ev = ev.Str(def.IDName, id)
+	}
+	if in.Step >= 0 && in.Step < len(def.Steps) {
+		ev = ev.Str("step", def.Steps[in.Step].Name)
+	}
+	return ev
 }
 
 // offerRelay hands staged messages to the relay without blocking; if the
@@ -420,7 +457,8 @@ func (c *Coordinator) batchLoop(ctx context.Context) {
 				q.done <- err
 			default:
 				if oe := outs[i].Err; oe != nil && !errors.Is(oe, ErrNotFound) {
-					c.log.Error().Err(oe).Str("saga_id", q.input.SagaID.String()).
+					in := outs[i].Instance
+					c.sagaFields(c.log.Error().Err(oe), c.defs[in.Definition], &in).
 						Str("input", q.input.Kind.String()).Msg("input not applied")
 				}
 				q.done <- outs[i].Err

@@ -159,6 +159,9 @@ type Definition struct {
 	// EventData projects the saga data onto the "data" field of its domain
 	// events (to leave secrets out); nil attaches the whole data object.
 	EventData func(data json.RawMessage) json.RawMessage
+	// IDName is the domain's name for a saga id ("order_id"); log lines
+	// about a saga carry the id under this name too.
+	IDName string
 }
 
 // ErrInvalidDefinition is returned by Validate.

@@ -16,7 +16,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
 	"sync"
 	"time"
@@ -115,21 +114,26 @@ func (b *Bus) dial() (*amqp.Connection, error) {
 	return amqp.DialConfig(b.cfg.URL, amqp.Config{
 		Heartbeat:  b.cfg.Heartbeat,
 		Properties: props,
-		Dial: func(network, addr string) (net.Conn, error) {
-			return net.DialTimeout(network, addr, b.cfg.DialTimeout)
-		},
+		// Bounds the TCP connect and the AMQP handshake: a server that
+		// accepts and then says nothing must not hang Dial or a reconnect.
+		Dial: amqp.DefaultDial(b.cfg.DialTimeout),
 	})
 }
 
 // install makes conn the current connection and wakes everyone waiting.
-func (b *Bus) install(conn *amqp.Connection) {
+// It reports false, leaving conn to the caller, once the bus is closed.
+func (b *Bus) install(conn *amqp.Connection) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.closed {
+		return false
+	}
 	b.conn = conn
 	b.gen++
 	b.lastErr = nil
 	b.pubs = make(chan *amqp.Channel, b.cfg.PublishChannels)
 	close(b.ready)
+	return true
 }
 
 // supervise waits for the connection to close and redials with backoff,
@@ -188,14 +192,10 @@ func (b *Bus) supervise(conn *amqp.Connection) {
 				}
 				continue
 			}
-			b.mu.Lock()
-			if b.closed {
-				b.mu.Unlock()
+			if !b.install(c) {
 				c.Close()
 				return
 			}
-			b.mu.Unlock()
-			b.install(c)
 			b.log.Info().Int("attempts", attempt).Msg("rabbitmq: reconnected")
 			conn = c
 			break

@@ -90,6 +90,9 @@ func (b *Bus) Consume(ctx context.Context, cfg ConsumerConfig, h Handler) error 
 		if ctx.Err() != nil {
 			return nil
 		}
+		if errors.Is(err, ErrClosed) {
+			return err
+		}
 		if err != nil {
 			log.Warn().Err(err).Msg("consumer stopped; resuming")
 			select {

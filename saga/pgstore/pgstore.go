@@ -191,6 +191,7 @@ func (s *Store) ApplyDue(ctx context.Context, now time.Time, limit int, fn saga.
 	for id := range loaded {
 		inputs = append(inputs, saga.Input{Kind: saga.InputTimeout, SagaID: id})
 	}
+	slices.SortFunc(inputs, func(a, b saga.Input) int { return compareUUID(a.SagaID, b.SagaID) })
 	return s.decide(ctx, tx, loaded, inputs, fn)
 }
 
@@ -377,6 +378,7 @@ func (s *Store) ClaimOutbox(ctx context.Context, limit int) ([]saga.Message, err
 			return nil, fmt.Errorf("pgstore: claim outbox: %w", err)
 		}
 		m.Priority, m.Expiration = saga.Priority(prio), time.Duration(expMS)*time.Millisecond
+		m.Timestamp = m.Timestamp.UTC()
 		if len(headers) > 0 {
 			if err := json.Unmarshal(headers, &m.Headers); err != nil {
 				return nil, fmt.Errorf("pgstore: outbox %s headers: %w", m.OutboxID, err)

@@ -113,6 +113,9 @@ type Config struct {
 	RetryBackoff time.Duration
 	// Simulate adds latency and failures, for demos and fault tests.
 	Simulate Simulation
+	// IDName is the domain's name for a saga id ("order_id"); log lines
+	// about a command carry the saga id under this name too.
+	IDName string
 }
 
 // Simulation makes a worker slow or unreliable on purpose.
@@ -212,8 +215,15 @@ func (r *Runtime) deliver(ctx context.Context, d *amqp.Delivery) error {
 		r.observer.Handled(d.RoutingKey, "poison", time.Since(start))
 		return err
 	}
-	log := r.log.With().Str("type", env.Type).Str("message_id", env.ID).Str("saga_id", env.SagaID).
-		Str("correlation_id", d.CorrelationId).Logger()
+	lc := r.log.With().Str("type", env.Type).Str("message_id", env.ID).Str("saga_id", env.SagaID).
+		Str("correlation_id", d.CorrelationId)
+	if i := strings.LastIndexByte(env.ID, ':'); i >= 0 {
+		lc = lc.Str("step", env.ID[i+1:])
+	}
+	if r.cfg.IDName != "" && env.SagaID != "" {
+		lc = lc.Str(r.cfg.IDName, env.SagaID)
+	}
+	log := lc.Logger()
 	cmd := Command{Envelope: env, Redelivered: d.Redelivered}
 	var res Result
 	q, isQuery := r.queries[env.Type]

@@ -1,0 +1,891 @@
+package amqpbus_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
+
+	"github.com/sagaflow/sagaflow/saga"
+	"github.com/sagaflow/sagaflow/saga/amqpbus"
+	"github.com/sagaflow/sagaflow/saga/sagatest"
+)
+
+// One vhost for the whole package; every test uses queues of its own.
+var (
+	vhostName string
+	vhostURL  string
+	vhostErr  error
+)
+
+func TestMain(m *testing.M) {
+	vhostName = sagatest.Name("sf_test_")
+	vhostURL, vhostErr = sagatest.CreateVhost(vhostName)
+	code := m.Run()
+	if vhostErr == nil {
+		if err := sagatest.DeleteVhost(vhostName); err != nil {
+			fmt.Fprintf(os.Stderr, "delete vhost %s: %v\n", vhostName, err)
+		}
+	}
+	if code == 0 {
+		// Buses and consumers are stopped by t.Cleanup: none of their
+		// goroutines (supervisor, consumers, RPC dispatch, amqp091's
+		// readers and heartbeaters) may survive.
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+func testContext(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// newBus dials the test vhost; the bus is closed at cleanup.
+func newBus(t *testing.T, cfg amqpbus.Config) *amqpbus.Bus {
+	t.Helper()
+	if vhostErr != nil {
+		sagatest.Unavailable(t, "RabbitMQ", vhostErr)
+	}
+	cfg.URL = vhostURL
+	if cfg.Name == "" {
+		cfg.Name = "sagaflow-test " + t.Name()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	b, err := amqpbus.Dial(ctx, cfg, zerolog.Nop())
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := b.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return b
+}
+
+// declareQueue declares a uniquely named queue through the bus (so it is
+// re-declared after a reconnect), with extra topology declared first.
+func declareQueue(t *testing.T, b *amqpbus.Bus, o amqpbus.QueueOptions, first ...amqpbus.Topology) string {
+	t.Helper()
+	name := sagatest.Name("q_")
+	top := amqpbus.Topology{}.Merge(first...).Merge(amqpbus.Topology{Queues: []amqpbus.Queue{{Name: name, Args: o.Args()}}})
+	if err := b.Declare(testContext(t), top); err != nil {
+		t.Fatalf("Declare: %v", err)
+	}
+	return name
+}
+
+// rawChannel opens a plain channel on the bus's connection, closed at
+// cleanup.
+func rawChannel(t *testing.T, b *amqpbus.Bus) *amqp.Channel {
+	t.Helper()
+	ch, err := b.Channel(testContext(t))
+	if err != nil {
+		t.Fatalf("Channel: %v", err)
+	}
+	t.Cleanup(func() { _ = ch.Close() })
+	return ch
+}
+
+// queueDepth is the number of ready messages of a queue (passive declare).
+func queueDepth(t *testing.T, b *amqpbus.Bus, name string) int {
+	t.Helper()
+	ch, err := b.Channel(testContext(t))
+	if err != nil {
+		t.Fatalf("Channel: %v", err)
+	}
+	defer ch.Close()
+	q, err := ch.QueueDeclarePassive(name,
+		true,  // durable
+		false, // auto-delete
+		false, // exclusive
+		false, // no-wait
+		nil)
+	if err != nil {
+		t.Fatalf("passive declare %s: %v", name, err)
+	}
+	return q.Messages
+}
+
+// startConsumer runs Consume until the returned stop is called (or the
+// test ends). stop returns once Consume has returned, so every delivery is
+// acked or back in the queue by then.
+func startConsumer(t *testing.T, b *amqpbus.Bus, cfg amqpbus.ConsumerConfig, h amqpbus.Handler) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Consume(ctx, cfg, h) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Consume(%s) = %v, want nil after its context was cancelled", cfg.Queue, err)
+				}
+			case <-time.After(20 * time.Second):
+				t.Errorf("Consume(%s) did not return after its context was cancelled", cfg.Queue)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+// collect is a handler that passes copies of deliveries to a channel and
+// acks them.
+func collect(out chan<- amqp.Delivery) amqpbus.Handler {
+	return func(_ context.Context, d *amqp.Delivery) error {
+		out <- *d
+		return nil
+	}
+}
+
+func receive(t *testing.T, from <-chan amqp.Delivery, timeout time.Duration, what string) amqp.Delivery {
+	t.Helper()
+	select {
+	case d := <-from:
+		return d
+	case <-time.After(timeout):
+		t.Fatalf("no delivery of %s within %v", what, timeout)
+		return amqp.Delivery{}
+	}
+}
+
+// waitFor polls cond until it holds, for what the broker does
+// asynchronously.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func publish(t *testing.T, b *amqpbus.Bus, msgs ...saga.Message) {
+	t.Helper()
+	ok, err := b.Publish(testContext(t), msgs)
+	if err != nil || len(ok) != len(msgs) {
+		t.Fatalf("Publish = %d of %d confirmed, %v", len(ok), len(msgs), err)
+	}
+}
+
+// props are the AMQP properties a message must keep on its way.
+type props struct {
+	MessageID, CorrelationID, ReplyTo, Type, ContentType, Expiration string
+	Priority, DeliveryMode                                           uint8
+	Timestamp                                                        time.Time
+	Headers                                                          map[string]any
+	Body                                                             string
+}
+
+func propsOf(d *amqp.Delivery) props {
+	return props{
+		MessageID: d.MessageId, CorrelationID: d.CorrelationId, ReplyTo: d.ReplyTo, Type: d.Type,
+		ContentType: d.ContentType, Expiration: d.Expiration, Priority: d.Priority,
+		DeliveryMode: d.DeliveryMode, Timestamp: d.Timestamp, Headers: map[string]any(d.Headers), Body: string(d.Body),
+	}
+}
+
+func TestPublishBatchConsumedOnceWithProperties(t *testing.T) {
+	t.Parallel()
+	b := newBus(t, amqpbus.Config{})
+	q := declareQueue(t, b, amqpbus.QueueOptions{})
+	const n = 500
+	ts := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	msgs := make([]saga.Message, n)
+	want := map[string]props{}
+	for i := range msgs {
+		m := saga.Message{
+			Exchange: "", RoutingKey: q, MessageID: fmt.Sprintf("m-%03d", i), CorrelationID: fmt.Sprintf("c-%03d", i),
+			ReplyTo: "saga.replies", Type: "test.thing", Priority: saga.Priority(i % 10),
+			Timestamp: ts.Add(time.Duration(i) * time.Second),
+			Headers:   map[string]string{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "i": strconv.Itoa(i)},
+			Body:      fmt.Appendf(nil, `{"i":%d}`, i),
+		}
+		p := props{
+			MessageID: m.MessageID, CorrelationID: m.CorrelationID, ReplyTo: m.ReplyTo, Type: m.Type,
+			ContentType: "application/json", Priority: uint8(m.Priority), DeliveryMode: amqp.Persistent,
+			Timestamp: m.Timestamp, Headers: map[string]any{"traceparent": m.Headers["traceparent"], "i": strconv.Itoa(i)},
+			Body: string(m.Body),
+		}
+		switch i % 4 {
+		case 1:
+			m.Expiration, p.Expiration = 90*time.Second, "90000"
+		case 2:
+			m.Transient, p.DeliveryMode = true, amqp.Transient
+		case 3:
+			m.Headers, p.Headers = nil, nil
+		}
+		msgs[i], want[m.MessageID] = m, p
+	}
+
+	confirmed, err := b.Publish(testContext(t), msgs)
+	if err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+	if diff := cmp.Diff(msgs, confirmed, cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("Publish confirmed (-want +got):\n%s", diff)
+	}
+
+	var (
+		mu    sync.Mutex
+		count = map[string]int{}
+		got   = map[string]props{}
+		all   = make(chan struct{})
+	)
+	stop := startConsumer(t, b, amqpbus.ConsumerConfig{Queue: q, Prefetch: 100, Concurrency: 8},
+		func(_ context.Context, d *amqp.Delivery) error {
+			mu.Lock()
+			defer mu.Unlock()
+			count[d.MessageId]++
+			got[d.MessageId] = propsOf(d)
+			if len(got) == n && count[d.MessageId] == 1 {
+				close(all)
+			}
+			return nil
+		})
+	select {
+	case <-all:
+	case <-time.After(30 * time.Second):
+		mu.Lock()
+		t.Fatalf("received %d of %d messages in 30s", len(got), n)
+	}
+	stop()
+
+	mu.Lock()
+	defer mu.Unlock()
+	for id, c := range count {
+		if c != 1 {
+			t.Errorf("message %s delivered %d times, want once", id, c)
+		}
+	}
+	if diff := cmp.Diff(want, got, cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("delivered properties (-want +got):\n%s", diff)
+	}
+	// Every delivery was acked: nothing went back to the queue when the
+	// consumer's channel closed.
+	if d := queueDepth(t, b, q); d != 0 {
+		t.Errorf("queue holds %d messages after consuming all, want 0", d)
+	}
+}
+
+func TestConsumeNilAcks(t *testing.T) {
+	t.Parallel()
+	b := newBus(t, amqpbus.Config{})
+	q := declareQueue(t, b, amqpbus.QueueOptions{DeadLetter: true}, amqpbus.SagaTopology(amqpbus.QueueOptions{}))
+	const n = 20
+	var msgs []saga.Message
+	for i := range n {
+		msgs = append(msgs, saga.Message{RoutingKey: q, MessageID: strconv.Itoa(i), Body: []byte("x")})
+	}
+	publish(t, b, msgs...)
+	if d := queueDepth(t, b, q); d != n {
+		t.Fatalf("queue holds %d messages before consuming, want %d", d, n)
+	}
+	got := make(chan amqp.Delivery, 2*n)
+	stop := startConsumer(t, b, amqpbus.ConsumerConfig{Queue: q, Prefetch: 5}, collect(got))
+	for range n {
+		if d := receive(t, got, 10*time.Second, "a message"); d.Redelivered {
+			t.Errorf("message %s redelivered", d.MessageId)
+		}
+	}
+	stop()
+	if len(got) != 0 {
+		t.Errorf("%d more deliveries than messages", len(got))
+	}
+	if d := queueDepth(t, b, q); d != 0 {
+		t.Errorf("queue holds %d messages after the handler returned nil for all, want 0 (acked)", d)
+	}
+}
+
+// deadLetterTap declares a queue of the test's own bound to saga.dlx, a
+// fanout: it receives a copy of every dead letter of the vhost, so parallel
+// tests do not compete for saga.dead.
+func deadLetterTap(t *testing.T, b *amqpbus.Bus) string {
+	t.Helper()
+	name := sagatest.Name("tap_")
+	tap := amqpbus.Topology{
+		Queues:   []amqpbus.Queue{{Name: name, Args: amqpbus.QueueOptions{}.Args()}},
+		Bindings: []amqpbus.Binding{{Source: amqpbus.DeadLetterExchange, Queue: name}},
+	}
+	if err := b.Declare(testContext(t), amqpbus.SagaTopology(amqpbus.QueueOptions{}).Merge(tap)); err != nil {
+		t.Fatalf("Declare: %v", err)
+	}
+	return name
+}
+
+// getMessage polls queue until it yields message id, acking what it takes.
+func getMessage(t *testing.T, b *amqpbus.Bus, queue, id string) amqp.Delivery {
+	t.Helper()
+	ch, err := b.Channel(testContext(t))
+	if err != nil {
+		t.Fatalf("Channel: %v", err)
+	}
+	defer ch.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		d, ok, err := ch.Get(queue, true /* auto-ack */)
+		if err != nil {
+			t.Fatalf("get from %s: %v", queue, err)
+		}
+		if !ok {
+			time.Sleep(5 * time.Millisecond) // polling: the copy is on its way
+			continue
+		}
+		if d.MessageId == id {
+			return d
+		}
+	}
+	t.Fatalf("no message %s in %s within 10s", id, queue)
+	return amqp.Delivery{}
+}
+
+func TestConsumePoisonDeadLetters(t *testing.T) {
+	t.Parallel()
+	b := newBus(t, amqpbus.Config{})
+	var (
+		mu  sync.Mutex
+		ids = map[string]bool{}
+	)
+	t.Run("cases", func(t *testing.T) {
+		for _, tc := range []struct {
+			name       string
+			err        error
+			wantReason string
+		}{
+			{"Poison", amqpbus.Poison(errors.New("cannot parse order 42")), "cannot parse order 42"},
+			{"wraps ErrMalformed", fmt.Errorf("decode reply: %w", saga.ErrMalformed), "decode reply: saga: malformed message"},
+			{"wraps ErrUnknownVersion", fmt.Errorf("%w: v=7", saga.ErrUnknownVersion), "saga: unknown schema version: v=7"},
+			{"wraps ErrUnknownCommand", fmt.Errorf("%w: %q", saga.ErrUnknownCommand, "x.y"), `saga: unknown command: "x.y"`},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				t.Parallel()
+				tap := deadLetterTap(t, b)
+				q := declareQueue(t, b, amqpbus.QueueOptions{DeadLetter: true})
+				id := sagatest.Name("poison_")
+				mu.Lock()
+				ids[id] = true
+				mu.Unlock()
+				publish(t, b, saga.Message{
+					RoutingKey: q, MessageID: id, CorrelationID: "corr-" + id, ReplyTo: "saga.replies", Type: "test.poison",
+					Headers: map[string]string{"traceparent": "tp-1"}, Body: []byte(`{"not":"valid"}`),
+				})
+				var calls atomic.Int32
+				stop := startConsumer(t, b, amqpbus.ConsumerConfig{Queue: q, RequeueDelay: 50 * time.Millisecond},
+					func(context.Context, *amqp.Delivery) error {
+						calls.Add(1)
+						return tc.err
+					})
+
+				d := getMessage(t, b, tap, id)
+				stop()
+				got := propsOf(&d)
+				want := props{
+					MessageID: id, CorrelationID: "corr-" + id, ReplyTo: "saga.replies", Type: "test.poison",
+					ContentType: "application/json", DeliveryMode: amqp.Persistent, Body: `{"not":"valid"}`,
+					Headers: map[string]any{
+						"traceparent": "tp-1", "x-sagaflow-reason": tc.wantReason, "x-sagaflow-queue": q,
+						"x-sagaflow-exchange": "", "x-sagaflow-routing-key": q,
+					},
+				}
+				ignoreDeadAt := cmpopts.IgnoreMapEntries(func(k string, _ any) bool { return k == "x-sagaflow-dead-at" })
+				if diff := cmp.Diff(want, got, ignoreDeadAt, cmpopts.IgnoreFields(props{}, "Timestamp")); diff != "" {
+					t.Errorf("dead letter (-want +got):\n%s", diff)
+				}
+				if reason, _ := d.Headers["x-sagaflow-reason"].(string); !strings.Contains(reason, tc.err.Error()) {
+					t.Errorf("x-sagaflow-reason = %q, want it to contain the error %q", reason, tc.err)
+				}
+				if at, _ := d.Headers["x-sagaflow-dead-at"].(string); at == "" {
+					t.Errorf("dead letter has no x-sagaflow-dead-at header")
+				}
+				// Acked, not requeued: handled once, and gone from the queue.
+				if n := calls.Load(); n != 1 {
+					t.Errorf("handler called %d times, want once", n)
+				}
+				if n := queueDepth(t, b, q); n != 0 {
+					t.Errorf("queue holds %d messages after dead-lettering, want 0", n)
+				}
+			})
+		}
+	})
+
+	// Every case left exactly one copy in saga.dead, the bus's own (the
+	// broker's dead-lettering of a rejected delivery would add a second,
+	// with x-death). This test is the only one that dead-letters.
+	ch := rawChannel(t, b)
+	copies := map[string]int{}
+	for {
+		d, ok, err := ch.Get(amqpbus.DeadLetterQueue, false /* auto-ack */)
+		if err != nil {
+			t.Fatalf("get from %s: %v", amqpbus.DeadLetterQueue, err)
+		}
+		if !ok {
+			break
+		}
+		if !ids[d.MessageId] {
+			continue // not ours: left unacked, back in the queue when ch closes
+		}
+		_ = d.Ack(false)
+		copies[d.MessageId]++
+		if _, ok := d.Headers["x-sagaflow-reason"]; !ok {
+			t.Errorf("copy of %s in %s without x-sagaflow-reason (x-death: %v)", d.MessageId, amqpbus.DeadLetterQueue, d.Headers["x-death"])
+		}
+	}
+	for id := range ids {
+		if copies[id] != 1 {
+			t.Errorf("%s holds %d copies of %s, want 1", amqpbus.DeadLetterQueue, copies[id], id)
+		}
+	}
+}
+
+func TestConsumeTransientErrorRequeues(t *testing.T) {
+	t.Parallel()
+	b := newBus(t, amqpbus.Config{})
+	q := declareQueue(t, b, amqpbus.QueueOptions{})
+	const delay = 50 * time.Millisecond
+	type call struct {
+		at          time.Time
+		redelivered bool
+	}
+	calls := make(chan call, 10)
+	var n atomic.Int32
+	stop := startConsumer(t, b, amqpbus.ConsumerConfig{Queue: q, RequeueDelay: delay},
+		func(_ context.Context, d *amqp.Delivery) error {
+			calls <- call{time.Now(), d.Redelivered}
+			if n.Add(1) == 1 {
+				return errors.New("database unavailable")
+			}
+			return nil
+		})
+	publish(t, b, saga.Message{RoutingKey: q, MessageID: "m-1", Body: []byte("x")})
+
+	var got []call
+	for range 2 {
+		select {
+		case c := <-calls:
+			got = append(got, c)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("message delivered %d times within 10s, want twice", len(got))
+		}
+	}
+	stop()
+	if len(calls) != 0 {
+		t.Errorf("handler called %d more times after succeeding", len(calls))
+	}
+	if got[0].redelivered || !got[1].redelivered {
+		t.Errorf("redelivered flags = %v, %v; want false, true", got[0].redelivered, got[1].redelivered)
+	}
+	if gap := got[1].at.Sub(got[0].at); gap < delay {
+		t.Errorf("redelivered %v after the failure, want at least the RequeueDelay %v", gap, delay)
+	}
+	if d := queueDepth(t, b, q); d != 0 {
+		t.Errorf("queue holds %d messages, want 0", d)
+	}
+}
+
+// startResponder answers every request of queue with "echo:" + its body,
+// to d.ReplyTo with d.CorrelationId, and records the requests.
+func startResponder(t *testing.T, b *amqpbus.Bus, queue string, requests chan<- amqp.Delivery) {
+	t.Helper()
+	startConsumer(t, b, amqpbus.ConsumerConfig{Queue: queue, Prefetch: 16, RequeueDelay: 50 * time.Millisecond},
+		func(ctx context.Context, d *amqp.Delivery) error {
+			if requests != nil {
+				requests <- *d
+			}
+			_, err := b.Publish(ctx, []saga.Message{{
+				Exchange: "", RoutingKey: d.ReplyTo, MessageID: "reply-" + d.MessageId,
+				CorrelationID: d.CorrelationId, Type: d.Type + ".reply", Transient: true,
+				Body: append([]byte("echo:"), d.Body...),
+			}})
+			return err
+		})
+}
+
+func TestCallRoundTrip(t *testing.T) {
+	t.Parallel()
+	b := newBus(t, amqpbus.Config{})
+	q := declareQueue(t, b, amqpbus.QueueOptions{})
+	const n = 20
+	requests := make(chan amqp.Delivery, n)
+	startResponder(t, b, q, requests)
+
+	const timeout = 10 * time.Second
+	type result struct {
+		corr, body string
+		err        error
+	}
+	results := make([]result, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			m := saga.Message{Exchange: "", RoutingKey: q, Type: "query.echo", Body: fmt.Appendf(nil, "req-%d", i)}
+			if i%2 == 0 {
+				m.CorrelationID = fmt.Sprintf("corr-%d", i) // else Call makes one up
+			}
+			d, err := b.Call(ctx, m)
+			if err != nil {
+				results[i].err = err
+				return
+			}
+			results[i] = result{corr: d.CorrelationId, body: string(d.Body)}
+		})
+	}
+	wg.Wait()
+	for i, r := range results {
+		if r.err != nil {
+			t.Errorf("Call %d: %v", i, r.err)
+			continue
+		}
+		if want := fmt.Sprintf("echo:req-%d", i); r.body != want {
+			t.Errorf("Call %d got reply %q, want %q", i, r.body, want)
+		}
+		if i%2 == 0 && r.corr != fmt.Sprintf("corr-%d", i) {
+			t.Errorf("Call %d got correlation id %q, want corr-%d", i, r.corr, i)
+		}
+		if r.corr == "" {
+			t.Errorf("Call %d: reply without correlation id", i)
+		}
+	}
+	// The requests: transient, answerable over direct reply-to, expiring
+	// with the caller's deadline.
+	close(requests)
+	for d := range requests {
+		if d.DeliveryMode != amqp.Transient {
+			t.Errorf("request %s delivery mode %d, want transient", d.CorrelationId, d.DeliveryMode)
+		}
+		if !strings.HasPrefix(d.ReplyTo, "amq.rabbitmq.reply-to") {
+			t.Errorf("request %s reply-to %q, want direct reply-to", d.CorrelationId, d.ReplyTo)
+		}
+		if ms, err := strconv.Atoi(d.Expiration); err != nil || ms <= 0 || ms > int(timeout.Milliseconds()) {
+			t.Errorf("request %s expiration %q, want 1..%d ms", d.CorrelationId, d.Expiration, timeout.Milliseconds())
+		}
+		if d.MessageId != d.CorrelationId {
+			t.Errorf("request message id %q, want its correlation id %q", d.MessageId, d.CorrelationId)
+		}
+	}
+}
+
+func TestCallNoReply(t *testing.T) {
+	t.Parallel()
+	b := newBus(t, amqpbus.Config{})
+	const timeout = 300 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	start := time.Now()
+	// Nobody consumes this routing key: the request is dropped.
+	d, err := b.Call(ctx, saga.Message{Exchange: "", RoutingKey: sagatest.Name("nobody_"), Type: "query.lost", Body: []byte("?")})
+	elapsed := time.Since(start)
+	if d != nil || !errors.Is(err, amqpbus.ErrNoReply) {
+		t.Fatalf("Call = %v, %v; want an error wrapping ErrNoReply", d, err)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Call error %v does not wrap context.DeadlineExceeded", err)
+	}
+	if elapsed < timeout || elapsed > timeout+2*time.Second {
+		t.Errorf("Call returned after %v, want about the context's %v", elapsed, timeout)
+	}
+}
+
+func TestPriorityQueueDeliversHighFirst(t *testing.T) {
+	t.Parallel()
+	b := newBus(t, amqpbus.Config{})
+	typ := sagatest.Name("test.cmd_")
+	q := sagatest.Name("q_")
+	if err := b.Declare(testContext(t), amqpbus.SagaTopology(amqpbus.QueueOptions{}).
+		Merge(amqpbus.CommandQueue(q, []string{typ}, amqpbus.QueueOptions{}))); err != nil {
+		t.Fatalf("Declare: %v", err)
+	}
+	var msgs, wantOrder []string
+	var batch []saga.Message
+	for i := range 50 {
+		id := fmt.Sprintf("low-%02d", i)
+		batch = append(batch, saga.Message{Exchange: amqpbus.CommandExchange, RoutingKey: typ, MessageID: id, Priority: 1, Body: []byte(id)})
+		msgs = append(msgs, id)
+	}
+	for i := range 5 {
+		id := fmt.Sprintf("high-%d", i)
+		batch = append(batch, saga.Message{Exchange: amqpbus.CommandExchange, RoutingKey: typ, MessageID: id, Priority: 9, Body: []byte(id)})
+		wantOrder = append(wantOrder, id)
+	}
+	wantOrder = append(wantOrder, msgs...)
+	publish(t, b, batch...)
+	if d := queueDepth(t, b, q); d != len(batch) {
+		t.Fatalf("queue holds %d messages before consuming, want %d", d, len(batch))
+	}
+
+	got := make(chan amqp.Delivery, len(batch))
+	stop := startConsumer(t, b, amqpbus.ConsumerConfig{Queue: q, Prefetch: 1, Concurrency: 1}, collect(got))
+	var order []string
+	for range batch {
+		order = append(order, receive(t, got, 10*time.Second, "a command").MessageId)
+	}
+	stop()
+	if diff := cmp.Diff(wantOrder, order); diff != "" {
+		t.Errorf("consumption order (-want +got):\n%s", diff)
+	}
+}
+
+func TestPublishToMissingExchange(t *testing.T) {
+	t.Parallel()
+	b := newBus(t, amqpbus.Config{PublishChannels: 1})
+	q := declareQueue(t, b, amqpbus.QueueOptions{})
+	ctx := testContext(t)
+	var bad []saga.Message
+	for i := range 3 {
+		bad = append(bad, saga.Message{Exchange: sagatest.Name("missing_"), RoutingKey: "k", MessageID: strconv.Itoa(i), Body: []byte("x")})
+	}
+	ok, err := b.Publish(ctx, bad)
+	if err == nil || len(ok) != 0 {
+		t.Errorf("Publish to a missing exchange = %d confirmed, %v; want none and an error", len(ok), err)
+	}
+	// The broken channel is not reused.
+	got := make(chan amqp.Delivery, 1)
+	startConsumer(t, b, amqpbus.ConsumerConfig{Queue: q}, collect(got))
+	publish(t, b, saga.Message{RoutingKey: q, MessageID: "after", Body: []byte("x")})
+	if d := receive(t, got, 10*time.Second, "the message published after the failure"); d.MessageId != "after" {
+		t.Errorf("received %q, want %q", d.MessageId, "after")
+	}
+}
+
+// TestReconnect closes every connection of the vhost, so it does not run in
+// parallel (parallel tests start after it).
+func TestReconnect(t *testing.T) {
+	b := newBus(t, amqpbus.Config{ReconnectMin: 200 * time.Millisecond, ReconnectMax: time.Second})
+	ctx := testContext(t)
+	q := declareQueue(t, b, amqpbus.QueueOptions{})
+	gone := declareQueue(t, b, amqpbus.QueueOptions{DeadLetter: true}, amqpbus.SagaTopology(amqpbus.QueueOptions{}))
+	rpcQ := declareQueue(t, b, amqpbus.QueueOptions{})
+
+	got := make(chan amqp.Delivery, 16)
+	startConsumer(t, b, amqpbus.ConsumerConfig{Queue: q, RequeueDelay: 50 * time.Millisecond}, collect(got))
+	startResponder(t, b, rpcQ, nil)
+	call := func(what string) {
+		t.Helper()
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		d, err := b.Call(cctx, saga.Message{RoutingKey: rpcQ, Type: "query.echo", Body: []byte(what)})
+		if err != nil {
+			t.Fatalf("Call %s: %v", what, err)
+		}
+		if string(d.Body) != "echo:"+what {
+			t.Errorf("Call %s got %q", what, d.Body)
+		}
+	}
+	publish(t, b, saga.Message{RoutingKey: q, MessageID: "before", Body: []byte("x")})
+	if d := receive(t, got, 10*time.Second, "the message before the outage"); d.MessageId != "before" {
+		t.Fatalf("received %q, want before", d.MessageId)
+	}
+	call("before")
+	// Deleted behind the bus's back: only the re-declaration on reconnect
+	// brings it back.
+	if _, err := rawChannel(t, b).QueueDelete(gone, false, false, false); err != nil {
+		t.Fatalf("delete queue: %v", err)
+	}
+
+	ctl := make(chan error, 1)
+	go func() {
+		out, err := exec.Command("rabbitmqctl", "-q", "close_all_connections", "-p", vhostName, "sagaflow reconnect test").CombinedOutput()
+		if err != nil {
+			err = fmt.Errorf("rabbitmqctl close_all_connections: %w: %s", err, out)
+		}
+		ctl <- err
+	}()
+	var outage error
+	waitFor(t, 30*time.Second, "Err() to report the lost connection", func() bool {
+		select {
+		case err := <-ctl:
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctl <- nil
+		default:
+		}
+		outage = b.Err()
+		return outage != nil
+	})
+	if !strings.Contains(outage.Error(), "connection lost") {
+		t.Errorf("Err() during the outage = %q, want it to say the connection was lost", outage)
+	}
+	waitFor(t, 10*time.Second, "the bus to reconnect (Err() == nil)", func() bool { return b.Err() == nil })
+	if err := <-ctl; err != nil {
+		t.Fatal(err)
+	}
+
+	// Publishing works again and the running consumer resumed.
+	publish(t, b, saga.Message{RoutingKey: q, MessageID: "after", Body: []byte("x")})
+	if d := receive(t, got, 10*time.Second, "the message after the reconnect"); d.MessageId != "after" {
+		t.Errorf("received %q, want after", d.MessageId)
+	}
+	// The topology was declared again.
+	if d := queueDepth(t, b, gone); d != 0 {
+		t.Errorf("re-declared queue holds %d messages, want 0", d)
+	}
+	publish(t, b, saga.Message{RoutingKey: gone, MessageID: "routed", Body: []byte("x")})
+	waitFor(t, 5*time.Second, "the message in the re-declared queue", func() bool { return queueDepth(t, b, gone) == 1 })
+	// RPC opens a new reply consumer.
+	call("after")
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	return port
+}
+
+func TestDialWrongPortFailsFast(t *testing.T) {
+	t.Parallel()
+	port := freePort(t)
+	url := fmt.Sprintf("amqp://guest:s3cret@127.0.0.1:%d/", port)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	b, err := amqpbus.Dial(ctx, amqpbus.Config{URL: url}, zerolog.Nop())
+	elapsed := time.Since(start)
+	if err == nil {
+		b.Close()
+		t.Fatalf("Dial to a closed port succeeded")
+	}
+	if elapsed > 3*time.Second {
+		t.Errorf("Dial took %v to fail, want it to fail fast", elapsed)
+	}
+	msg := err.Error()
+	for _, want := range []string{"amqpbus: connect", fmt.Sprintf("127.0.0.1:%d", port), "connection refused"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("Dial error %q does not mention %q", msg, want)
+		}
+	}
+	if strings.Contains(msg, "s3cret") {
+		t.Errorf("Dial error %q leaks the password", msg)
+	}
+}
+
+// TestDialSilentServer dials a port that accepts connections but never
+// speaks AMQP (a wrong service, a stuck proxy): Dial must give up within
+// its context and DialTimeout instead of hanging in the handshake.
+func TestDialSilentServer(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+	)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	release := func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+	defer release()
+
+	const ctxTimeout, dialTimeout = time.Second, 500 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), ctxTimeout)
+	defer cancel()
+	url := fmt.Sprintf("amqp://guest:guest@%s/", ln.Addr())
+	type result struct {
+		b   *amqpbus.Bus
+		err error
+	}
+	done := make(chan result, 1)
+	start := time.Now()
+	go func() {
+		b, err := amqpbus.Dial(ctx, amqpbus.Config{URL: url, DialTimeout: dialTimeout}, zerolog.Nop())
+		done <- result{b, err}
+	}()
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(ctxTimeout + 5*time.Second):
+		t.Errorf("Dial to a server that never answers still blocks after %v (context %v, DialTimeout %v)",
+			time.Since(start), ctxTimeout, dialTimeout)
+		release() // unblock it, so that it does not leak
+		r = <-done
+	}
+	if r.err == nil {
+		r.b.Close()
+		t.Fatalf("Dial to a server that never answers succeeded")
+	}
+}
+
+func TestCloseIdempotent(t *testing.T) {
+	t.Parallel()
+	if vhostErr != nil {
+		sagatest.Unavailable(t, "RabbitMQ", vhostErr)
+	}
+	ctx := testContext(t)
+	b, err := amqpbus.Dial(ctx, amqpbus.Config{URL: vhostURL}, zerolog.Nop())
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	if err := b.Err(); err != nil {
+		t.Fatalf("Err() on a fresh bus = %v, want nil", err)
+	}
+	for i := range 3 {
+		if err := b.Close(); err != nil {
+			t.Errorf("Close #%d = %v, want nil", i+1, err)
+		}
+	}
+	if err := b.Err(); !errors.Is(err, amqpbus.ErrClosed) {
+		t.Errorf("Err() after Close = %v, want ErrClosed", err)
+	}
+	if _, err := b.Publish(ctx, []saga.Message{{RoutingKey: "x", Body: []byte("x")}}); !errors.Is(err, amqpbus.ErrClosed) {
+		t.Errorf("Publish after Close = %v, want ErrClosed", err)
+	}
+	if _, err := b.Channel(ctx); !errors.Is(err, amqpbus.ErrClosed) {
+		t.Errorf("Channel after Close = %v, want ErrClosed", err)
+	}
+	if err := b.Declare(ctx, amqpbus.Topology{}); !errors.Is(err, amqpbus.ErrClosed) {
+		t.Errorf("Declare after Close = %v, want ErrClosed", err)
+	}
+	if _, err := b.Call(ctx, saga.Message{RoutingKey: "x"}); !errors.Is(err, amqpbus.ErrClosed) {
+		t.Errorf("Call after Close = %v, want ErrClosed", err)
+	}
+}
