@@ -3,7 +3,7 @@ GO       ?= go
 BIN      := bin
 WORKERS  := inventory payment shipping
 
-.PHONY: help build run services test test-short vet clean
+.PHONY: help build run services test test-short chaos vet clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -22,7 +22,12 @@ vet: ## go vet and gofmt
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt needed"; exit 1; }
 
 test: services vet ## the whole suite, against real PostgreSQL and RabbitMQ
-	$(GO) test -count=1 -timeout 14m ./...
+	$(GO) test -count=1 -timeout 10m $$($(GO) list ./... | grep -v /internal/chaos)
+	@echo "fault suite (stops and starts PostgreSQL and RabbitMQ, so it runs alone):"
+	$(GO) test -count=1 -timeout 10m -v ./internal/chaos
+
+chaos: services ## the long fault-injection run: 3000 orders, every process killed 6 times, a RabbitMQ restart
+	CHAOS_ORDERS=3000 CHAOS_KILLS=6 $(GO) test -count=1 -timeout 30m -v -run TestChaos ./internal/chaos
 
 test-short: services ## the suite without the slow end-to-end packages
 	$(GO) test -count=1 -short ./...

@@ -73,12 +73,22 @@ func StartPostgres() error {
 func StopRabbitMQ() error { return run("rabbitmqctl", "-q", "stop") }
 
 // StartRabbitMQ starts the broker node and waits until it is ready.
+// await_startup fails at once while the new node has not registered yet,
+// so it is retried.
 func StartRabbitMQ() error {
 	if err := run("rabbitmq-server", "-detached"); err != nil {
 		return err
 	}
-	if err := run("rabbitmqctl", "-q", "await_startup"); err != nil {
-		return err
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		err := run("rabbitmqctl", "-q", "await_startup")
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(500 * time.Millisecond)
 	}
 	return waitPort("127.0.0.1:5672", time.Minute)
 }
