@@ -379,6 +379,26 @@ func reconcile(t *testing.T, db *pgxpool.Pool, ids []string, initial map[string]
 	if f.completed == 0 {
 		t.Error("no order completed: the run proves nothing")
 	}
+	// Why orders did not complete: by state and failure code, with a sample.
+	rrows, err := db.Query(ctx, `
+		SELECT state, count(*), min(reason)
+		FROM orchestrator.sagas WHERE id = ANY($1::uuid[]) AND state <> 'completed'
+		GROUP BY state, split_part(reason, ':', 1) ORDER BY 2 DESC`, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rrows.Close()
+	for rrows.Next() {
+		var state, reason string
+		var n int
+		if err := rrows.Scan(&state, &n, &reason); err != nil {
+			t.Fatal(err)
+		}
+		if len(reason) > 140 {
+			reason = reason[:140] + "…"
+		}
+		t.Logf("chaos: %5d %-9s %s", n, state, reason)
+	}
 }
 
 // placeAt posts one order to one orchestrator.
