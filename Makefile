@@ -1,7 +1,7 @@
 # sagaflow: `make help` lists the targets.
 GO       ?= go
 BIN      := bin
-WORKERS  := inventory payment shipping
+WORKERS  := inventory payment shipping notification audit
 
 .PHONY: help build run services test test-short chaos vet clean
 

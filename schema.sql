@@ -135,3 +135,60 @@ CREATE TABLE IF NOT EXISTS shipping.inbox (
     reply        bytea,
     processed_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- section: notification
+CREATE SCHEMA IF NOT EXISTS notification;
+
+-- Email and SMS sent (simulated: recording is sending). One of each per
+-- order: the primary key makes a second outcome or a redelivery a no-op.
+CREATE TABLE IF NOT EXISTS notification.notifications (
+    order_id   text NOT NULL,
+    channel    text NOT NULL,                    -- email, sms
+    event_id   uuid NOT NULL,                    -- the outcome event that caused it
+    event_type text NOT NULL,                    -- order.completed, order.cancelled, order.rejected
+    recipient  text NOT NULL,
+    body       text NOT NULL,
+    sent_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (order_id, channel)
+);
+
+CREATE TABLE IF NOT EXISTS notification.inbox (
+    message_id   text PRIMARY KEY,
+    type         text NOT NULL,
+    reply        bytea,
+    processed_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- section: audit
+CREATE SCHEMA IF NOT EXISTS audit;
+
+-- Every domain event, once, for compliance. Append-only: a trigger refuses
+-- UPDATE, DELETE and TRUNCATE.
+CREATE TABLE IF NOT EXISTS audit.events (
+    pos          bigserial PRIMARY KEY,          -- arrival order
+    id           uuid NOT NULL UNIQUE,           -- the event's id
+    saga_id      uuid NOT NULL,
+    seq          integer NOT NULL,               -- the event's place in its saga
+    type         text NOT NULL,
+    at           timestamptz NOT NULL,
+    payload      jsonb NOT NULL,
+    trace_parent text NOT NULL DEFAULT '',
+    received_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS events_by_saga ON audit.events (saga_id, seq);
+
+CREATE OR REPLACE FUNCTION audit.refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'audit.events is append-only';
+END $$;
+CREATE OR REPLACE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON audit.events
+    FOR EACH ROW EXECUTE FUNCTION audit.refuse_change();
+CREATE OR REPLACE TRIGGER events_no_truncate BEFORE TRUNCATE ON audit.events
+    FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_change();
+
+CREATE TABLE IF NOT EXISTS audit.inbox (
+    message_id   text PRIMARY KEY,
+    type         text NOT NULL,
+    reply        bytea,
+    processed_at timestamptz NOT NULL DEFAULT now()
+);

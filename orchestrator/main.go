@@ -18,15 +18,21 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sagaflow/sagaflow/internal/metrics"
 	"github.com/sagaflow/sagaflow/internal/service"
+	"github.com/sagaflow/sagaflow/internal/telemetry"
 	"github.com/sagaflow/sagaflow/orchestrator/api"
 	"github.com/sagaflow/sagaflow/orchestrator/order"
 	"github.com/sagaflow/sagaflow/saga"
 	"github.com/sagaflow/sagaflow/saga/amqpbus"
 	"github.com/sagaflow/sagaflow/saga/pgstore"
 )
+
+var tracer = otel.Tracer("github.com/sagaflow/sagaflow/orchestrator")
 
 func main() {
 	var cfg Config
@@ -51,6 +57,11 @@ func run(cfg *Config, log zerolog.Logger) error {
 		return err
 	}
 	defer ln.Close()
+	stopTracing, err := telemetry.Setup(ctx, "orchestrator")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = stopTracing(context.Background()) }()
 	sctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
 	defer cancel()
 	db, err := service.OpenDB(sctx, &cfg.Base, "orchestrator")
@@ -88,6 +99,10 @@ func run(cfg *Config, log zerolog.Logger) error {
 		consumerDone <- bus.Consume(ctx, amqpbus.ConsumerConfig{
 			Queue: amqpbus.ReplyQueue, Prefetch: cfg.ReplyPrefetch,
 		}, func(hctx context.Context, d *amqp.Delivery) error {
+			hctx = otel.GetTextMapPropagator().Extract(hctx, amqpbus.HeaderCarrier(d.Headers))
+			hctx, span := tracer.Start(hctx, d.Type+" apply", trace.WithSpanKind(trace.SpanKindConsumer),
+				trace.WithAttributes(attribute.String("messaging.message.id", d.MessageId)))
+			defer span.End()
 			return coord.HandleReply(hctx, d.Body)
 		})
 	}()

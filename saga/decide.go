@@ -98,7 +98,10 @@ type Command struct {
 // consumers such as audit and notifications.
 type Event struct {
 	// ID is stable: derived from the saga id and the event's sequence number.
-	ID      uuid.UUID
+	ID uuid.UUID
+	// Seq numbers the saga's events from 1, in the order they happened; the
+	// payload carries it as "seq".
+	Seq     int
 	Type    string
 	SagaID  uuid.UUID
 	At      time.Time
@@ -346,11 +349,12 @@ func (x *decider) emit(typ string, d eventDetail) {
 	}
 	body := struct {
 		SagaID string `json:"saga_id"`
+		Seq    int    `json:"seq"`
 		State  string `json:"state"`
 		Reason string `json:"reason,omitempty"`
 		eventDetail
 		Data json.RawMessage `json:"data,omitempty"`
-	}{x.in.ID.String(), x.def.StateOf(&x.in), x.in.Reason, d, data}
+	}{x.in.ID.String(), x.in.Seq, x.def.StateOf(&x.in), x.in.Reason, d, data}
 	payload, _ := json.Marshal(body) // cannot fail: strings and valid JSON only
 	x.events = append(x.events, Event{
 		ID:      uuid.NewSHA1(x.in.ID, []byte(strconv.Itoa(x.in.Seq))),

@@ -519,7 +519,7 @@ func TestNew(t *testing.T) {
 	if diff := cmp.Diff(wantEv, ev, cmpopts.IgnoreFields(Event{}, "Payload")); diff != "" {
 		t.Errorf("created event (-want +got):\n%s", diff)
 	}
-	wantPayload := map[string]any{"saga_id": sagaID.String(), "state": "pending", "data": map[string]any{"order_id": "o-1"}}
+	wantPayload := map[string]any{"saga_id": sagaID.String(), "seq": 1.0, "state": "pending", "data": map[string]any{"order_id": "o-1"}}
 	if diff := cmp.Diff(any(wantPayload), jsonValue(t, ev.Payload)); diff != "" {
 		t.Errorf("created event payload (-want +got):\n%s", diff)
 	}
@@ -680,7 +680,7 @@ func TestDecideCommandAndEventDetails(t *testing.T) {
 		t.Errorf("event saga, at = %s, %v; want %s, %v", ev.SagaID, ev.At, sagaID, ts(1*s))
 	}
 	wantPayload := map[string]any{
-		"saga_id": sagaID.String(), "state": "reserving_stock", "step": stReserve,
+		"saga_id": sagaID.String(), "seq": 2.0, "state": "reserving_stock", "step": stReserve,
 		"data": map[string]any{"order_id": "o-1", "amount_cents": 1500.0},
 	}
 	if diff := cmp.Diff(any(wantPayload), jsonValue(t, ev.Payload)); diff != "" {
@@ -696,7 +696,7 @@ func TestDecideCommandAndEventDetails(t *testing.T) {
 		t.Fatalf("events = %d, want 2", got)
 	}
 	wantFailed := map[string]any{
-		"saga_id": sagaID.String(), "state": "charging_payment", "reason": "card_declined: insufficient funds",
+		"saga_id": sagaID.String(), "seq": 3.0, "state": "charging_payment", "reason": "card_declined: insufficient funds",
 		"step": stCharge, "code": "card_declined", "message": "insufficient funds",
 		"data": map[string]any{"order_id": "o-1", "amount_cents": 1500.0},
 	}
@@ -704,7 +704,7 @@ func TestDecideCommandAndEventDetails(t *testing.T) {
 		t.Errorf("payment.failed payload (-want +got):\n%s", diff)
 	}
 	wantComp := map[string]any{
-		"saga_id": sagaID.String(), "state": "compensating", "reason": "card_declined: insufficient funds",
+		"saga_id": sagaID.String(), "seq": 4.0, "state": "compensating", "reason": "card_declined: insufficient funds",
 		"data": map[string]any{"order_id": "o-1", "amount_cents": 1500.0},
 	}
 	if diff := cmp.Diff(any(wantComp), jsonValue(t, failed.Events[1].Payload)); diff != "" {
@@ -721,7 +721,7 @@ func TestDecideCommandAndEventDetails(t *testing.T) {
 		t.Fatalf("events = %+v, want one", sd.Events)
 	}
 	wantStuck := map[string]any{
-		"saga_id": sagaID.String(), "state": "stuck", "step": stCommit,
+		"saga_id": sagaID.String(), "seq": 5.0, "state": "stuck", "step": stCommit,
 		"message": "commit_stock: gave up after 4 attempts: no reply to attempt 4",
 		"data":    map[string]any{"order_id": "o-1"},
 	}

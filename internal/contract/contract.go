@@ -4,6 +4,11 @@
 // wire; every payload travels inside a saga.Envelope (schema version 1).
 package contract
 
+import (
+	"encoding/json"
+	"time"
+)
+
 // Command types, also the routing keys on saga.commands.
 const (
 	InventoryReserve       = "inventory.reserve"
@@ -19,13 +24,35 @@ const (
 	ShippingPrepare = "shipping.prepare"
 	ShippingCancel  = "shipping.cancel"
 	ShippingLedger  = "shipping.ledger"
+
+	NotificationLedger = "notification.ledger"
+	AuditOrderEvents   = "audit.order_events"
 )
 
 // Worker command queues.
 const (
-	InventoryQueue = "inventory.commands"
-	PaymentQueue   = "payment.commands"
-	ShippingQueue  = "shipping.commands"
+	InventoryQueue    = "inventory.commands"
+	PaymentQueue      = "payment.commands"
+	ShippingQueue     = "shipping.commands"
+	NotificationQueue = "notification.commands"
+	AuditQueue        = "audit.commands"
+)
+
+// Event routing: audit takes every event; order outcomes fan out to the
+// notification channels.
+const (
+	AuditEventsQueue     = "audit.events"        // bound to saga.events with "#"
+	NotificationExchange = "notification.fanout" // bound to saga.events with "order.*"
+	EmailQueue           = "notification.email"  // bound to notification.fanout
+	SMSQueue             = "notification.sms"    // bound to notification.fanout
+	OrderEventPattern    = "order.*"
+)
+
+// Order outcome events: each gets one email and one SMS.
+const (
+	EventOrderCompleted = "order.completed"
+	EventOrderCancelled = "order.cancelled"
+	EventOrderRejected  = "order.rejected"
 )
 
 // Failure codes of replies.
@@ -155,7 +182,60 @@ type ShipmentLedgerReply struct {
 
 // The commands each worker handles: its queue's bindings.
 var (
-	InventoryCommands = []string{InventoryReserve, InventoryRelease, InventoryCommit, InventoryGetProduct, InventoryUpsertProduct}
-	PaymentCommands   = []string{PaymentCharge, PaymentRefund, PaymentLedger}
-	ShippingCommands  = []string{ShippingPrepare, ShippingCancel, ShippingLedger}
+	InventoryCommands    = []string{InventoryReserve, InventoryRelease, InventoryCommit, InventoryGetProduct, InventoryUpsertProduct}
+	PaymentCommands      = []string{PaymentCharge, PaymentRefund, PaymentLedger}
+	ShippingCommands     = []string{ShippingPrepare, ShippingCancel, ShippingLedger}
+	NotificationCommands = []string{NotificationLedger}
+	AuditCommands        = []string{AuditOrderEvents}
 )
+
+// EventPayload is the payload of every domain event (saga.Envelope.Payload).
+type EventPayload struct {
+	SagaID  string `json:"saga_id"`
+	Seq     int    `json:"seq"`
+	State   string `json:"state"`
+	Reason  string `json:"reason,omitempty"`
+	Step    string `json:"step,omitempty"`
+	Code    string `json:"code,omitempty"`
+	Message string `json:"message,omitempty"`
+	// Data is the order as events carry it (no payment token).
+	Data json.RawMessage `json:"data,omitempty"`
+}
+
+// OrderEventData is the order as domain events carry it (EventPayload.Data
+// of order sagas): no payment token.
+type OrderEventData struct {
+	OrderID        string       `json:"order_id"`
+	CustomerID     string       `json:"customer_id"`
+	Items          []Item       `json:"items"`
+	Priority       string       `json:"priority"`
+	Country        string       `json:"country"`
+	Lines          []PricedLine `json:"lines,omitempty"`
+	AmountCents    int64        `json:"amount_cents,omitempty"`
+	TrackingNumber string       `json:"tracking_number,omitempty"`
+}
+
+// AuditEvent is one entry of an order's audit trail.
+type AuditEvent struct {
+	ID      string    `json:"id"`
+	Type    string    `json:"type"`
+	At      time.Time `json:"at"`
+	Seq     int       `json:"seq"`
+	State   string    `json:"state"`
+	Step    string    `json:"step,omitempty"`
+	Code    string    `json:"code,omitempty"`
+	Message string    `json:"message,omitempty"`
+	Reason  string    `json:"reason,omitempty"`
+}
+
+// OrderEventsReply is an order's audit trail, in order.
+type OrderEventsReply struct {
+	Events []AuditEvent `json:"events"`
+}
+
+// NotificationLedgerReply is what the notification service recorded for an
+// order (counts).
+type NotificationLedgerReply struct {
+	Email int `json:"email"`
+	SMS   int `json:"sms"`
+}

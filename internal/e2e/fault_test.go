@@ -241,8 +241,12 @@ func TestLostReplyGetsTheStoredReply(t *testing.T) {
 			t.Errorf("%s attempts = %d, want %d", st.Name, st.Attempts, want)
 		}
 	}
-	want := api.Ledger{Payment: contract.PaymentLedgerReply{ChargedCents: 9000}, Shipment: contract.ShipmentLedgerReply{Prepared: 1}}
-	if diff := cmp.Diff(want, s.Ledger(t, id)); diff != "" {
+	want := api.Ledger{
+		Payment:       contract.PaymentLedgerReply{ChargedCents: 9000},
+		Shipment:      contract.ShipmentLedgerReply{Prepared: 1},
+		Notifications: contract.NotificationLedgerReply{Email: 1, SMS: 1},
+	}
+	if diff := cmp.Diff(want, s.WaitLedger(t, id, want, waitFor)); diff != "" {
 		t.Errorf("ledger (-want +got):\n%s", diff)
 	}
 }

@@ -74,10 +74,11 @@ func TestHappyPathCompletes(t *testing.T) {
 		t.Errorf("stock = %+v, want available 3, reserved 0, sold 2", p)
 	}
 	wantLedger := api.Ledger{
-		Payment:  contract.PaymentLedgerReply{ChargedCents: 2500},
-		Shipment: contract.ShipmentLedgerReply{Prepared: 1},
+		Payment:       contract.PaymentLedgerReply{ChargedCents: 2500},
+		Shipment:      contract.ShipmentLedgerReply{Prepared: 1},
+		Notifications: contract.NotificationLedgerReply{Email: 1, SMS: 1},
 	}
-	if diff := cmp.Diff(wantLedger, s.Ledger(t, id)); diff != "" {
+	if diff := cmp.Diff(wantLedger, s.WaitLedger(t, id, wantLedger, waitFor)); diff != "" {
 		t.Errorf("ledger (-want +got):\n%s", diff)
 	}
 }
@@ -96,8 +97,9 @@ func TestOutOfStockIsRejected(t *testing.T) {
 	if diff := cmp.Diff([]stepSummary{{order.StepReserveStock, saga.StepFailed, 1}}, steps(t, v)); diff != "" {
 		t.Errorf("steps (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff(api.Ledger{}, s.Ledger(t, id)); diff != "" {
-		t.Errorf("nothing may be charged or shipped (-want +got):\n%s", diff)
+	told := api.Ledger{Notifications: contract.NotificationLedgerReply{Email: 1, SMS: 1}}
+	if diff := cmp.Diff(told, s.WaitLedger(t, id, told, waitFor)); diff != "" {
+		t.Errorf("nothing may be charged or shipped; the customer is told once (-want +got):\n%s", diff)
 	}
 	if p := s.Product(t, sk); p.Available != 1 || p.Reserved != 0 {
 		t.Errorf("stock = %+v, want untouched", p)
@@ -135,8 +137,9 @@ func TestDeclinedPaymentIsCancelledAndStockRestored(t *testing.T) {
 	if p := s.Product(t, sk); p.Available != 4 || p.Reserved != 0 || p.Sold != 0 {
 		t.Errorf("stock = %+v, want restored to available 4", p)
 	}
-	if diff := cmp.Diff(api.Ledger{}, s.Ledger(t, id)); diff != "" {
-		t.Errorf("nothing may be charged (-want +got):\n%s", diff)
+	told := api.Ledger{Notifications: contract.NotificationLedgerReply{Email: 1, SMS: 1}}
+	if diff := cmp.Diff(told, s.WaitLedger(t, id, told, waitFor)); diff != "" {
+		t.Errorf("nothing may be charged; the customer is told once (-want +got):\n%s", diff)
 	}
 }
 
@@ -162,8 +165,11 @@ func TestRefusedShipmentIsRefundedAndStockRestored(t *testing.T) {
 	if diff := cmp.Diff(want, steps(t, v)); diff != "" {
 		t.Errorf("steps (-want +got):\n%s", diff)
 	}
-	wantLedger := api.Ledger{Payment: contract.PaymentLedgerReply{ChargedCents: 20000, RefundedCents: 20000}}
-	if diff := cmp.Diff(wantLedger, s.Ledger(t, id)); diff != "" {
+	wantLedger := api.Ledger{
+		Payment:       contract.PaymentLedgerReply{ChargedCents: 20000, RefundedCents: 20000},
+		Notifications: contract.NotificationLedgerReply{Email: 1, SMS: 1},
+	}
+	if diff := cmp.Diff(wantLedger, s.WaitLedger(t, id, wantLedger, waitFor)); diff != "" {
 		t.Errorf("ledger (-want +got):\n%s", diff)
 	}
 	if p := s.Product(t, sk); p.Available != 2 || p.Reserved != 0 || p.Sold != 0 {

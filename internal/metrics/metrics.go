@@ -21,6 +21,16 @@ var (
 	}, []string{"type"})
 )
 
+// DeadLetters counts messages a process dead-lettered itself (poison,
+// invalid); messages the broker dead-letters (expired) show in saga.dead.
+var DeadLetters = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Name: "sagaflow_dead_letters_total",
+	Help: "Messages this process sent to saga.dead, by the queue they came from.",
+}, []string{"queue"})
+
+// CountDeadLetter is an amqpbus.Config.OnDeadLetter hook.
+func CountDeadLetter(queue, _ string) { DeadLetters.WithLabelValues(queue).Inc() }
+
 // WorkerObserver feeds the worker metrics; it implements worker.Observer.
 type WorkerObserver struct{}
 
@@ -32,5 +42,5 @@ func (WorkerObserver) Handled(typ, outcome string, d time.Duration) {
 
 // RegisterWorker registers the worker metrics with r.
 func RegisterWorker(r prometheus.Registerer) {
-	r.MustRegister(WorkerCommands, WorkerCommandDuration)
+	r.MustRegister(WorkerCommands, WorkerCommandDuration, DeadLetters)
 }

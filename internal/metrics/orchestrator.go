@@ -124,5 +124,5 @@ func (c StoreCollector) Collect(ch chan<- prometheus.Metric) {
 // RegisterOrchestrator registers the orchestrator metrics with r.
 func RegisterOrchestrator(r prometheus.Registerer, stats StoreStats) {
 	r.MustRegister(SagasStarted, SagasFinished, StepDuration, StepRetries, Compensations, SagasStuck,
-		MessagesPublished, StoreCollector{Stats: stats})
+		MessagesPublished, DeadLetters, StoreCollector{Stats: stats})
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sagaflow/sagaflow"
+	"github.com/sagaflow/sagaflow/internal/metrics"
 	"github.com/sagaflow/sagaflow/saga/amqpbus"
 )
 
@@ -147,7 +148,7 @@ func ApplySchema(ctx context.Context, pool *pgxpool.Pool, section string) error 
 // DialBus connects to RabbitMQ and declares the system's topology (every
 // process declares all of it, so nobody has to start first).
 func DialBus(ctx context.Context, b *Base, name string, log zerolog.Logger) (*amqpbus.Bus, error) {
-	bus, err := amqpbus.Dial(ctx, amqpbus.Config{URL: b.AMQPURL, Name: name}, log)
+	bus, err := amqpbus.Dial(ctx, amqpbus.Config{URL: b.AMQPURL, Name: name, OnDeadLetter: metrics.CountDeadLetter}, log)
 	if err != nil {
 		return nil, err
 	}

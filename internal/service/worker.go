@@ -18,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sagaflow/sagaflow/internal/metrics"
+	"github.com/sagaflow/sagaflow/internal/telemetry"
 	"github.com/sagaflow/sagaflow/saga/amqpbus"
 	"github.com/sagaflow/sagaflow/saga/worker"
 )
@@ -26,12 +27,16 @@ import (
 type WorkerConfig struct {
 	Base
 	// MetricsAddr serves /metrics, /healthz and /readyz (default per worker:
-	// inventory :9101, payment :9102, shipping :9103).
+	// inventory :9101, payment :9102, shipping :9103, notification :9104,
+	// audit :9105).
 	MetricsAddr string `env:"METRICS_ADDR"`
 	// Prefetch is how many unacked commands the broker hands over (default 64).
 	Prefetch int `env:"WORKER_PREFETCH" envDefault:"64"`
 	// Concurrency is how many commands are handled at once (default 32).
 	Concurrency int `env:"WORKER_CONCURRENCY" envDefault:"32"`
+	// EventPrefetch is how many events a subscriber takes at once, and its
+	// largest batch per transaction (default 256).
+	EventPrefetch int `env:"EVENT_PREFETCH" envDefault:"256"`
 	// SimLatency is added before each command (default 0s).
 	SimLatency time.Duration `env:"SIM_LATENCY" envDefault:"0s"`
 	// SimFailureRate is the probability of a transient failure (default 0).
@@ -48,6 +53,9 @@ func (c *WorkerConfig) Validate() []error {
 	errs := c.Base.Validate()
 	if c.Prefetch < 1 {
 		errs = append(errs, fmt.Errorf("WORKER_PREFETCH: want at least 1, got %d", c.Prefetch))
+	}
+	if c.EventPrefetch < 1 {
+		errs = append(errs, fmt.Errorf("EVENT_PREFETCH: want at least 1, got %d", c.EventPrefetch))
 	}
 	if c.Concurrency < 1 {
 		errs = append(errs, fmt.Errorf("WORKER_CONCURRENCY: want at least 1, got %d", c.Concurrency))
@@ -101,6 +109,11 @@ func runWorker(spec WorkerSpec, cfg *WorkerConfig, log zerolog.Logger) error {
 		return err
 	}
 	defer ln.Close()
+	stopTracing, err := telemetry.Setup(ctx, spec.Name)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = stopTracing(context.Background()) }()
 	sctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
 	defer cancel()
 	db, err := OpenDB(sctx, &cfg.Base, spec.Name)
@@ -119,7 +132,8 @@ func runWorker(spec WorkerSpec, cfg *WorkerConfig, log zerolog.Logger) error {
 	metrics.RegisterWorker(reg)
 
 	rt := worker.New(worker.Config{
-		Queue: spec.Queue, Prefetch: cfg.Prefetch, Concurrency: cfg.Concurrency,
+		Queue: spec.Queue, Prefetch: cfg.Prefetch, Concurrency: cfg.Concurrency, IDName: "order_id",
+		EventPrefetch: cfg.EventPrefetch,
 		Simulate: worker.Simulation{
 			Latency: cfg.SimLatency, FailureRate: cfg.SimFailureRate, DropReplyRate: cfg.SimDropReplyRate,
 			DropFirstReply: cfg.SimDropFirstReply,

@@ -242,6 +242,21 @@ func (s *System) Ledger(t testing.TB, id string) api.Ledger {
 	return l
 }
 
+// WaitLedger polls an order's ledger until it equals want (the services
+// record asynchronously: notifications follow the outcome) and returns the
+// last one seen, for the caller's diff.
+func (s *System) WaitLedger(t testing.TB, id string, want api.Ledger, timeout time.Duration) api.Ledger {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		got := s.Ledger(t, id)
+		if got == want || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // Items is shorthand for order lines: Items("sku-a", 2, "sku-b", 1).
 func Items(pairs ...any) []contract.Item {
 	var out []contract.Item

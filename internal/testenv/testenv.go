@@ -25,7 +25,7 @@ import (
 
 // Workers are the command workers; Services all binaries in start order.
 var (
-	Workers  = []string{"inventory", "payment", "shipping"}
+	Workers  = []string{"inventory", "payment", "shipping", "notification", "audit"}
 	Services = append([]string{"orchestrator"}, Workers...)
 )
 

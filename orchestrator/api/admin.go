@@ -14,12 +14,14 @@ import (
 
 // Ledger is what the workers themselves recorded for an order.
 type Ledger struct {
-	Payment  contract.PaymentLedgerReply  `json:"payment"`
-	Shipment contract.ShipmentLedgerReply `json:"shipment"`
+	Payment       contract.PaymentLedgerReply      `json:"payment"`
+	Shipment      contract.ShipmentLedgerReply     `json:"shipment"`
+	Notifications contract.NotificationLedgerReply `json:"notifications"`
 }
 
-// ledger asks payment and shipping, over RPC, what they recorded for an
-// order: the services' own books, to reconcile with the saga's view.
+// ledger asks payment, shipping and notification, over RPC, what they
+// recorded for an order: the services' own books, to reconcile with the
+// saga's view.
 func (s *server) ledger(c *gin.Context) {
 	in, err := s.loadOrder(c)
 	if err != nil {
@@ -31,6 +33,7 @@ func (s *server) ledger(c *gin.Context) {
 	g, ctx := errgroup.WithContext(c)
 	g.Go(func() error { return s.rpc.call(ctx, contract.PaymentLedger, ref, &l.Payment) })
 	g.Go(func() error { return s.rpc.call(ctx, contract.ShippingLedger, ref, &l.Shipment) })
+	g.Go(func() error { return s.rpc.call(ctx, contract.NotificationLedger, ref, &l.Notifications) })
 	if err := g.Wait(); err != nil {
 		abort(c, err)
 		return

@@ -3,11 +3,9 @@
 package api
 
 import (
-	"crypto/rand"
+	"context"
 	"crypto/subtle"
-	"encoding/hex"
 	"net/http"
-	"regexp"
 	"strings"
 	"time"
 
@@ -16,6 +14,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/contrib/instrumentation/github.com/gin-gonic/gin/otelgin"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
 
 	"github.com/sagaflow/sagaflow/internal/service"
 	"github.com/sagaflow/sagaflow/saga"
@@ -57,7 +58,7 @@ func New(d Deps) http.Handler {
 	r := gin.New()
 	r.HandleMethodNotAllowed = true
 	r.ContextWithFallback = true
-	r.Use(s.logging, s.recovery)
+	r.Use(otelgin.Middleware("sagaflow-orchestrator"), s.logging, s.recovery)
 	r.NoRoute(func(c *gin.Context) {
 		abort(c, errorf(http.StatusNotFound, CodeNotFound, "no route %s %s", c.Request.Method, c.Request.URL.Path))
 	})
@@ -68,6 +69,7 @@ func New(d Deps) http.Handler {
 	r.POST("/orders", s.createOrder)
 	r.GET("/orders", s.listOrders)
 	r.GET("/orders/:id", s.getOrder)
+	r.GET("/orders/:id/events", s.orderEvents)
 	r.GET("/products/:sku", s.getProduct)
 
 	admin := r.Group("/admin", s.requireAdmin)
@@ -143,14 +145,10 @@ func (s *server) requireAdmin(c *gin.Context) {
 	c.Next()
 }
 
-var traceParentRE = regexp.MustCompile(`^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$`)
-
-// traceParent returns the request's W3C trace context, or starts one.
-func traceParent(c *gin.Context) string {
-	if tp := c.GetHeader("traceparent"); traceParentRE.MatchString(tp) {
-		return tp
-	}
-	var b [24]byte
-	_, _ = rand.Read(b[:])
-	return "00-" + hex.EncodeToString(b[:16]) + "-" + hex.EncodeToString(b[16:]) + "-01"
+// traceHeaders renders the request span's W3C trace context (the
+// caller's traceparent continued, or a new trace) as message headers.
+func traceHeaders(ctx context.Context) map[string]string {
+	h := map[string]string{}
+	otel.GetTextMapPropagator().Inject(ctx, propagation.MapCarrier(h))
+	return h
 }

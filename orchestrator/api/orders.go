@@ -168,7 +168,7 @@ func (s *server) createOrder(c *gin.Context) {
 	}
 	in, created, err := s.Coordinator.Submit(c, saga.Submission{
 		Definition: order.SagaName, ID: id, Data: data, Priority: prio,
-		Key: key, Fingerprint: fingerprint, TraceParent: traceParent(c),
+		Key: key, Fingerprint: fingerprint, TraceParent: traceHeaders(c.Request.Context())["traceparent"],
 	})
 	if err != nil {
 		abort(c, err)
@@ -276,4 +276,23 @@ func (s *server) listOrders(c *gin.Context) {
 		out.NextCursor = &next
 	}
 	c.JSON(http.StatusOK, out)
+}
+
+// orderEvents returns the order's audit trail, in order, as the audit
+// service recorded it (asked over RPC).
+func (s *server) orderEvents(c *gin.Context) {
+	in, err := s.loadOrder(c)
+	if err != nil {
+		abort(c, err)
+		return
+	}
+	var trail contract.OrderEventsReply
+	if err := s.rpc.call(c, contract.AuditOrderEvents, contract.OrderRef{OrderID: in.ID.String()}, &trail); err != nil {
+		abort(c, err)
+		return
+	}
+	if trail.Events == nil {
+		trail.Events = []contract.AuditEvent{}
+	}
+	c.JSON(http.StatusOK, trail)
 }

@@ -42,7 +42,7 @@ func (r rpc) call(ctx context.Context, typ string, req, out any) error {
 	now := time.Now().UTC()
 	d, err := r.bus.Call(ctx, saga.Message{
 		Exchange: amqpbus.CommandExchange, RoutingKey: typ, Type: typ, MessageID: id,
-		CorrelationID: id, Priority: QueryPriority, Timestamp: now,
+		CorrelationID: id, Priority: QueryPriority, Timestamp: now, Headers: traceHeaders(ctx),
 		Body: saga.Envelope{ID: id, CorrelationID: id, Type: typ, At: now, Payload: payload}.Encode(),
 	})
 	if err != nil {

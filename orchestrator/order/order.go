@@ -134,24 +134,13 @@ func request(command string, raw json.RawMessage) (json.RawMessage, error) {
 	return json.Marshal(v)
 }
 
-// EventView is the order as domain events carry it: no payment token.
-type EventView struct {
-	OrderID        string                `json:"order_id"`
-	CustomerID     string                `json:"customer_id"`
-	Items          []contract.Item       `json:"items"`
-	Priority       string                `json:"priority"`
-	Country        string                `json:"country"`
-	Lines          []contract.PricedLine `json:"lines,omitempty"`
-	AmountCents    int64                 `json:"amount_cents,omitempty"`
-	TrackingNumber string                `json:"tracking_number,omitempty"`
-}
-
+// eventData is the order as domain events carry it: no payment token.
 func eventData(raw json.RawMessage) json.RawMessage {
 	var d Data
 	if json.Unmarshal(raw, &d) != nil {
 		return nil
 	}
-	b, _ := json.Marshal(EventView{
+	b, _ := json.Marshal(contract.OrderEventData{
 		OrderID: d.OrderID, CustomerID: d.CustomerID, Items: d.Items, Priority: d.Priority,
 		Country: d.ShippingAddress.Country, Lines: d.Lines, AmountCents: d.AmountCents,
 		TrackingNumber: d.TrackingNumber,

@@ -41,6 +41,9 @@ type Config struct {
 	// PublishChannels is how many confirm-mode channels publishing may use
 	// concurrently (default 4).
 	PublishChannels int
+	// OnDeadLetter, when set, is called after each message this process
+	// dead-lettered (for metrics).
+	OnDeadLetter func(queue, reason string)
 }
 
 func (c Config) withDefaults() Config {

@@ -172,3 +172,99 @@ func (b *Bus) handle(ctx context.Context, cfg ConsumerConfig, h Handler, d *amqp
 		_ = d.Nack(false, true /* requeue */)
 	}
 }
+
+// BatchHandler processes a batch of deliveries. Returning nil acks them
+// all; an error requeues them all after RequeueDelay. It must dead-letter
+// poison deliveries itself (DeadLetter) and leave them out of its work.
+type BatchHandler func(ctx context.Context, ds []*amqp.Delivery) error
+
+// ConsumeBatch delivers messages of cfg.Queue in batches of up to
+// cfg.Prefetch, taking whatever is waiting: one transaction (one commit)
+// for many messages. Deliveries are handled one batch at a time, in order,
+// so a single active consumer keeps its queue's order.
+func (b *Bus) ConsumeBatch(ctx context.Context, cfg ConsumerConfig, h BatchHandler) error {
+	if cfg.Prefetch <= 0 {
+		cfg.Prefetch = 256
+	}
+	if cfg.RequeueDelay <= 0 {
+		cfg.RequeueDelay = time.Second
+	}
+	log := b.log.With().Str("queue", cfg.Queue).Logger()
+	for {
+		err := b.consumeBatchOnce(ctx, cfg, h)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(err, ErrClosed) {
+			return err
+		}
+		if err != nil {
+			log.Warn().Err(err).Msg("consumer stopped; resuming")
+			select {
+			case <-time.After(cfg.RequeueDelay):
+			case <-ctx.Done():
+				return nil
+			}
+		}
+	}
+}
+
+func (b *Bus) consumeBatchOnce(ctx context.Context, cfg ConsumerConfig, h BatchHandler) error {
+	ch, err := b.Channel(ctx)
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	if err := ch.Qos(cfg.Prefetch, 0, false /* global */); err != nil {
+		return err
+	}
+	deliveries, err := ch.Consume(cfg.Queue, cfg.Queue+"."+uuid.NewString()[:8],
+		false, // auto-ack
+		false, // exclusive
+		false, // no-local
+		false, // no-wait
+		nil)
+	if err != nil {
+		return err
+	}
+	// A batch in hand is finished even when stopping: its transaction
+	// decides, and unacked deliveries would only be redelivered.
+	work := context.WithoutCancel(ctx)
+	batch := make([]*amqp.Delivery, 0, cfg.Prefetch)
+	for {
+		batch = batch[:0]
+		select {
+		case d, ok := <-deliveries:
+			if !ok {
+				return nil
+			}
+			batch = append(batch, &d)
+		case <-ctx.Done():
+			return nil
+		}
+	drain:
+		for len(batch) < cfg.Prefetch {
+			select {
+			case d, ok := <-deliveries:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, &d)
+			default:
+				break drain
+			}
+		}
+		last := batch[len(batch)-1]
+		if err := h(work, batch); err != nil {
+			b.log.Warn().Err(err).Str("queue", cfg.Queue).Int("messages", len(batch)).
+				Msg("transient failure; requeueing the batch")
+			select {
+			case <-time.After(cfg.RequeueDelay):
+			case <-ctx.Done():
+			}
+			_ = last.Nack(true /* multiple */, true /* requeue */)
+			continue
+		}
+		_ = last.Ack(true /* multiple */)
+	}
+}

@@ -192,5 +192,8 @@ func (b *Bus) DeadLetter(ctx context.Context, d *amqp.Delivery, queue, reason st
 		return fmt.Errorf("amqpbus: dead-letter confirm: %w", err)
 	}
 	b.releasePublishChannel(ch, gen)
+	if b.cfg.OnDeadLetter != nil {
+		b.cfg.OnDeadLetter(queue, reason)
+	}
 	return nil
 }

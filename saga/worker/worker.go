@@ -25,6 +25,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/sagaflow/sagaflow/saga"
 	"github.com/sagaflow/sagaflow/saga/amqpbus"
@@ -106,6 +111,9 @@ type Config struct {
 	Prefetch int
 	// Concurrency is how many commands are handled at once (default 32).
 	Concurrency int
+	// EventPrefetch is how many events of a subscription the broker hands
+	// over, and the largest batch applied in one transaction (default 256).
+	EventPrefetch int
 	// Retries is how many times a transient failure is retried inline
 	// before the worker replies "retry" and leaves it to the saga (default 2).
 	Retries int
@@ -141,6 +149,7 @@ type Runtime struct {
 	log      zerolog.Logger
 	handlers map[string]HandlerFunc
 	queries  map[string]QueryFunc
+	subs     []subscription
 	observer Observer
 
 	droppedMu sync.Mutex
@@ -164,6 +173,9 @@ func New(cfg Config, pool *pgxpool.Pool, bus *amqpbus.Bus, log zerolog.Logger) *
 	}
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = 32
+	}
+	if cfg.EventPrefetch <= 0 {
+		cfg.EventPrefetch = 256
 	}
 	if cfg.Retries < 0 {
 		cfg.Retries = 0
@@ -201,11 +213,21 @@ func (r *Runtime) Types() []string {
 	return out
 }
 
-// Run consumes the queue until ctx is done.
+// Run consumes the command queue and every subscription until ctx is
+// done, and returns once in-flight work has finished.
 func (r *Runtime) Run(ctx context.Context) error {
-	return r.bus.Consume(ctx, amqpbus.ConsumerConfig{
-		Queue: r.cfg.Queue, Prefetch: r.cfg.Prefetch, Concurrency: r.cfg.Concurrency,
-	}, r.deliver)
+	g, ctx := errgroup.WithContext(ctx)
+	if len(r.handlers)+len(r.queries) > 0 {
+		g.Go(func() error {
+			return r.bus.Consume(ctx, amqpbus.ConsumerConfig{
+				Queue: r.cfg.Queue, Prefetch: r.cfg.Prefetch, Concurrency: r.cfg.Concurrency,
+			}, r.deliver)
+		})
+	}
+	for _, sub := range r.subs {
+		g.Go(func() error { return r.consumeEvents(ctx, sub) })
+	}
+	return g.Wait()
 }
 
 func (r *Runtime) deliver(ctx context.Context, d *amqp.Delivery) error {
@@ -224,6 +246,11 @@ func (r *Runtime) deliver(ctx context.Context, d *amqp.Delivery) error {
 		lc = lc.Str(r.cfg.IDName, env.SagaID)
 	}
 	log := lc.Logger()
+	ctx = otel.GetTextMapPropagator().Extract(ctx, amqpbus.HeaderCarrier(d.Headers))
+	ctx, span := tracer.Start(ctx, env.Type+" process", trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(attribute.String("messaging.system", "rabbitmq"),
+			attribute.String("messaging.message.id", env.ID), attribute.String("saga.id", env.SagaID)))
+	defer span.End()
 	cmd := Command{Envelope: env, Redelivered: d.Redelivered}
 	var res Result
 	q, isQuery := r.queries[env.Type]
@@ -253,6 +280,7 @@ func (r *Runtime) deliver(ctx context.Context, d *amqp.Delivery) error {
 		return err
 	}
 	r.observer.Handled(env.Type, outcome(res, invalid), time.Since(start))
+	span.SetAttributes(attribute.String("saga.reply.status", string(res.Status)), attribute.String("saga.reply.code", res.Code))
 	// Simulated losses hit saga commands only: a query's caller just waits.
 	if d.ReplyTo != "" && (isQuery || !r.dropReply(env.ID)) {
 		if err := r.reply(ctx, d, env, res); err != nil {
@@ -318,6 +346,8 @@ func (r *Runtime) execute(ctx context.Context, log zerolog.Logger, h HandlerFunc
 	}
 }
 
+var tracer = otel.Tracer("github.com/sagaflow/sagaflow/saga/worker")
+
 // errSimulated is the transient failure injected by Simulation.FailureRate.
 var errSimulated = errors.New("worker: simulated transient failure")
 
@@ -378,9 +408,9 @@ func (r *Runtime) reply(ctx context.Context, d *amqp.Delivery, env saga.Envelope
 			Message: res.Message, Payload: res.Payload,
 		}.Encode(),
 	}
-	if tp, ok := d.Headers["traceparent"].(string); ok {
-		m.Headers = map[string]string{"traceparent": tp}
-	}
+	// The reply continues the trace: its parent is this worker's span.
+	m.Headers = map[string]string{}
+	otel.GetTextMapPropagator().Inject(ctx, propagation.MapCarrier(m.Headers))
 	if strings.HasPrefix(d.ReplyTo, "amq.rabbitmq.reply-to") {
 		// Direct reply-to: the caller waits on its channel; nothing to keep.
 		m.Transient = true

@@ -1,0 +1,132 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	amqp "github.com/rabbitmq/amqp091-go"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sagaflow/sagaflow/saga"
+	"github.com/sagaflow/sagaflow/saga/amqpbus"
+)
+
+// Event is a domain event as a subscriber sees it.
+type Event struct {
+	saga.Envelope
+	// TraceParent is the W3C trace context the event carried, if any.
+	TraceParent string
+}
+
+// EventHandlerFunc applies a batch of new events inside tx. The runtime
+// commits tx together with the inbox records of the events, so each event
+// is applied once per subscription even when delivered again.
+type EventHandlerFunc func(ctx context.Context, tx pgx.Tx, events []Event) error
+
+type subscription struct {
+	queue string
+	h     EventHandlerFunc
+}
+
+// Subscribe consumes a queue of domain events in batches of up to
+// Config.EventPrefetch, one transaction per batch. Unparseable events are
+// dead-lettered.
+func (r *Runtime) Subscribe(queue string, h EventHandlerFunc) {
+	r.subs = append(r.subs, subscription{queue: queue, h: h})
+}
+
+func (r *Runtime) consumeEvents(ctx context.Context, sub subscription) error {
+	return r.bus.ConsumeBatch(ctx, amqpbus.ConsumerConfig{Queue: sub.queue, Prefetch: r.cfg.EventPrefetch},
+		func(ctx context.Context, ds []*amqp.Delivery) error { return r.deliverEvents(ctx, sub, ds) })
+}
+
+func (r *Runtime) deliverEvents(ctx context.Context, sub subscription, ds []*amqp.Delivery) error {
+	start := time.Now()
+	events := make([]Event, 0, len(ds))
+	keys := make([]string, 0, len(ds))
+	types := make([]string, 0, len(ds))
+	for _, d := range ds {
+		env, err := saga.Decode(d.Body)
+		if err != nil {
+			r.log.Warn().Err(err).Str("queue", sub.queue).Str("message_id", d.MessageId).Msg("dead-lettering poison event")
+			if err := r.bus.DeadLetter(ctx, d, sub.queue, err.Error()); err != nil {
+				return err
+			}
+			r.observer.Handled(d.RoutingKey, "poison", 0)
+			continue
+		}
+		ev := Event{Envelope: env}
+		ev.TraceParent, _ = d.Headers["traceparent"].(string)
+		events = append(events, ev)
+		// One inbox entry per event and subscription: the email and the SMS
+		// queue each see every event once.
+		keys = append(keys, env.ID+"@"+sub.queue)
+		types = append(types, env.Type)
+	}
+	if len(events) == 0 {
+		return nil
+	}
+	tx, err := r.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("worker: begin: %w", err)
+	}
+	defer tx.Rollback(ctx)
+	rows, err := tx.Query(ctx, `INSERT INTO inbox (message_id, type)
+		SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (message_id) DO NOTHING
+		RETURNING message_id`, keys, types)
+	if err != nil {
+		return fmt.Errorf("worker: inbox: %w", err)
+	}
+	fresh := map[string]bool{}
+	for rows.Next() {
+		var k string
+		if err := rows.Scan(&k); err != nil {
+			rows.Close()
+			return fmt.Errorf("worker: inbox: %w", err)
+		}
+		fresh[k] = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("worker: inbox: %w", err)
+	}
+	news := events[:0]
+	for i, ev := range events {
+		if fresh[keys[i]] {
+			news = append(news, ev)
+			delete(fresh, keys[i]) // a duplicate within the batch counts once
+		}
+	}
+	// One span per event, child of the trace the event carries.
+	spans := make([]trace.Span, 0, len(news))
+	for _, ev := range news {
+		ectx := otel.GetTextMapPropagator().Extract(ctx, propagation.MapCarrier{"traceparent": ev.TraceParent})
+		_, span := tracer.Start(ectx, ev.Type+" process", trace.WithSpanKind(trace.SpanKindConsumer),
+			trace.WithTimestamp(start), trace.WithAttributes(attribute.String("messaging.destination.name", sub.queue),
+				attribute.String("messaging.message.id", ev.ID), attribute.String("saga.id", ev.SagaID)))
+		spans = append(spans, span)
+	}
+	defer func() {
+		for _, sp := range spans {
+			sp.End()
+		}
+	}()
+	if len(news) > 0 {
+		if err := sub.h(ctx, tx, news); err != nil {
+			return err
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("worker: commit: %w", err)
+	}
+	each := time.Since(start) / time.Duration(len(events))
+	for _, ev := range events {
+		r.observer.Handled(ev.Type, "event", each)
+	}
+	return nil
+}

@@ -1,0 +1,20 @@
+// Command audit keeps the audit log: every domain event, once, in an
+// append-only table, and each order's trail on request. Configuration:
+// README.md.
+package main
+
+import (
+	"os"
+
+	"github.com/sagaflow/sagaflow/internal/contract"
+	"github.com/sagaflow/sagaflow/internal/service"
+)
+
+func main() {
+	os.Exit(service.RunWorker(service.WorkerSpec{
+		Name:        "audit",
+		Queue:       contract.AuditQueue,
+		MetricsAddr: ":9105",
+		Register:    register,
+	}))
+}

@@ -1,0 +1,21 @@
+// Command notification tells customers the outcome of their order: one
+// email and one SMS (simulated: recorded in its own table) when an order is
+// completed, cancelled or rejected. It never blocks an order: it only
+// consumes events. Configuration: README.md.
+package main
+
+import (
+	"os"
+
+	"github.com/sagaflow/sagaflow/internal/contract"
+	"github.com/sagaflow/sagaflow/internal/service"
+)
+
+func main() {
+	os.Exit(service.RunWorker(service.WorkerSpec{
+		Name:        "notification",
+		Queue:       contract.NotificationQueue,
+		MetricsAddr: ":9104",
+		Register:    register,
+	}))
+}
