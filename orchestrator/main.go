@@ -64,7 +64,7 @@ func run(cfg *Config, log zerolog.Logger) error {
 	defer func() { _ = stopTracing(context.Background()) }()
 	sctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
 	defer cancel()
-	db, err := service.OpenDB(sctx, &cfg.Base, "orchestrator")
+	db, err := service.OpenDB(sctx, &cfg.Base, "orchestrator", 16)
 	if err != nil {
 		return err
 	}

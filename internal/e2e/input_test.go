@@ -36,9 +36,13 @@ func measure(t *testing.T, s *testenv.System) footprint {
 // metricValues scrapes the orchestrator's /metrics into name{labels} -> value.
 func metricValues(t *testing.T, s *testenv.System) map[string]float64 {
 	t.Helper()
-	r := s.Call(t, http.MethodGet, "/metrics", nil, nil)
+	return parseMetrics(s.Call(t, http.MethodGet, "/metrics", nil, nil).Body)
+}
+
+// parseMetrics reads Prometheus text into name{labels} -> value.
+func parseMetrics(body []byte) map[string]float64 {
 	out := map[string]float64{}
-	sc := bufio.NewScanner(bytes.NewReader(r.Body))
+	sc := bufio.NewScanner(bytes.NewReader(body))
 	for sc.Scan() {
 		line := sc.Text()
 		if strings.HasPrefix(line, "#") {

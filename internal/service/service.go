@@ -37,8 +37,10 @@ type Base struct {
 	LogFormat string `env:"LOG_FORMAT" envDefault:"json"`
 	// QueueType is classic or quorum for every queue (default classic).
 	QueueType string `env:"AMQP_QUEUE_TYPE" envDefault:"classic"`
-	// DBMaxConns is the pool size (default 16).
-	DBMaxConns int32 `env:"DB_MAX_CONNS" envDefault:"16"`
+	// DBMaxConns is the pool size (default per binary: orchestrator 16,
+	// inventory, payment and shipping 10, notification and audit 4; a whole
+	// deployment fits PostgreSQL's default max_connections of 100).
+	DBMaxConns int32 `env:"DB_MAX_CONNS"`
 	// StartTimeout bounds connecting to PostgreSQL and RabbitMQ at start
 	// (default 15s).
 	StartTimeout time.Duration `env:"START_TIMEOUT" envDefault:"15s"`
@@ -64,7 +66,7 @@ func (b *Base) Validate() []error {
 	if b.QueueType != string(amqpbus.Classic) && b.QueueType != string(amqpbus.Quorum) {
 		errs = append(errs, fmt.Errorf("AMQP_QUEUE_TYPE: want classic or quorum, got %q", b.QueueType))
 	}
-	if b.DBMaxConns < 1 {
+	if b.DBMaxConns < 0 {
 		errs = append(errs, fmt.Errorf("DB_MAX_CONNS: want at least 1, got %d", b.DBMaxConns))
 	}
 	return errs
@@ -99,13 +101,17 @@ func Logger(service string, b *Base) zerolog.Logger {
 }
 
 // OpenDB connects to PostgreSQL with search_path set to schema, checks the
-// connection, and applies the service's section of schema.sql.
-func OpenDB(ctx context.Context, b *Base, schema string) (*pgxpool.Pool, error) {
+// connection, and applies the service's section of schema.sql. The pool
+// holds DB_MAX_CONNS connections, or defConns when it is not set.
+func OpenDB(ctx context.Context, b *Base, schema string, defConns int32) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(b.DatabaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("DATABASE_URL: %w", err)
 	}
-	cfg.MaxConns = b.DBMaxConns
+	cfg.MaxConns = defConns
+	if b.DBMaxConns > 0 {
+		cfg.MaxConns = b.DBMaxConns
+	}
 	cfg.ConnConfig.RuntimeParams["search_path"] = schema
 	cfg.ConnConfig.RuntimeParams["application_name"] = "sagaflow-" + schema
 	cfg.ConnConfig.ConnectTimeout = 5 * time.Second

@@ -81,6 +81,8 @@ type WorkerSpec struct {
 	MetricsAddr string
 	// Register adds the worker's handlers to the runtime.
 	Register func(rt *worker.Runtime, db *pgxpool.Pool)
+	// DBConns is the default pool size (DB_MAX_CONNS overrides it).
+	DBConns int32
 }
 
 // RunWorker runs a command worker until SIGINT or SIGTERM and returns the
@@ -116,7 +118,7 @@ func runWorker(spec WorkerSpec, cfg *WorkerConfig, log zerolog.Logger) error {
 	defer func() { _ = stopTracing(context.Background()) }()
 	sctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
 	defer cancel()
-	db, err := OpenDB(sctx, &cfg.Base, spec.Name)
+	db, err := OpenDB(sctx, &cfg.Base, spec.Name, spec.DBConns)
 	if err != nil {
 		return err
 	}

@@ -148,7 +148,9 @@ func Start(opts Options) (*System, error) {
 	s.apis["orchestrator"] = s.BaseURL
 	s.env = append(os.Environ(),
 		"DATABASE_URL="+s.DBURL, "AMQP_URL="+s.AMQPURL, fmt.Sprintf("HTTP_ADDR=127.0.0.1:%d", port),
-		"ADMIN_TOKEN="+s.AdminToken, "LOG_LEVEL=info")
+		"ADMIN_TOKEN="+s.AdminToken, "LOG_LEVEL=info",
+		// Small pools: several deployments share the machine's PostgreSQL.
+		"DB_MAX_CONNS=5")
 	for k, v := range opts.Env {
 		s.env = append(s.env, k+"="+v)
 	}

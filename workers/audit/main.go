@@ -16,5 +16,6 @@ func main() {
 		Queue:       contract.AuditQueue,
 		MetricsAddr: ":9105",
 		Register:    register,
+		DBConns:     4,
 	}))
 }

@@ -16,5 +16,6 @@ func main() {
 		Queue:       contract.InventoryQueue,
 		MetricsAddr: ":9101",
 		Register:    register,
+		DBConns:     10,
 	}))
 }

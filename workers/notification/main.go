@@ -17,5 +17,6 @@ func main() {
 		Queue:       contract.NotificationQueue,
 		MetricsAddr: ":9104",
 		Register:    register,
+		DBConns:     4,
 	}))
 }

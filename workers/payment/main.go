@@ -16,5 +16,6 @@ func main() {
 		Queue:       contract.PaymentQueue,
 		MetricsAddr: ":9102",
 		Register:    register,
+		DBConns:     10,
 	}))
 }

@@ -16,5 +16,6 @@ func main() {
 		Queue:       contract.ShippingQueue,
 		MetricsAddr: ":9103",
 		Register:    register,
+		DBConns:     10,
 	}))
 }
