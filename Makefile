@@ -3,19 +3,22 @@ GO       ?= go
 BIN      := bin
 WORKERS  := inventory payment shipping notification audit
 
-.PHONY: help build run services test test-short chaos vet clean
+.PHONY: help build run services test test-short chaos bench vet clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-build: ## build every binary into bin/
-	$(GO) build -o $(BIN)/ ./orchestrator $(addprefix ./workers/,$(WORKERS))
+build: ## build every binary into bin/ (the services and the load generator bench)
+	$(GO) build -o $(BIN)/ ./orchestrator $(addprefix ./workers/,$(WORKERS)) ./internal/cmd/bench
 
 run: ## start PostgreSQL and RabbitMQ if needed, create the database, run every service
 	internal/scripts/run.sh
 
 services: ## start PostgreSQL and RabbitMQ if they are not running
 	internal/scripts/services.sh
+
+bench: ## the standard benchmark on a fresh deployment (BENCH_ARGS="-scenario burst -orders 50000" for others)
+	internal/scripts/bench.sh
 
 vet: ## go vet and gofmt
 	$(GO) vet ./...

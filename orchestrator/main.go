@@ -62,6 +62,9 @@ func run(cfg *Config, log zerolog.Logger) error {
 		return err
 	}
 	defer func() { _ = stopTracing(context.Background()) }()
+	if err := service.StartPprof(&cfg.Base, log); err != nil {
+		return err
+	}
 	sctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
 	defer cancel()
 	db, err := service.OpenDB(sctx, &cfg.Base, "orchestrator", 16)

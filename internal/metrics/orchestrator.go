@@ -36,6 +36,16 @@ var (
 		Name: "sagaflow_sagas_stuck_total",
 		Help: "Times a saga got stuck and needed an operator.",
 	})
+	BatchSize = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "sagaflow_batch_size",
+		Help:    "Items per batch: inputs per transaction, due sagas per timer pass, messages per publish.",
+		Buckets: prometheus.ExponentialBuckets(1, 2, 11),
+	}, []string{"kind"})
+	BatchDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "sagaflow_batch_duration_seconds",
+		Help:    "Time per batch: a transaction, a timer pass, or a publish with its confirms.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+	}, []string{"kind"})
 	MessagesPublished = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sagaflow_messages_published_total",
 		Help: "Outbox messages published, by result (confirmed, failed).",
@@ -72,6 +82,12 @@ func (SagaObserver) SagaChanged(def *saga.Definition, d saga.Decision) {
 			SagasStuck.Inc()
 		}
 	}
+}
+
+// Batch records a batch's size and duration.
+func (SagaObserver) Batch(kind string, n int, d time.Duration) {
+	BatchSize.WithLabelValues(kind).Observe(float64(n))
+	BatchDuration.WithLabelValues(kind).Observe(d.Seconds())
 }
 
 // Published counts relayed messages.
@@ -124,5 +140,5 @@ func (c StoreCollector) Collect(ch chan<- prometheus.Metric) {
 // RegisterOrchestrator registers the orchestrator metrics with r.
 func RegisterOrchestrator(r prometheus.Registerer, stats StoreStats) {
 	r.MustRegister(SagasStarted, SagasFinished, StepDuration, StepRetries, Compensations, SagasStuck,
-		MessagesPublished, DeadLetters, StoreCollector{Stats: stats})
+		MessagesPublished, DeadLetters, BatchSize, BatchDuration, StoreCollector{Stats: stats})
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/url"
 	"os"
 	"strings"
@@ -46,6 +47,9 @@ type Base struct {
 	StartTimeout time.Duration `env:"START_TIMEOUT" envDefault:"15s"`
 	// ShutdownTimeout bounds the graceful stop (default 20s).
 	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"20s"`
+	// PprofAddr serves Go's profiler (net/http/pprof) when set (default
+	// off); keep it on a private address.
+	PprofAddr string `env:"PPROF_ADDR"`
 }
 
 // Validate reports every problem of the shared settings.
@@ -172,6 +176,27 @@ func Listen(name, addr string) (net.Listener, error) {
 		return nil, fmt.Errorf("%s %q: %w", name, addr, err)
 	}
 	return ln, nil
+}
+
+// StartPprof serves net/http/pprof on b.PprofAddr, if set, until the
+// process exits.
+func StartPprof(b *Base, log zerolog.Logger) error {
+	if b.PprofAddr == "" {
+		return nil
+	}
+	ln, err := Listen("PPROF_ADDR", b.PprofAddr)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	go func() { _ = http.Serve(ln, mux) }()
+	log.Info().Str("pprof_addr", ln.Addr().String()).Msg("profiler listening")
+	return nil
 }
 
 // Serve runs srv on ln until ctx is done, then shuts it down gracefully.

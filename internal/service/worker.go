@@ -30,8 +30,9 @@ type WorkerConfig struct {
 	// inventory :9101, payment :9102, shipping :9103, notification :9104,
 	// audit :9105).
 	MetricsAddr string `env:"METRICS_ADDR"`
-	// Prefetch is how many unacked commands the broker hands over (default 64).
-	Prefetch int `env:"WORKER_PREFETCH" envDefault:"64"`
+	// Prefetch is how many unacked commands the broker hands over: commands
+	// being handled plus those whose reply awaits its confirm (default 256).
+	Prefetch int `env:"WORKER_PREFETCH" envDefault:"256"`
 	// Concurrency is how many commands are handled at once (default 32).
 	Concurrency int `env:"WORKER_CONCURRENCY" envDefault:"32"`
 	// EventPrefetch is how many events a subscriber takes at once, and its
@@ -116,6 +117,9 @@ func runWorker(spec WorkerSpec, cfg *WorkerConfig, log zerolog.Logger) error {
 		return err
 	}
 	defer func() { _ = stopTracing(context.Background()) }()
+	if err := StartPprof(&cfg.Base, log); err != nil {
+		return err
+	}
 	sctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
 	defer cancel()
 	db, err := OpenDB(sctx, &cfg.Base, spec.Name, spec.DBConns)

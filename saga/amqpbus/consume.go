@@ -18,6 +18,16 @@ import (
 // ConsumerConfig.RequeueDelay.
 type Handler func(ctx context.Context, d *amqp.Delivery) error
 
+// Settle finishes a delivery after its handler returned: the delivery is
+// acked when Settle returns nil, and requeued after RequeueDelay when it
+// returns an error.
+type Settle func(ctx context.Context) error
+
+// AsyncHandler is a Handler that may finish a delivery later: it returns
+// a Settle (nil to ack now) and is free to take the next delivery while
+// Settle runs, for example while a reply waits for its publisher confirm.
+type AsyncHandler func(ctx context.Context, d *amqp.Delivery) (Settle, error)
+
 // ConsumerConfig configures Consume. Zero fields take the defaults.
 type ConsumerConfig struct {
 	// Queue to consume.
@@ -58,6 +68,14 @@ func Poison(err error) error { return &PoisonError{Err: err} }
 // the next one. On stop it cancels the consumer and lets in-flight handlers
 // finish (up to StopGrace); unacked deliveries go back to the queue.
 func (b *Bus) Consume(ctx context.Context, cfg ConsumerConfig, h Handler) error {
+	return b.ConsumeAsync(ctx, cfg, func(ctx context.Context, d *amqp.Delivery) (Settle, error) {
+		return nil, h(ctx, d)
+	})
+}
+
+// ConsumeAsync is Consume with handlers that may settle their deliveries
+// later. Deliveries in hand (prefetch) bound what is outstanding.
+func (b *Bus) ConsumeAsync(ctx context.Context, cfg ConsumerConfig, h AsyncHandler) error {
 	if cfg.Prefetch <= 0 {
 		cfg.Prefetch = 64
 	}
@@ -104,7 +122,7 @@ func (b *Bus) Consume(ctx context.Context, cfg ConsumerConfig, h Handler) error 
 	}
 }
 
-func (b *Bus) consumeOnce(ctx, work context.Context, cfg ConsumerConfig, h Handler) error {
+func (b *Bus) consumeOnce(ctx, work context.Context, cfg ConsumerConfig, h AsyncHandler) error {
 	ch, err := b.Channel(ctx)
 	if err != nil {
 		return err
@@ -131,24 +149,41 @@ func (b *Bus) consumeOnce(ctx, work context.Context, cfg ConsumerConfig, h Handl
 		case <-stopped:
 		}
 	}()
-	var wg sync.WaitGroup
+	var wg, settling sync.WaitGroup
 	for range cfg.Concurrency {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for d := range deliveries {
-				b.handle(work, cfg, h, &d)
+				b.handle(work, cfg, h, &d, &settling)
 			}
 		}()
 	}
 	wg.Wait()
+	settling.Wait() // acks go out on this channel, before it closes
 	close(stopped)
 	return nil
 }
 
-func (b *Bus) handle(ctx context.Context, cfg ConsumerConfig, h Handler, d *amqp.Delivery) {
-	err := h(ctx, d)
+func (b *Bus) handle(ctx context.Context, cfg ConsumerConfig, h AsyncHandler, d *amqp.Delivery, settling *sync.WaitGroup) {
+	settle, err := h(ctx, d)
 	switch {
+	case err == nil && settle != nil:
+		settling.Add(1)
+		go func() {
+			defer settling.Done()
+			if err := settle(ctx); err != nil {
+				b.log.Warn().Err(err).Str("queue", cfg.Queue).Str("message_id", d.MessageId).
+					Msg("could not settle; requeueing")
+				select {
+				case <-time.After(cfg.RequeueDelay):
+				case <-ctx.Done():
+				}
+				_ = d.Nack(false, true /* requeue */)
+				return
+			}
+			_ = d.Ack(false)
+		}()
 	case err == nil:
 		_ = d.Ack(false)
 	case IsPoison(err):

@@ -219,7 +219,7 @@ func (r *Runtime) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	if len(r.handlers)+len(r.queries) > 0 {
 		g.Go(func() error {
-			return r.bus.Consume(ctx, amqpbus.ConsumerConfig{
+			return r.bus.ConsumeAsync(ctx, amqpbus.ConsumerConfig{
 				Queue: r.cfg.Queue, Prefetch: r.cfg.Prefetch, Concurrency: r.cfg.Concurrency,
 			}, r.deliver)
 		})
@@ -230,12 +230,16 @@ func (r *Runtime) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
-func (r *Runtime) deliver(ctx context.Context, d *amqp.Delivery) error {
+// deliver handles one command. Its reply is published in the returned
+// Settle, off the handler's goroutine: the command is acked once the reply
+// is confirmed, and a reply that fails is sent again on redelivery, from
+// the inbox.
+func (r *Runtime) deliver(ctx context.Context, d *amqp.Delivery) (amqpbus.Settle, error) {
 	start := time.Now()
 	env, err := saga.Decode(d.Body)
 	if err != nil {
 		r.observer.Handled(d.RoutingKey, "poison", time.Since(start))
-		return err
+		return nil, err
 	}
 	lc := r.log.With().Str("type", env.Type).Str("message_id", env.ID).Str("saga_id", env.SagaID).
 		Str("correlation_id", d.CorrelationId)
@@ -264,35 +268,38 @@ func (r *Runtime) deliver(ctx context.Context, d *amqp.Delivery) error {
 			select {
 			case <-time.After(r.cfg.Simulate.Latency):
 			case <-ctx.Done():
-				return ctx.Err()
+				return nil, ctx.Err()
 			}
 		}
 		res, err = r.execute(ctx, log, h, cmd)
 	} else {
 		r.observer.Handled(env.Type, "poison", time.Since(start))
-		return fmt.Errorf("%w: %q", saga.ErrUnknownCommand, env.Type)
+		return nil, fmt.Errorf("%w: %q", saga.ErrUnknownCommand, env.Type)
 	}
 	var invalid error
 	if isInvalid(err) {
 		invalid = err
 		res = Result{Status: saga.ReplyFailed, Code: CodeInvalidCommand, Message: err.Error()}
 	} else if err != nil {
-		return err
+		return nil, err
 	}
 	r.observer.Handled(env.Type, outcome(res, invalid), time.Since(start))
 	span.SetAttributes(attribute.String("saga.reply.status", string(res.Status)), attribute.String("saga.reply.code", res.Code))
 	// Simulated losses hit saga commands only: a query's caller just waits.
-	if d.ReplyTo != "" && (isQuery || !r.dropReply(env.ID)) {
-		if err := r.reply(ctx, d, env, res); err != nil {
-			// Not acked: the redelivery finds the stored reply and sends it.
-			return err
-		}
+	if d.ReplyTo == "" || (!isQuery && r.dropReply(env.ID)) {
+		return nil, nil
 	}
+	m := r.replyMessage(ctx, d, env, res)
 	if invalid != nil {
+		if err := r.publishReply(ctx, m); err != nil {
+			return nil, err
+		}
 		log.Warn().Err(invalid).Msg("invalid command answered failed; copy dead-lettered")
-		return amqpbus.Poison(invalid)
+		return nil, amqpbus.Poison(invalid)
 	}
-	return nil
+	// If the reply cannot be published the command is requeued: its
+	// redelivery finds the stored reply and sends it.
+	return func(ctx context.Context) error { return r.publishReply(ctx, m) }, nil
 }
 
 func outcome(res Result, invalid error) string {
@@ -396,9 +403,9 @@ func (r *Runtime) once(ctx context.Context, h HandlerFunc, cmd Command) (Result,
 	return res, nil
 }
 
-// reply publishes the result to the delivery's reply_to with its
-// correlation id, and waits for the broker's confirm.
-func (r *Runtime) reply(ctx context.Context, d *amqp.Delivery, env saga.Envelope, res Result) error {
+// replyMessage addresses the result to the delivery's reply_to with its
+// correlation id.
+func (r *Runtime) replyMessage(ctx context.Context, d *amqp.Delivery, env saga.Envelope, res Result) saga.Message {
 	m := saga.Message{
 		Exchange: "", RoutingKey: d.ReplyTo, MessageID: env.ID + ":reply",
 		CorrelationID: d.CorrelationId, Type: env.Type + ".reply", Timestamp: time.Now().UTC(),
@@ -415,10 +422,15 @@ func (r *Runtime) reply(ctx context.Context, d *amqp.Delivery, env saga.Envelope
 		// Direct reply-to: the caller waits on its channel; nothing to keep.
 		m.Transient = true
 	}
-	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	return m
+}
+
+// publishReply publishes a reply and waits for the broker's confirm.
+func (r *Runtime) publishReply(ctx context.Context, m saga.Message) error {
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := r.bus.PublishOne(pctx, m); err != nil {
-		return fmt.Errorf("worker: reply to %s: %w", d.ReplyTo, err)
+		return fmt.Errorf("worker: reply to %s: %w", m.RoutingKey, err)
 	}
 	return nil
 }

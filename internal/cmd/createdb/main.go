@@ -1,10 +1,11 @@
 // Command createdb creates the database named by DATABASE_URL when it is
-// missing (used by `make run`). It connects to the server's "postgres"
-// database to do so.
+// missing (used by `make run`); with -fresh it drops it first (`make
+// bench`). It connects to the server's "postgres" database to do so.
 package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"net/url"
 	"os"
@@ -15,17 +16,19 @@ import (
 )
 
 func main() {
+	fresh := flag.Bool("fresh", false, "drop the database first")
+	flag.Parse()
 	raw := os.Getenv("DATABASE_URL")
 	if raw == "" {
 		raw = "postgres://postgres@127.0.0.1:5432/sagaflow?sslmode=disable"
 	}
-	if err := create(raw); err != nil {
+	if err := create(raw, *fresh); err != nil {
 		fmt.Fprintf(os.Stderr, "createdb: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func create(raw string) error {
+func create(raw string, fresh bool) error {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return fmt.Errorf("DATABASE_URL: %w", err)
@@ -43,6 +46,11 @@ func create(raw string) error {
 		return err
 	}
 	defer conn.Close(ctx)
+	if fresh {
+		if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
+			return err
+		}
+	}
 	var exists bool
 	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&exists); err != nil {
 		return err

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# `make bench`: a fresh deployment (its own database and vhost, every
+# service), the load generator with BENCH_ARGS (default: the standard
+# scenario), the figures on stdout and as JSON in tmp/bench/.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+BENCH_ARGS="${BENCH_ARGS:--scenario steady -rate 500 -duration 30s}"
+NAME=sagaflow_bench
+PORT="${BENCH_PORT:-18080}"
+export DATABASE_URL="postgres://postgres@127.0.0.1:5432/${NAME}?sslmode=disable"
+export AMQP_URL="amqp://guest:guest@127.0.0.1:5672/"
+export ADMIN_TOKEN=bench-token LOG_LEVEL="${LOG_LEVEL:-warn}" HTTP_ADDR="127.0.0.1:${PORT}"
+LOGS=tmp/bench/logs
+mkdir -p "$LOGS"
+
+internal/scripts/services.sh
+go run ./internal/cmd/createdb -fresh
+if command -v rabbitmqctl >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+	rabbitmqctl -q delete_vhost "$NAME" >/dev/null 2>&1 || true
+	rabbitmqctl -q add_vhost "$NAME"
+	rabbitmqctl -q set_permissions -p "$NAME" guest '.*' '.*' '.*'
+	export AMQP_URL="amqp://guest:guest@127.0.0.1:5672/${NAME}"
+fi
+make --no-print-directory build >/dev/null
+
+pids=()
+stop() {
+	trap - INT TERM EXIT
+	kill -TERM "${pids[@]}" 2>/dev/null || true
+	wait "${pids[@]}" 2>/dev/null || true
+}
+trap stop INT TERM EXIT
+port=19100
+for svc in orchestrator inventory payment shipping notification audit; do
+	port=$((port + 1))
+	METRICS_ADDR="127.0.0.1:${port}" PPROF_ADDR="127.0.0.1:$((port + 100))" "bin/$svc" >"$LOGS/$svc.log" 2>&1 &
+	pids+=($!)
+done
+for _ in $(seq 1 100); do
+	curl -fsS "http://127.0.0.1:${PORT}/readyz" >/dev/null 2>&1 && break
+	sleep 0.2
+done
+curl -fsS "http://127.0.0.1:${PORT}/readyz" >/dev/null || { echo "not ready; see $LOGS" >&2; exit 1; }
+
+out="tmp/bench/$(date -u +%Y%m%dT%H%M%SZ).json"
+echo "bench $BENCH_ARGS  (services' logs: $LOGS, report: $out)"
+# shellcheck disable=SC2086
+bin/bench -api "http://127.0.0.1:${PORT}" $BENCH_ARGS -json "$out"
