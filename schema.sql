@@ -18,7 +18,7 @@ CREATE TABLE IF NOT EXISTS orchestrator.sagas (
     step            integer NOT NULL DEFAULT 0,  -- index of the running (or compensating) step
     attempt         integer NOT NULL DEFAULT 0,  -- sends of the current command within its budget
     waiting         boolean NOT NULL DEFAULT false, -- backing off before a re-send
-    deadline        timestamptz,                 -- when the timer looks next; NULL when terminal or stuck
+    deadline        timestamptz,                 -- when the timer looks next; NULL when pending, stuck or terminal
     stuck_in        text NOT NULL DEFAULT '',    -- phase a stuck saga resumes on replay
     reason          text NOT NULL DEFAULT '',    -- why it left the happy path
     stuck_reason    text NOT NULL DEFAULT '',    -- why it waits for an operator
@@ -27,34 +27,38 @@ CREATE TABLE IF NOT EXISTS orchestrator.sagas (
     history         jsonb NOT NULL DEFAULT '[]', -- step records: name, kind, status, attempts, times, error
     seq             integer NOT NULL DEFAULT 0,  -- domain events emitted so far
     trace_parent    text NOT NULL DEFAULT '',    -- W3C trace context of the creating request
-    idempotency_key text UNIQUE,                 -- client's Idempotency-Key
+    idempotency_key text,                        -- client's Idempotency-Key (unique when set)
     fingerprint     text NOT NULL DEFAULT '',    -- hash of the request behind the key
     created_at      timestamptz NOT NULL,
     updated_at      timestamptz NOT NULL
 );
+-- Only orders sent with a key are indexed by it: the others never touch
+-- this index, however often they change.
+CREATE UNIQUE INDEX IF NOT EXISTS sagas_idempotency_key ON orchestrator.sagas (idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+-- Every decision rewrites its saga's row: vacuum often.
+ALTER TABLE orchestrator.sagas SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_cost_delay = 0);
 -- The timer: due sagas, oldest deadline first.
 CREATE INDEX IF NOT EXISTS sagas_due ON orchestrator.sagas (deadline) WHERE deadline IS NOT NULL;
+-- Admission: pending sagas, highest priority and oldest first.
+CREATE INDEX IF NOT EXISTS sagas_pending ON orchestrator.sagas (priority DESC, id) WHERE phase = 'pending';
 -- Listing by state, newest first (ids are time-ordered).
 CREATE INDEX IF NOT EXISTS sagas_state ON orchestrator.sagas (state, id DESC);
 
--- The transactional outbox: messages staged with the state change that
--- caused them, published by the relay after commit, deleted once confirmed.
+-- The transactional outbox: the messages a transaction causes, staged in
+-- that transaction as one row, published by the relay after commit and
+-- deleted once the broker confirmed them all.
 CREATE TABLE IF NOT EXISTS orchestrator.outbox (
-    id             uuid PRIMARY KEY,             -- UUIDv7
-    exchange       text NOT NULL,
-    routing_key    text NOT NULL,
-    message_id     text NOT NULL,
-    correlation_id text NOT NULL DEFAULT '',
-    reply_to       text NOT NULL DEFAULT '',
-    type           text NOT NULL DEFAULT '',
-    priority       smallint NOT NULL DEFAULT 0,
-    expiration_ms  bigint NOT NULL DEFAULT 0,
-    headers        jsonb,
-    body           bytea NOT NULL,
-    created_at     timestamptz NOT NULL,
-    leased_until   timestamptz NOT NULL          -- the writer's relay owns it until then; then the scan does
+    id           uuid PRIMARY KEY,               -- UUIDv7
+    messages     integer NOT NULL,               -- how many messages payload holds
+    payload      bytea NOT NULL,                 -- JSON array: exchange, routing key, properties, headers, body
+    created_at   timestamptz NOT NULL,
+    leased_until timestamptz NOT NULL            -- the writer's relay owns it until then; then the scan does
 );
 CREATE INDEX IF NOT EXISTS outbox_lease ON orchestrator.outbox (leased_until);
+-- Rows live for milliseconds: vacuum as soon as a few thousand are dead.
+ALTER TABLE orchestrator.outbox SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000,
+    autovacuum_vacuum_cost_delay = 0);
 
 -- section: inventory
 CREATE SCHEMA IF NOT EXISTS inventory;

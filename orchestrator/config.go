@@ -52,9 +52,10 @@ type Config struct {
 	// orchestrator that wrote it before any orchestrator's outbox scan may
 	// publish it (default 15s).
 	OutboxLease time.Duration `env:"OUTBOX_LEASE" envDefault:"15s"`
-	// StartGrace is how long a new order waits for the in-process start
-	// before the timer starts it (default 2s).
-	StartGrace time.Duration `env:"START_GRACE" envDefault:"2s"`
+	// MaxActiveSagas bounds the orders in flight (a command outstanding)
+	// across every orchestrator; the others wait as pending, high priority
+	// first (default 2000).
+	MaxActiveSagas int `env:"MAX_ACTIVE_SAGAS" envDefault:"2000"`
 }
 
 // Validate reports every problem at once.
@@ -63,7 +64,7 @@ func (c *Config) Validate() []error {
 	positive := map[string]time.Duration{
 		"RPC_TIMEOUT": c.RPCTimeout, "STEP_TIMEOUT": c.StepTimeout, "STEP_MAX_TIMEOUT": c.StepMaxTimeout,
 		"RETRY_BACKOFF": c.RetryBackoff, "RETRY_MAX_BACKOFF": c.RetryMaxBackoff, "TIMER_INTERVAL": c.TimerInterval,
-		"OUTBOX_LEASE": c.OutboxLease, "START_GRACE": c.StartGrace,
+		"OUTBOX_LEASE": c.OutboxLease,
 	}
 	for name, d := range positive {
 		if d <= 0 {
@@ -73,7 +74,7 @@ func (c *Config) Validate() []error {
 	counts := map[string]int{
 		"STEP_ATTEMPTS": c.StepAttempts, "COMPENSATION_ATTEMPTS": c.CompensationAttempts,
 		"RETRIABLE_ATTEMPTS": c.RetriableAttempts, "BATCH_SIZE": c.BatchSize,
-		"BATCH_WORKERS": c.BatchWorkers, "REPLY_PREFETCH": c.ReplyPrefetch,
+		"BATCH_WORKERS": c.BatchWorkers, "REPLY_PREFETCH": c.ReplyPrefetch, "MAX_ACTIVE_SAGAS": c.MaxActiveSagas,
 	}
 	for name, n := range counts {
 		if n < 1 {

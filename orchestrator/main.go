@@ -18,9 +18,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/rs/zerolog"
-	"go.opentelemetry.io/otel"
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sagaflow/sagaflow/internal/metrics"
 	"github.com/sagaflow/sagaflow/internal/service"
@@ -31,8 +28,6 @@ import (
 	"github.com/sagaflow/sagaflow/saga/amqpbus"
 	"github.com/sagaflow/sagaflow/saga/pgstore"
 )
-
-var tracer = otel.Tracer("github.com/sagaflow/sagaflow/orchestrator")
 
 func main() {
 	var cfg Config
@@ -84,7 +79,7 @@ func run(cfg *Config, log zerolog.Logger) error {
 	metrics.RegisterOrchestrator(reg, store)
 	coord, err := saga.NewCoordinator(saga.Config{
 		BatchSize: cfg.BatchSize, Workers: cfg.BatchWorkers, TimerInterval: cfg.TimerInterval,
-		StartGrace: cfg.StartGrace, Observer: metrics.SagaObserver{},
+		MaxActive: cfg.MaxActiveSagas, Observer: metrics.SagaObserver{},
 	}, store, bus, log, order.Definition(cfg.Retry()))
 	if err != nil {
 		return err
@@ -99,14 +94,34 @@ func run(cfg *Config, log zerolog.Logger) error {
 
 	consumerDone := make(chan error, 1)
 	go func() {
-		consumerDone <- bus.Consume(ctx, amqpbus.ConsumerConfig{
+		// Replies are taken in batches, in queue order, and acked once their
+		// transitions committed.
+		consumerDone <- bus.ConsumeBatchAsync(ctx, amqpbus.ConsumerConfig{
 			Queue: amqpbus.ReplyQueue, Prefetch: cfg.ReplyPrefetch,
-		}, func(hctx context.Context, d *amqp.Delivery) error {
-			hctx = otel.GetTextMapPropagator().Extract(hctx, amqpbus.HeaderCarrier(d.Headers))
-			hctx, span := tracer.Start(hctx, d.Type+" apply", trace.WithSpanKind(trace.SpanKindConsumer),
-				trace.WithAttributes(attribute.String("messaging.message.id", d.MessageId)))
-			defer span.End()
-			return coord.HandleReply(hctx, d.Body)
+		}, cfg.BatchSize, func(hctx context.Context, ds []*amqp.Delivery) (amqpbus.Settle, error) {
+			bodies := make([][]byte, len(ds))
+			for i, d := range ds {
+				bodies[i] = d.Body
+			}
+			poison, wait := coord.HandleReplies(hctx, bodies)
+			for i, err := range poison {
+				if err == nil {
+					continue
+				}
+				log.Warn().Err(err).Str("message_id", ds[i].MessageId).Msg("dead-lettering poison reply")
+				if err := bus.DeadLetter(hctx, ds[i], amqpbus.ReplyQueue, err.Error()); err != nil {
+					return nil, err
+				}
+			}
+			return func(sctx context.Context) error {
+				unknown, err := wait(sctx)
+				for _, i := range unknown {
+					if err == nil {
+						err = bus.DeadLetter(sctx, ds[i], amqpbus.ReplyQueue, "reply for a saga this orchestrator's store does not have")
+					}
+				}
+				return err
+			}, nil
 		})
 	}()
 

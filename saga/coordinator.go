@@ -28,6 +28,10 @@ type Config struct {
 	DisableCommandTTL bool
 	// BatchSize is the most inputs applied in one transaction (default 256).
 	BatchSize int
+	// Linger is how long the batch loop and the relay wait for more work
+	// after the first item before they go (default 1ms): replies arrive one
+	// at a time, and a batch of one costs as much as a batch of a hundred.
+	Linger time.Duration
 	// Workers is how many batches are applied concurrently (default 4).
 	Workers int
 	// QueueSize is how many inputs may wait for a batch (default 4096).
@@ -37,9 +41,12 @@ type Config struct {
 	TimerInterval time.Duration
 	// TimerBatch is the most due sagas claimed per transaction (default 512).
 	TimerBatch int
-	// StartGrace is how long a new saga waits for the in-process start before
-	// the timer starts it (default 2s): the recovery path after a crash.
-	StartGrace time.Duration
+	// MaxActive bounds the sagas with a command in flight, across every
+	// coordinator sharing the store (default 2000). New sagas wait as
+	// pending, highest priority first, until there is room: a burst becomes
+	// a backlog in the database instead of queues so long that commands
+	// expire before a worker reaches them.
+	MaxActive int
 	// OutboxInterval is how often the outbox is scanned for messages whose
 	// relay failed or crashed (default 1s).
 	OutboxInterval time.Duration
@@ -81,11 +88,12 @@ func (c Config) withDefaults() Config {
 	def(&c.EventExchange, "saga.events")
 	def(&c.ReplyQueue, "saga.replies")
 	defInt(&c.BatchSize, 256)
+	defDur(&c.Linger, time.Millisecond)
 	defInt(&c.Workers, 4)
 	defInt(&c.QueueSize, 4096)
 	defDur(&c.TimerInterval, 200*time.Millisecond)
 	defInt(&c.TimerBatch, 512)
-	defDur(&c.StartGrace, 2*time.Second)
+	defInt(&c.MaxActive, 2000)
 	defDur(&c.OutboxInterval, time.Second)
 	defInt(&c.OutboxBatch, 512)
 	defInt(&c.RelayInFlight, 256)
@@ -142,9 +150,25 @@ type Coordinator struct {
 	pub   Publisher
 	log   zerolog.Logger
 
-	inputs chan *queued
-	relayq chan []Message
-	kick   chan struct{}
+	inputs  chan *queued
+	creates chan *creation
+	relayq  chan []Message
+	kick    chan struct{}
+	wake    chan struct{} // the starter: new pending sagas, or room freed
+
+	// active estimates the sagas in flight between counts in the store:
+	// the last count, plus the sagas this coordinator started, minus the
+	// ones it saw leave (counting in the store on every pass would scan an
+	// index that churns with every decision).
+	activeMu      sync.Mutex
+	activeCounted int
+	activeDelta   int
+	activeAt      time.Time
+}
+
+type creation struct {
+	saga NewSaga
+	done chan CreateResult
 }
 
 type queued struct {
@@ -158,9 +182,11 @@ func NewCoordinator(cfg Config, store Store, pub Publisher, log zerolog.Logger, 
 	cfg = cfg.withDefaults()
 	c := &Coordinator{
 		cfg: cfg, defs: map[string]*Definition{}, store: store, pub: pub, log: log,
-		inputs: make(chan *queued, cfg.QueueSize),
-		relayq: make(chan []Message, 1024),
-		kick:   make(chan struct{}, 1),
+		inputs:  make(chan *queued, cfg.QueueSize),
+		creates: make(chan *creation, cfg.QueueSize),
+		relayq:  make(chan []Message, 1024),
+		kick:    make(chan struct{}, 1),
+		wake:    make(chan struct{}, 1),
 	}
 	for _, d := range defs {
 		if err := d.Validate(); err != nil {
@@ -188,60 +214,248 @@ type Submission struct {
 	TraceParent string
 }
 
-// Submit creates a pending saga and hands it to the batch loop to start.
-// It returns once the saga is committed: accepting never waits on a worker.
-// created is false when Key named an existing saga, which is returned.
+// Submit creates a pending saga and returns once it is committed:
+// accepting never waits on a worker. Concurrent submissions are committed
+// together (group commit). The starter starts the saga when there is room
+// (MaxActive). created is false when Key named an existing saga, which is
+// returned.
 func (c *Coordinator) Submit(ctx context.Context, s Submission) (in Instance, created bool, err error) {
 	def := c.defs[s.Definition]
 	if def == nil {
 		return Instance{}, false, fmt.Errorf("%w: %q", ErrUnknownDefinition, s.Definition)
 	}
 	now := c.cfg.Clock.Now()
-	in, ev := def.New(s.ID, s.Data, s.Priority, now, now.Add(c.cfg.StartGrace))
+	in, ev := def.New(s.ID, s.Data, s.Priority, now)
 	in.TraceParent = s.TraceParent
 	msgs := c.messages(Decision{Instance: in, Events: []Event{ev}}, now)
-	in, created, staged, err := c.store.Create(ctx, NewSaga{Instance: in, Key: s.Key, Fingerprint: s.Fingerprint, Messages: msgs})
-	if err != nil || !created {
-		return in, created, err
+	cr := &creation{
+		saga: NewSaga{Instance: in, Key: s.Key, Fingerprint: s.Fingerprint, Messages: msgs},
+		done: make(chan CreateResult, 1),
 	}
-	c.cfg.Observer.SagaCreated(def, in)
-	c.offerRelay(staged)
-	// Best effort: if the queue is full the timer starts it after StartGrace.
 	select {
-	case c.inputs <- &queued{input: Input{Kind: InputStart, SagaID: in.ID}}:
+	case c.creates <- cr:
+	case <-ctx.Done():
+		return Instance{}, false, ctx.Err()
+	}
+	var res CreateResult
+	select {
+	case res = <-cr.done:
+	case <-ctx.Done():
+		return Instance{}, false, ctx.Err()
+	}
+	if res.Err == nil && res.Created {
+		c.cfg.Observer.SagaCreated(def, res.Instance)
+	}
+	return res.Instance, res.Created, res.Err
+}
+
+// createLoop commits the waiting submissions together, then wakes the
+// starter and hands their events to the relay.
+func (c *Coordinator) createLoop(ctx context.Context) {
+	linger := time.NewTimer(c.cfg.Linger)
+	defer linger.Stop()
+	for {
+		var batch []*creation
+		select {
+		case cr := <-c.creates:
+			batch = append(batch, cr)
+		case <-ctx.Done():
+			return
+		}
+		linger.Reset(c.cfg.Linger)
+	drain:
+		for len(batch) < c.cfg.BatchSize {
+			select {
+			case cr := <-c.creates:
+				batch = append(batch, cr)
+			case <-linger.C:
+				break drain
+			}
+		}
+		sagas := make([]NewSaga, len(batch))
+		for i, cr := range batch {
+			sagas[i] = cr.saga
+		}
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		began := time.Now()
+		res, err := c.store.CreateBatch(actx, sagas)
+		cancel()
+		c.cfg.Observer.Batch("create", len(batch), time.Since(began))
+		var staged []Message
+		for i, cr := range batch {
+			if err != nil {
+				cr.done <- CreateResult{Err: err}
+				continue
+			}
+			staged = append(staged, res[i].Messages...)
+			cr.done <- res[i]
+		}
+		if err != nil {
+			c.log.Error().Err(err).Int("sagas", len(batch)).Msg("create batch failed")
+			continue
+		}
+		c.offerRelay(staged)
+		c.wakeStarter()
+	}
+}
+
+func (c *Coordinator) wakeStarter() {
+	select {
+	case c.wake <- struct{}{}:
 	default:
 	}
-	return in, true, nil
+}
+
+// activeSagas estimates the sagas in flight; it counts them in the store
+// at most every second (other coordinators start and finish sagas too).
+func (c *Coordinator) activeSagas(ctx context.Context) (int, error) {
+	c.activeMu.Lock()
+	fresh := time.Since(c.activeAt) < time.Second
+	n := c.activeCounted + c.activeDelta
+	c.activeMu.Unlock()
+	if fresh {
+		return n, nil
+	}
+	counted, err := c.store.CountActive(ctx)
+	if err != nil {
+		return 0, err
+	}
+	c.activeMu.Lock()
+	defer c.activeMu.Unlock()
+	c.activeCounted, c.activeDelta, c.activeAt = counted, 0, time.Now()
+	return counted, nil
+}
+
+func (c *Coordinator) adjustActive(d int) {
+	c.activeMu.Lock()
+	c.activeDelta += d
+	c.activeMu.Unlock()
+}
+
+// startLoop starts pending sagas while fewer than MaxActive are in flight,
+// highest priority first. It is also how sagas accepted before a crash get
+// started: they are pending in the store.
+func (c *Coordinator) startLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.wake:
+		case <-time.After(c.cfg.TimerInterval):
+		}
+		for ctx.Err() == nil {
+			active, err := c.activeSagas(ctx)
+			if err != nil {
+				if ctx.Err() == nil {
+					c.log.Error().Err(err).Msg("starter: count active sagas failed")
+				}
+				break
+			}
+			room := min(c.cfg.MaxActive-active, c.cfg.BatchSize)
+			if room <= 0 {
+				break
+			}
+			began := time.Now()
+			outs, msgs, err := c.store.ApplyPending(ctx, room, c.transition)
+			if err != nil {
+				if ctx.Err() == nil {
+					c.log.Error().Err(err).Msg("starter: start pending sagas failed")
+				}
+				break
+			}
+			if len(outs) > 0 {
+				c.cfg.Observer.Batch("start", len(outs), time.Since(began))
+			}
+			c.observe(outs)
+			c.sendRelay(ctx, msgs)
+			if len(outs) < room {
+				break
+			}
+		}
+	}
 }
 
 // HandleReply decodes a worker's reply and applies it, returning once the
 // resulting state is committed (ack the delivery then). An error wrapping
 // ErrMalformed or ErrUnknownVersion marks a poison message.
 func (c *Coordinator) HandleReply(ctx context.Context, body []byte) error {
+	poison, wait := c.HandleReplies(ctx, [][]byte{body})
+	if poison[0] != nil {
+		return poison[0]
+	}
+	unknown, err := wait(ctx)
+	if err == nil && len(unknown) > 0 {
+		return fmt.Errorf("%w: reply for a saga this store does not have", ErrMalformed)
+	}
+	return err
+}
+
+// ReplyWait waits until queued replies are committed. It returns the
+// indices of replies for sagas the store does not have (another deployment
+// sharing the broker, a hand-made message: dead-letter them), or the first
+// error.
+type ReplyWait func(ctx context.Context) (unknown []int, err error)
+
+// HandleReplies decodes replies and queues them, in order, for the batch
+// loop. It returns, index-aligned, why each poison reply cannot be applied
+// (nil for the others), and a wait for the commit of the others. Ack the
+// deliveries after wait.
+func (c *Coordinator) HandleReplies(ctx context.Context, bodies [][]byte) (poison []error, wait ReplyWait) {
+	poison = make([]error, len(bodies))
+	var waiting []*queued
+	var index []int
+	for i, body := range bodies {
+		inp, err := decodeReply(body)
+		if err != nil {
+			poison[i] = err
+			continue
+		}
+		q := &queued{input: inp, done: make(chan error, 1)}
+		select {
+		case c.inputs <- q:
+			waiting, index = append(waiting, q), append(index, i)
+		case <-ctx.Done():
+			return poison, func(context.Context) ([]int, error) { return nil, ctx.Err() }
+		}
+	}
+	return poison, func(ctx context.Context) ([]int, error) {
+		var unknown []int
+		for k, q := range waiting {
+			select {
+			case err := <-q.done:
+				if errors.Is(err, ErrNotFound) {
+					unknown = append(unknown, index[k])
+					continue
+				}
+				if err != nil {
+					return nil, err
+				}
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		return unknown, nil
+	}
+}
+
+func decodeReply(body []byte) (Input, error) {
 	env, err := Decode(body)
 	if err != nil {
-		return err
+		return Input{}, err
 	}
 	id, err := uuid.Parse(env.SagaID)
 	if err != nil {
-		return fmt.Errorf("%w: saga_id %q: %w", ErrMalformed, env.SagaID, err)
+		return Input{}, fmt.Errorf("%w: saga_id %q: %w", ErrMalformed, env.SagaID, err)
 	}
 	switch env.Status {
 	case ReplyOK, ReplyFailed, ReplyRetry:
 	default:
-		return fmt.Errorf("%w: reply status %q", ErrMalformed, env.Status)
+		return Input{}, fmt.Errorf("%w: reply status %q", ErrMalformed, env.Status)
 	}
-	inp := Input{Kind: InputReply, SagaID: id, Reply: &Reply{
+	return Input{Kind: InputReply, SagaID: id, Reply: &Reply{
 		CorrelationID: env.CorrelationID, Status: env.Status, Code: env.Code,
 		Message: env.Message, Payload: env.Payload,
-	}}
-	err = c.apply(ctx, inp)
-	if errors.Is(err, ErrNotFound) {
-		// A reply for a saga this store does not have (another deployment
-		// sharing the broker, or a hand-made message): poison, not retried.
-		return fmt.Errorf("%w: reply for unknown saga %s", ErrMalformed, id)
-	}
-	return err
+	}}, nil
 }
 
 // apply queues an input for the batch loop and waits for its commit.
@@ -355,6 +569,18 @@ func (c *Coordinator) observe(outs []Outcome) {
 		def := c.defs[o.Instance.Definition]
 		c.cfg.Observer.SagaChanged(def, o.Decision)
 		for _, tr := range o.Transitions {
+			switch tr {
+			case "start", "resume", "resume_compensation":
+				c.adjustActive(+1)
+			}
+		}
+		if o.Instance.Phase.Terminal() || o.Instance.Phase == Stuck {
+			if len(o.Transitions) > 0 && o.Transitions[0] != "abort" {
+				c.adjustActive(-1)
+			}
+			c.wakeStarter() // room for a pending saga
+		}
+		for _, tr := range o.Transitions {
 			var ev *zerolog.Event
 			switch tr {
 			case "compensate":
@@ -416,6 +642,8 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	spawn(c.relayLoop)
 	spawn(c.timerLoop)
 	spawn(c.outboxLoop)
+	spawn(c.createLoop)
+	spawn(c.startLoop)
 	wg.Wait()
 	return nil
 }
@@ -425,6 +653,8 @@ func (c *Coordinator) Run(ctx context.Context) error {
 func (c *Coordinator) batchLoop(ctx context.Context) {
 	batch := make([]*queued, 0, c.cfg.BatchSize)
 	inputs := make([]Input, 0, c.cfg.BatchSize)
+	linger := time.NewTimer(c.cfg.Linger)
+	defer linger.Stop()
 	for {
 		batch, inputs = batch[:0], inputs[:0]
 		select {
@@ -433,12 +663,13 @@ func (c *Coordinator) batchLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
+		linger.Reset(c.cfg.Linger)
 	drain:
 		for len(batch) < c.cfg.BatchSize {
 			select {
 			case q := <-c.inputs:
 				batch = append(batch, q)
-			default:
+			case <-linger.C:
 				break drain
 			}
 		}
@@ -497,6 +728,8 @@ func (c *Coordinator) relayLoop(ctx context.Context) {
 	var inflight sync.WaitGroup
 	defer inflight.Wait()
 	sem := make(chan struct{}, c.cfg.RelayInFlight)
+	linger := time.NewTimer(c.cfg.Linger)
+	defer linger.Stop()
 	for {
 		var msgs []Message
 		select {
@@ -504,12 +737,13 @@ func (c *Coordinator) relayLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
+		linger.Reset(c.cfg.Linger)
 	more:
 		for len(msgs) < c.cfg.OutboxBatch {
 			select {
 			case m := <-c.relayq:
 				msgs = append(msgs, m...)
-			default:
+			case <-linger.C:
 				break more
 			}
 		}
@@ -541,10 +775,20 @@ func (c *Coordinator) publish(ctx context.Context, msgs []Message) {
 	if len(ok) == 0 {
 		return
 	}
-	ids := make([]uuid.UUID, 0, len(ok))
+	// A row goes once every message it holds is confirmed; a row with a
+	// failure stays for the outbox scan (its confirmed messages are
+	// published again, and consumers deduplicate them).
+	left := map[uuid.UUID]int{} // messages of each row not yet confirmed
+	for _, m := range msgs {
+		left[m.OutboxID]++
+	}
 	for _, m := range ok {
-		if m.OutboxID != uuid.Nil {
-			ids = append(ids, m.OutboxID)
+		left[m.OutboxID]--
+	}
+	ids := make([]uuid.UUID, 0, len(left))
+	for id, n := range left {
+		if id != uuid.Nil && n == 0 {
+			ids = append(ids, id)
 		}
 	}
 	dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)

@@ -152,13 +152,12 @@ func Transitions() fsm.Events {
 }
 
 // New returns a pending saga of this definition and its "<name>.created"
-// event. The saga's deadline is startBy: if nobody starts it earlier, the
-// timer does.
-func (d *Definition) New(id uuid.UUID, data json.RawMessage, prio Priority, now, startBy time.Time) (Instance, Event) {
+// event. A pending saga has no deadline: it waits for a Start input (the
+// coordinator's starter admits it when there is room).
+func (d *Definition) New(id uuid.UUID, data json.RawMessage, prio Priority, now time.Time) (Instance, Event) {
 	now = now.UTC().Truncate(time.Microsecond)
 	in := Instance{
-		ID: id, Definition: d.Name, Phase: Pending, Step: 0, Priority: prio,
-		Deadline: startBy.UTC().Truncate(time.Microsecond), Data: data,
+		ID: id, Definition: d.Name, Phase: Pending, Step: 0, Priority: prio, Data: data,
 		CreatedAt: now, UpdatedAt: now, State: string(Pending),
 	}
 	x := decider{def: d, in: in, now: now}

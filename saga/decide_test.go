@@ -243,7 +243,7 @@ var diffOpts = []cmp.Option{cmpopts.EquateEmpty()}
 
 func newSaga(t testing.TB, d *Definition) Instance {
 	t.Helper()
-	in, _ := d.New(sagaID, json.RawMessage(startData), prio, t0, ts(5*s))
+	in, _ := d.New(sagaID, json.RawMessage(startData), prio, t0)
 	return in
 }
 
@@ -499,12 +499,12 @@ func TestNew(t *testing.T) {
 	d := testDefinition(t)
 	// A non-UTC time with sub-microsecond precision: stored as UTC, truncated.
 	now := time.Date(2025, time.March, 14, 10, 0, 0, 1500, time.FixedZone("CET", 3600))
-	startBy := now.Add(5 * s)
-	in, ev := d.New(sagaID, json.RawMessage(startData), prio, now, startBy)
+	in, ev := d.New(sagaID, json.RawMessage(startData), prio, now)
 
+	// A pending saga has no deadline: the coordinator's starter admits it.
 	want := Instance{
 		ID: sagaID, Definition: sagaName, Phase: Pending, State: "pending", Step: 0, Attempt: 0,
-		Deadline: ts(5*s + 1*time.Microsecond), Priority: prio, Data: json.RawMessage(startData),
+		Priority: prio, Data: json.RawMessage(startData),
 		Seq: 1, CreatedAt: ts(time.Microsecond), UpdatedAt: ts(time.Microsecond),
 	}
 	if diff := cmp.Diff(want, in); diff != "" {
@@ -544,7 +544,7 @@ func TestEventIDsAreStable(t *testing.T) {
 	if in.Seq != 6 {
 		t.Fatalf("Seq after the happy path = %d, want 6", in.Seq)
 	}
-	_, ev := d.New(sagaID, json.RawMessage(startData), prio, t0, t0)
+	_, ev := d.New(sagaID, json.RawMessage(startData), prio, t0)
 	if ev.ID.String() != golden[1] {
 		t.Errorf("created event id = %s, want %s", ev.ID, golden[1])
 	}
@@ -556,7 +556,7 @@ func TestEventIDsAreStable(t *testing.T) {
 		t.Errorf("second event = %+v, want id %s", dec.Events, golden[2])
 	}
 	// Another saga numbers its events from 1 too, with other ids.
-	_, other := d.New(otherID, json.RawMessage(startData), prio, t0, t0)
+	_, other := d.New(otherID, json.RawMessage(startData), prio, t0)
 	if other.ID == ev.ID {
 		t.Errorf("two sagas share event id %s", ev.ID)
 	}
@@ -1870,7 +1870,7 @@ func TestDecideJitter(t *testing.T) {
 	distinct := map[string]map[time.Duration]bool{"first": {}, "backoff": {}, "second": {}, "capped": {}}
 	for i := range 64 {
 		id := uuid.NewSHA1(uuid.NameSpaceOID, []byte(strconv.Itoa(i)))
-		pending, _ := d.New(id, json.RawMessage(startData), prio, t0, t0)
+		pending, _ := d.New(id, json.RawMessage(startData), prio, t0)
 		dec, err := d.Decide(pending, startIn(), t0)
 		if err != nil {
 			t.Fatal(err)

@@ -27,6 +27,17 @@ type NewSaga struct {
 	Messages    []Message
 }
 
+// CreateResult is what became of one NewSaga of CreateBatch.
+type CreateResult struct {
+	// Instance is the new saga, or the existing one its key named.
+	Instance Instance
+	Created  bool
+	// Messages are the staged messages, with their outbox ids.
+	Messages []Message
+	// Err is ErrKeyReused for a key that came back with another request.
+	Err error
+}
+
 // TransitionFunc decides one input for one locked saga. It returns the
 // decision (the new instance when Changed) and the messages to stage in the
 // outbox. It must not do I/O: the store calls it inside a transaction.
@@ -43,10 +54,11 @@ type Outcome struct {
 // Store persists sagas and the outbox. Every method that changes a saga
 // does so in one transaction together with the messages it causes.
 type Store interface {
-	// Create inserts a saga and its messages. If Key is set and a saga with
-	// that key exists, Create returns the existing saga and created=false
-	// (or ErrKeyReused when the fingerprints differ).
-	Create(ctx context.Context, s NewSaga) (in Instance, created bool, msgs []Message, err error)
+	// CreateBatch inserts sagas and their messages in one transaction. A
+	// NewSaga whose Key names an existing saga (or one earlier in the
+	// batch) is not created: its result holds the existing saga, or
+	// ErrKeyReused when the fingerprints differ.
+	CreateBatch(ctx context.Context, sagas []NewSaga) ([]CreateResult, error)
 	// Apply locks the sagas the inputs name, applies each input in order
 	// with fn, and saves the changed sagas with their messages, in one
 	// transaction. It returns one Outcome per input and the staged
@@ -56,6 +68,13 @@ type Store interface {
 	// skipping sagas other transactions hold, and applies a timeout input to
 	// each, in one transaction. It returns the outcomes and staged messages.
 	ApplyDue(ctx context.Context, now time.Time, limit int, fn TransitionFunc) ([]Outcome, []Message, error)
+	// ApplyPending claims up to limit pending sagas, highest priority and
+	// oldest first, skipping those other transactions hold, and starts each
+	// with fn, in one transaction.
+	ApplyPending(ctx context.Context, limit int, fn TransitionFunc) ([]Outcome, []Message, error)
+	// CountActive counts the sagas with a command in flight (running or
+	// compensating): what admission control bounds.
+	CountActive(ctx context.Context) (int, error)
 	// ClaimOutbox leases up to limit outbox messages whose lease expired.
 	// Messages are leased to their writer when staged, so this finds only
 	// what a crashed or failing relay left behind.

@@ -54,7 +54,7 @@ func requireControl(t *testing.T) {
 var faultEnv = map[string]string{
 	"STEP_TIMEOUT": "2s", "STEP_MAX_TIMEOUT": "6s", "STEP_ATTEMPTS": "8",
 	"COMPENSATION_ATTEMPTS": "30", "RETRIABLE_ATTEMPTS": "60",
-	"OUTBOX_LEASE": "3s", "START_GRACE": "1s", "LOG_LEVEL": "warn",
+	"OUTBOX_LEASE": "3s", "LOG_LEVEL": "warn",
 }
 
 // client places orders like a careful shop front: every order has an

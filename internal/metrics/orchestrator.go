@@ -38,7 +38,7 @@ var (
 	})
 	BatchSize = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "sagaflow_batch_size",
-		Help:    "Items per batch: inputs per transaction, due sagas per timer pass, messages per publish.",
+		Help:    "Items per batch, by kind: create (orders accepted per transaction), start (sagas admitted), inputs (replies and starts per transaction), timer (due sagas), publish (messages per publish).",
 		Buckets: prometheus.ExponentialBuckets(1, 2, 11),
 	}, []string{"kind"})
 	BatchDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{

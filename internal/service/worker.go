@@ -33,8 +33,8 @@ type WorkerConfig struct {
 	// Prefetch is how many unacked commands the broker hands over: commands
 	// being handled plus those whose reply awaits its confirm (default 256).
 	Prefetch int `env:"WORKER_PREFETCH" envDefault:"256"`
-	// Concurrency is how many commands are handled at once (default 32).
-	Concurrency int `env:"WORKER_CONCURRENCY" envDefault:"32"`
+	// Batch is the most commands applied in one transaction (default 32).
+	Batch int `env:"WORKER_BATCH" envDefault:"32"`
 	// EventPrefetch is how many events a subscriber takes at once, and its
 	// largest batch per transaction (default 256).
 	EventPrefetch int `env:"EVENT_PREFETCH" envDefault:"256"`
@@ -58,8 +58,8 @@ func (c *WorkerConfig) Validate() []error {
 	if c.EventPrefetch < 1 {
 		errs = append(errs, fmt.Errorf("EVENT_PREFETCH: want at least 1, got %d", c.EventPrefetch))
 	}
-	if c.Concurrency < 1 {
-		errs = append(errs, fmt.Errorf("WORKER_CONCURRENCY: want at least 1, got %d", c.Concurrency))
+	if c.Batch < 1 {
+		errs = append(errs, fmt.Errorf("WORKER_BATCH: want at least 1, got %d", c.Batch))
 	}
 	if c.SimLatency < 0 {
 		errs = append(errs, fmt.Errorf("SIM_LATENCY: want a non-negative duration, got %s", c.SimLatency))
@@ -138,7 +138,7 @@ func runWorker(spec WorkerSpec, cfg *WorkerConfig, log zerolog.Logger) error {
 	metrics.RegisterWorker(reg)
 
 	rt := worker.New(worker.Config{
-		Queue: spec.Queue, Prefetch: cfg.Prefetch, Concurrency: cfg.Concurrency, IDName: "order_id",
+		Queue: spec.Queue, Prefetch: cfg.Prefetch, Batch: cfg.Batch, IDName: "order_id",
 		EventPrefetch: cfg.EventPrefetch,
 		Simulate: worker.Simulation{
 			Latency: cfg.SimLatency, FailureRate: cfg.SimFailureRate, DropReplyRate: cfg.SimDropReplyRate,
@@ -153,7 +153,7 @@ func runWorker(spec WorkerSpec, cfg *WorkerConfig, log zerolog.Logger) error {
 	go func() { httpDone <- Serve(ctx, srv, ln, 5*time.Second) }()
 
 	log.Info().Str("queue", spec.Queue).Str("metrics_addr", ln.Addr().String()).
-		Int("prefetch", cfg.Prefetch).Int("concurrency", cfg.Concurrency).Msg("worker started")
+		Int("prefetch", cfg.Prefetch).Int("batch", cfg.Batch).Msg("worker started")
 	// Run returns once ctx is done and in-flight commands finished.
 	runErr := rt.Run(ctx)
 	stop()

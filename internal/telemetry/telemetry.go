@@ -30,8 +30,13 @@ func Setup(ctx context.Context, service string) (func(context.Context) error, er
 	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
 	opts := []sdktrace.TracerProviderOption{
 		sdktrace.WithResource(resource.NewSchemaless(semconv.ServiceName("sagaflow-" + service))),
+		// Without an exporter, spans are not recorded (nothing would read
+		// them) but still carry trace and span ids, so the trace context
+		// flows from the request through every message.
+		sdktrace.WithSampler(sdktrace.NeverSample()),
 	}
 	if Exporting() {
+		opts[1] = sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.AlwaysSample()))
 		// The exporter reads the standard OTEL_EXPORTER_OTLP_* variables.
 		exp, err := otlptracehttp.New(ctx)
 		if err != nil {

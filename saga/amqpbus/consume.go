@@ -44,6 +44,11 @@ type ConsumerConfig struct {
 	// StopGrace is how long in-flight handlers may run after ctx is done
 	// (default 10s).
 	StopGrace time.Duration
+	// Linger is how long a batch consumer waits for more deliveries after
+	// the first before it handles the batch (default 2ms). amqp091 hands
+	// deliveries over one at a time, so without a linger a busy queue would
+	// still be consumed in batches of one.
+	Linger time.Duration
 }
 
 // IsPoison reports whether err means the message can never be processed:
@@ -213,20 +218,42 @@ func (b *Bus) handle(ctx context.Context, cfg ConsumerConfig, h AsyncHandler, d 
 // poison deliveries itself (DeadLetter) and leave them out of its work.
 type BatchHandler func(ctx context.Context, ds []*amqp.Delivery) error
 
+// AsyncBatchHandler is a BatchHandler that may finish its batch later: it
+// returns a Settle (nil to ack now) and the consumer goes on with the next
+// batch while Settle runs, for example while replies wait for confirms.
+type AsyncBatchHandler func(ctx context.Context, ds []*amqp.Delivery) (Settle, error)
+
 // ConsumeBatch delivers messages of cfg.Queue in batches of up to
 // cfg.Prefetch, taking whatever is waiting: one transaction (one commit)
-// for many messages. Deliveries are handled one batch at a time, in order,
-// so a single active consumer keeps its queue's order.
+// for many messages. Batches are handled one at a time, in order, so a
+// single active consumer keeps its queue's order.
 func (b *Bus) ConsumeBatch(ctx context.Context, cfg ConsumerConfig, h BatchHandler) error {
+	return b.ConsumeBatchAsync(ctx, cfg, 0, func(ctx context.Context, ds []*amqp.Delivery) (Settle, error) {
+		return nil, h(ctx, ds)
+	})
+}
+
+// ConsumeBatchAsync is ConsumeBatch with handlers that may settle their
+// batch later; batches hold at most maxBatch deliveries (0: Prefetch).
+// Batches are acknowledged in the order they were taken, each with one
+// frame (multiple ack up to its last delivery) once it and every batch
+// before it have settled.
+func (b *Bus) ConsumeBatchAsync(ctx context.Context, cfg ConsumerConfig, maxBatch int, h AsyncBatchHandler) error {
 	if cfg.Prefetch <= 0 {
 		cfg.Prefetch = 256
+	}
+	if maxBatch <= 0 || maxBatch > cfg.Prefetch {
+		maxBatch = cfg.Prefetch
 	}
 	if cfg.RequeueDelay <= 0 {
 		cfg.RequeueDelay = time.Second
 	}
+	if cfg.Linger <= 0 {
+		cfg.Linger = 2 * time.Millisecond
+	}
 	log := b.log.With().Str("queue", cfg.Queue).Logger()
 	for {
-		err := b.consumeBatchOnce(ctx, cfg, h)
+		err := b.consumeBatchOnce(ctx, cfg, maxBatch, h)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -244,7 +271,7 @@ func (b *Bus) ConsumeBatch(ctx context.Context, cfg ConsumerConfig, h BatchHandl
 	}
 }
 
-func (b *Bus) consumeBatchOnce(ctx context.Context, cfg ConsumerConfig, h BatchHandler) error {
+func (b *Bus) consumeBatchOnce(ctx context.Context, cfg ConsumerConfig, maxBatch int, h AsyncBatchHandler) error {
 	ch, err := b.Channel(ctx)
 	if err != nil {
 		return err
@@ -265,9 +292,40 @@ func (b *Bus) consumeBatchOnce(ctx context.Context, cfg ConsumerConfig, h BatchH
 	// A batch in hand is finished even when stopping: its transaction
 	// decides, and unacked deliveries would only be redelivered.
 	work := context.WithoutCancel(ctx)
-	batch := make([]*amqp.Delivery, 0, cfg.Prefetch)
+	// The acker settles batches in order: when a batch's turn comes, every
+	// earlier delivery on this channel is settled, so one multiple ack (or
+	// nack) covers the batch.
+	type pending struct {
+		batch []*amqp.Delivery
+		done  chan error
+	}
+	queue := make(chan pending, cfg.Prefetch)
+	ackerDone := make(chan struct{})
+	go func() {
+		defer close(ackerDone)
+		for p := range queue {
+			last := p.batch[len(p.batch)-1]
+			if err := <-p.done; err != nil {
+				b.log.Warn().Err(err).Str("queue", cfg.Queue).Int("messages", len(p.batch)).
+					Msg("transient failure; requeueing the batch")
+				select {
+				case <-time.After(cfg.RequeueDelay):
+				case <-ctx.Done():
+				}
+				_ = last.Nack(true /* multiple */, true /* requeue */)
+				continue
+			}
+			_ = last.Ack(true /* multiple */)
+		}
+	}()
+	defer func() {
+		close(queue)
+		<-ackerDone // acks go out on this channel, before it closes
+	}()
+	linger := time.NewTimer(cfg.Linger)
+	defer linger.Stop()
 	for {
-		batch = batch[:0]
+		var batch []*amqp.Delivery
 		select {
 		case d, ok := <-deliveries:
 			if !ok {
@@ -277,29 +335,29 @@ func (b *Bus) consumeBatchOnce(ctx context.Context, cfg ConsumerConfig, h BatchH
 		case <-ctx.Done():
 			return nil
 		}
+		linger.Reset(cfg.Linger)
 	drain:
-		for len(batch) < cfg.Prefetch {
+		for len(batch) < maxBatch {
 			select {
 			case d, ok := <-deliveries:
 				if !ok {
 					break drain
 				}
 				batch = append(batch, &d)
-			default:
+			case <-linger.C:
 				break drain
 			}
 		}
-		last := batch[len(batch)-1]
-		if err := h(work, batch); err != nil {
-			b.log.Warn().Err(err).Str("queue", cfg.Queue).Int("messages", len(batch)).
-				Msg("transient failure; requeueing the batch")
-			select {
-			case <-time.After(cfg.RequeueDelay):
-			case <-ctx.Done():
-			}
-			_ = last.Nack(true /* multiple */, true /* requeue */)
-			continue
+		p := pending{batch: batch, done: make(chan error, 1)}
+		settle, err := h(work, batch)
+		switch {
+		case err != nil:
+			p.done <- err
+		case settle == nil:
+			p.done <- nil
+		default:
+			go func() { p.done <- settle(work) }()
 		}
-		_ = last.Ack(true /* multiple */)
+		queue <- p
 	}
 }

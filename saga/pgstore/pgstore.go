@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sagaflow/sagaflow/saga"
@@ -89,61 +90,151 @@ func deadlineOf(in *saga.Instance) *time.Time {
 	return &in.Deadline
 }
 
-// Create inserts a saga and stages its messages in one transaction.
+// Create inserts one saga and stages its messages: CreateBatch of one.
 func (s *Store) Create(ctx context.Context, ns saga.NewSaga) (saga.Instance, bool, []saga.Message, error) {
-	in := ns.Instance
-	history, err := json.Marshal(in.History)
-	if err != nil {
-		return saga.Instance{}, false, nil, fmt.Errorf("pgstore: history: %w", err)
-	}
-	var key *string
-	if ns.Key != "" {
-		key = &ns.Key
-	}
-	tx, err := s.pool.Begin(ctx)
-	if err != nil {
-		return saga.Instance{}, false, nil, fmt.Errorf("pgstore: create saga: %w", err)
-	}
-	defer tx.Rollback(ctx)
-	tag, err := tx.Exec(ctx, `
-		INSERT INTO sagas (id, definition, phase, state, step, attempt, waiting, deadline, stuck_in,
-			reason, stuck_reason, priority, data, history, seq, trace_parent, idempotency_key,
-			fingerprint, created_at, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
-		ON CONFLICT (idempotency_key) DO NOTHING`,
-		in.ID, in.Definition, string(in.Phase), in.State, in.Step, in.Attempt, in.Waiting,
-		deadlineOf(&in), string(in.StuckIn), in.Reason, in.StuckReason, int16(in.Priority), in.Data,
-		history, in.Seq, in.TraceParent, key, ns.Fingerprint, in.CreatedAt, in.UpdatedAt)
-	if err != nil {
-		return saga.Instance{}, false, nil, fmt.Errorf("pgstore: create saga %s: %w", in.ID, err)
-	}
-	if tag.RowsAffected() == 0 {
-		tx.Rollback(ctx)
-		return s.byKey(ctx, ns.Key, ns.Fingerprint)
-	}
-	staged, err := s.stage(ctx, tx, ns.Messages)
+	res, err := s.CreateBatch(ctx, []saga.NewSaga{ns})
 	if err != nil {
 		return saga.Instance{}, false, nil, err
 	}
-	if err := tx.Commit(ctx); err != nil {
-		return saga.Instance{}, false, nil, fmt.Errorf("pgstore: create saga %s: commit: %w", in.ID, err)
-	}
-	return in, true, staged, nil
+	r := res[0]
+	return r.Instance, r.Created, r.Messages, r.Err
 }
 
-func (s *Store) byKey(ctx context.Context, key, fingerprint string) (saga.Instance, bool, []saga.Message, error) {
-	var fp string
-	in, err := scan(rowFunc(func(dest ...any) error {
-		return s.pool.QueryRow(ctx, `SELECT `+columns+`, fingerprint FROM sagas WHERE idempotency_key = $1`, key).
-			Scan(append(dest, &fp)...)
-	}))
+// CreateBatch inserts sagas with one INSERT over unnested arrays, finds the
+// existing sagas of keys that conflicted, stages the new sagas' messages,
+// and commits: one transaction for many accepted orders.
+func (s *Store) CreateBatch(ctx context.Context, batch []saga.NewSaga) ([]saga.CreateResult, error) {
+	n := len(batch)
+	var (
+		ids                                        = make([]pgtype.UUID, n)
+		def, phase, state, stuckIn, reason, stuckR = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		trace, fp                                  = make([]string, n), make([]string, n)
+		step, attempt, seq                         = make([]int32, n), make([]int32, n), make([]int32, n)
+		prio                                       = make([]int16, n)
+		waiting                                    = make([]bool, n)
+		deadline                                   = make([]pgtype.Timestamptz, n)
+		data, history                              = make([][]byte, n), make([][]byte, n)
+		keys                                       = make([]pgtype.Text, n)
+		created, updated                           = make([]time.Time, n), make([]time.Time, n)
+	)
+	for i, ns := range batch {
+		in := &ns.Instance
+		h, err := json.Marshal(in.History)
+		if err != nil {
+			return nil, fmt.Errorf("pgstore: history: %w", err)
+		}
+		ids[i] = pgtype.UUID{Bytes: in.ID, Valid: true}
+		def[i], phase[i], state[i], stuckIn[i] = in.Definition, string(in.Phase), in.State, string(in.StuckIn)
+		reason[i], stuckR[i], trace[i], fp[i] = in.Reason, in.StuckReason, in.TraceParent, ns.Fingerprint
+		step[i], attempt[i], seq[i], prio[i] = int32(in.Step), int32(in.Attempt), int32(in.Seq), int16(in.Priority)
+		waiting[i], deadline[i] = in.Waiting, pgtype.Timestamptz{Time: in.Deadline, Valid: !in.Deadline.IsZero()}
+		data[i], history[i] = in.Data, h
+		keys[i] = pgtype.Text{String: ns.Key, Valid: ns.Key != ""}
+		created[i], updated[i] = in.CreatedAt, in.UpdatedAt
+	}
+	tx, err := s.pool.Begin(ctx)
 	if err != nil {
-		return saga.Instance{}, false, nil, fmt.Errorf("pgstore: saga by idempotency key: %w", err)
+		return nil, fmt.Errorf("pgstore: create %d sagas: %w", n, err)
 	}
-	if fp != fingerprint {
-		return in, false, nil, saga.ErrKeyReused
+	defer tx.Rollback(ctx)
+	rows, err := tx.Query(ctx, `
+		INSERT INTO sagas (id, definition, phase, state, step, attempt, waiting, deadline, stuck_in,
+			reason, stuck_reason, priority, data, history, seq, trace_parent, idempotency_key,
+			fingerprint, created_at, updated_at)
+		SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[],
+			$7::bool[], $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::smallint[],
+			$13::jsonb[], $14::jsonb[], $15::int[], $16::text[], $17::text[], $18::text[],
+			$19::timestamptz[], $20::timestamptz[])
+		ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+		RETURNING id`,
+		ids, def, phase, state, step, attempt, waiting, deadline, stuckIn, reason, stuckR, prio,
+		data, history, seq, trace, keys, fp, created, updated)
+	if err != nil {
+		return nil, fmt.Errorf("pgstore: create %d sagas: %w", n, err)
 	}
-	return in, false, nil, nil
+	inserted := map[uuid.UUID]bool{}
+	for rows.Next() {
+		var id uuid.UUID
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("pgstore: create sagas: %w", err)
+		}
+		inserted[id] = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("pgstore: create %d sagas: %w", n, err)
+	}
+	out := make([]saga.CreateResult, n)
+	var conflicted []string
+	var msgs []saga.Message
+	for i, ns := range batch {
+		if inserted[ns.Instance.ID] {
+			out[i] = saga.CreateResult{Instance: ns.Instance, Created: true}
+			msgs = append(msgs, ns.Messages...)
+		} else {
+			conflicted = append(conflicted, ns.Key)
+		}
+	}
+	if len(conflicted) > 0 {
+		existing, err := s.byKeys(ctx, tx, conflicted)
+		if err != nil {
+			return nil, err
+		}
+		for i, ns := range batch {
+			if out[i].Created {
+				continue
+			}
+			e, ok := existing[ns.Key]
+			switch {
+			case !ok:
+				return nil, fmt.Errorf("pgstore: saga %s conflicted without an idempotency key", ns.Instance.ID)
+			case e.fingerprint != ns.Fingerprint:
+				out[i] = saga.CreateResult{Instance: e.in, Err: saga.ErrKeyReused}
+			default:
+				out[i] = saga.CreateResult{Instance: e.in}
+			}
+		}
+	}
+	staged, err := s.stage(ctx, tx, msgs)
+	if err != nil {
+		return nil, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, fmt.Errorf("pgstore: create %d sagas: commit: %w", n, err)
+	}
+	// Hand each new saga its staged messages (stage keeps their order).
+	k := 0
+	for i, ns := range batch {
+		if out[i].Created {
+			out[i].Messages = staged[k : k+len(ns.Messages)]
+			k += len(ns.Messages)
+		}
+	}
+	return out, nil
+}
+
+type keyed struct {
+	in          saga.Instance
+	fingerprint string
+}
+
+func (s *Store) byKeys(ctx context.Context, tx pgx.Tx, keys []string) (map[string]keyed, error) {
+	rows, err := tx.Query(ctx, `SELECT `+columns+`, idempotency_key, fingerprint FROM sagas WHERE idempotency_key = ANY($1)`, keys)
+	if err != nil {
+		return nil, fmt.Errorf("pgstore: sagas by idempotency key: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]keyed{}
+	for rows.Next() {
+		var key, fp string
+		in, err := scan(rowFunc(func(dest ...any) error { return rows.Scan(append(dest, &key, &fp)...) }))
+		if err != nil {
+			return nil, fmt.Errorf("pgstore: sagas by idempotency key: %w", err)
+		}
+		out[key] = keyed{in: in, fingerprint: fp}
+	}
+	return out, rows.Err()
 }
 
 type rowFunc func(dest ...any) error
@@ -164,7 +255,7 @@ func (s *Store) Apply(ctx context.Context, inputs []saga.Input, fn saga.Transiti
 		return nil, nil, fmt.Errorf("pgstore: apply: %w", err)
 	}
 	defer tx.Rollback(ctx)
-	loaded, err := s.load(ctx, tx, `SELECT `+columns+` FROM sagas WHERE id = ANY($1) ORDER BY id FOR UPDATE`, ids)
+	loaded, err := s.load(ctx, tx, `SELECT `+columns+` FROM sagas WHERE id = ANY($1) ORDER BY id FOR UPDATE`, pgUUIDs(ids))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -193,6 +284,59 @@ func (s *Store) ApplyDue(ctx context.Context, now time.Time, limit int, fn saga.
 	}
 	slices.SortFunc(inputs, func(a, b saga.Input) int { return compareUUID(a.SagaID, b.SagaID) })
 	return s.decide(ctx, tx, loaded, inputs, fn)
+}
+
+// ApplyPending claims pending sagas, highest priority and oldest first,
+// skipping those other transactions hold, and starts them.
+func (s *Store) ApplyPending(ctx context.Context, limit int, fn saga.TransitionFunc) ([]saga.Outcome, []saga.Message, error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pgstore: apply pending: %w", err)
+	}
+	defer tx.Rollback(ctx)
+	loaded, order, err := s.loadOrdered(ctx, tx, `SELECT `+columns+` FROM sagas WHERE phase = 'pending'
+		ORDER BY priority DESC, id LIMIT $1 FOR UPDATE SKIP LOCKED`, limit)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(order) == 0 {
+		return nil, nil, nil
+	}
+	inputs := make([]saga.Input, len(order))
+	for i, id := range order {
+		inputs[i] = saga.Input{Kind: saga.InputStart, SagaID: id}
+	}
+	return s.decide(ctx, tx, loaded, inputs, fn)
+}
+
+// CountActive counts the sagas with a command in flight: exactly those
+// with a deadline (pending, stuck and terminal sagas have none).
+func (s *Store) CountActive(ctx context.Context) (int, error) {
+	var n int
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM sagas WHERE deadline IS NOT NULL`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("pgstore: count active sagas: %w", err)
+	}
+	return n, nil
+}
+
+// loadOrdered is load that also returns the ids in the query's order.
+func (s *Store) loadOrdered(ctx context.Context, tx pgx.Tx, sql string, args ...any) (map[uuid.UUID]saga.Instance, []uuid.UUID, error) {
+	rows, err := tx.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pgstore: lock sagas: %w", err)
+	}
+	defer rows.Close()
+	out := map[uuid.UUID]saga.Instance{}
+	var order []uuid.UUID
+	for rows.Next() {
+		in, err := scan(rows)
+		if err != nil {
+			return nil, nil, fmt.Errorf("pgstore: lock sagas: %w", err)
+		}
+		out[in.ID] = in
+		order = append(order, in.ID)
+	}
+	return out, order, rows.Err()
 }
 
 func (s *Store) load(ctx context.Context, tx pgx.Tx, sql string, args ...any) (map[uuid.UUID]saga.Instance, error) {
@@ -296,7 +440,7 @@ func (s *Store) save(ctx context.Context, tx pgx.Tx, sagas map[uuid.UUID]saga.In
 			AS u(id, phase, state, step, attempt, waiting, deadline, stuck_in, reason, stuck_reason,
 				data, history, seq, updated_at)
 		WHERE s.id = u.id`,
-		ids, phase, state, step, attempt, waiting, deadline, stuckIn, reason, stuckReason,
+		pgUUIDs(ids), phase, state, step, attempt, waiting, deadline, stuckIn, reason, stuckReason,
 		data, history, seq, updated)
 	if err != nil {
 		return fmt.Errorf("pgstore: save %d sagas: %w", n, err)
@@ -304,63 +448,40 @@ func (s *Store) save(ctx context.Context, tx pgx.Tx, sagas map[uuid.UUID]saga.In
 	return nil
 }
 
-// stage inserts messages into the outbox, leased to this process's relay,
-// and returns them with their outbox ids.
+// stage writes the messages of a transaction as one outbox row, leased to
+// this process's relay, and returns them with that row's id: one insert
+// and, once published, one delete, however many messages a batch causes.
 func (s *Store) stage(ctx context.Context, tx pgx.Tx, msgs []saga.Message) ([]saga.Message, error) {
 	if len(msgs) == 0 {
 		return nil, nil
 	}
-	n := len(msgs)
-	var (
-		ids                                    = make([]uuid.UUID, n)
-		exchange, key, msgID, corr, reply, typ = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-		prio                                   = make([]int16, n)
-		expiration                             = make([]int64, n)
-		headers                                = make([][]byte, n)
-		body                                   = make([][]byte, n)
-	)
-	out := make([]saga.Message, n)
+	id, err := uuid.NewV7()
+	if err != nil {
+		return nil, fmt.Errorf("pgstore: outbox id: %w", err)
+	}
+	out := make([]saga.Message, len(msgs))
 	for i, m := range msgs {
-		id, err := uuid.NewV7()
-		if err != nil {
-			return nil, fmt.Errorf("pgstore: outbox id: %w", err)
-		}
 		m.OutboxID = id
 		out[i] = m
-		ids[i], exchange[i], key[i], msgID[i], corr[i], reply[i], typ[i] =
-			id, m.Exchange, m.RoutingKey, m.MessageID, m.CorrelationID, m.ReplyTo, m.Type
-		prio[i], expiration[i], body[i] = int16(m.Priority), m.Expiration.Milliseconds(), m.Body
-		if len(m.Headers) > 0 {
-			if headers[i], err = json.Marshal(m.Headers); err != nil {
-				return nil, fmt.Errorf("pgstore: outbox headers: %w", err)
-			}
-		}
 	}
-	_, err := tx.Exec(ctx, `
-		INSERT INTO outbox (id, exchange, routing_key, message_id, correlation_id, reply_to, type,
-			priority, expiration_ms, headers, body, created_at, leased_until)
-		SELECT u.id, u.exchange, u.routing_key, u.message_id, u.correlation_id, u.reply_to, u.type,
-			u.priority, u.expiration_ms, u.headers, u.body, now(), now() + $12 * interval '1 millisecond'
-		FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-			$8::smallint[], $9::bigint[], $10::jsonb[], $11::bytea[])
-			AS u(id, exchange, routing_key, message_id, correlation_id, reply_to, type, priority,
-				expiration_ms, headers, body)`,
-		ids, exchange, key, msgID, corr, reply, typ, prio, expiration, headers, body, s.lease.Milliseconds())
-	if err != nil {
-		return nil, fmt.Errorf("pgstore: stage %d messages: %w", n, err)
+	payload := encodeMessages(msgs)
+	if _, err := tx.Exec(ctx, `INSERT INTO outbox (id, messages, payload, created_at, leased_until)
+		VALUES ($1, $2, $3, now(), now() + $4 * interval '1 millisecond')`,
+		pgtype.UUID{Bytes: id, Valid: true}, len(msgs), payload, s.lease.Milliseconds()); err != nil {
+		return nil, fmt.Errorf("pgstore: stage %d messages: %w", len(msgs), err)
 	}
 	return out, nil
 }
 
-// ClaimOutbox leases messages whose lease expired: left by a crashed
-// process, or by a publish that failed.
+// ClaimOutbox leases outbox rows whose lease expired (left by a crashed
+// process, or by a publish that failed) and returns their messages; limit
+// bounds the rows, not the messages.
 func (s *Store) ClaimOutbox(ctx context.Context, limit int) ([]saga.Message, error) {
 	rows, err := s.pool.Query(ctx, `
 		UPDATE outbox SET leased_until = now() + $2 * interval '1 millisecond'
 		WHERE id IN (SELECT id FROM outbox WHERE leased_until < now()
 			ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-		RETURNING id, exchange, routing_key, message_id, correlation_id, reply_to, type, priority,
-			expiration_ms, headers, body, created_at`, limit, s.lease.Milliseconds())
+		RETURNING id, payload, created_at`, limit, s.lease.Milliseconds())
 	if err != nil {
 		return nil, fmt.Errorf("pgstore: claim outbox: %w", err)
 	}
@@ -368,37 +489,38 @@ func (s *Store) ClaimOutbox(ctx context.Context, limit int) ([]saga.Message, err
 	var out []saga.Message
 	for rows.Next() {
 		var (
-			m       saga.Message
-			prio    int16
-			expMS   int64
-			headers []byte
+			id      uuid.UUID
+			payload []byte
+			staged  time.Time
 		)
-		if err := rows.Scan(&m.OutboxID, &m.Exchange, &m.RoutingKey, &m.MessageID, &m.CorrelationID,
-			&m.ReplyTo, &m.Type, &prio, &expMS, &headers, &m.Body, &m.Timestamp); err != nil {
+		if err := rows.Scan(&id, &payload, &staged); err != nil {
 			return nil, fmt.Errorf("pgstore: claim outbox: %w", err)
 		}
-		m.Priority, m.Expiration = saga.Priority(prio), time.Duration(expMS)*time.Millisecond
-		m.Timestamp = m.Timestamp.UTC()
-		if len(headers) > 0 {
-			if err := json.Unmarshal(headers, &m.Headers); err != nil {
-				return nil, fmt.Errorf("pgstore: outbox %s headers: %w", m.OutboxID, err)
-			}
+		batch, err := decodeMessages(payload)
+		if err != nil {
+			return nil, fmt.Errorf("pgstore: outbox row %s: %w", id, err)
 		}
-		out = append(out, m)
+		for _, m := range batch {
+			m.OutboxID = id
+			if m.Timestamp.IsZero() {
+				m.Timestamp = staged.UTC()
+			}
+			out = append(out, m)
+		}
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("pgstore: claim outbox: %w", err)
 	}
-	slices.SortFunc(out, func(a, b saga.Message) int { return compareUUID(a.OutboxID, b.OutboxID) })
+	slices.SortStableFunc(out, func(a, b saga.Message) int { return compareUUID(a.OutboxID, b.OutboxID) })
 	return out, nil
 }
 
-// DeleteOutbox removes published messages.
+// DeleteOutbox removes outbox rows whose messages were all published.
 func (s *Store) DeleteOutbox(ctx context.Context, ids []uuid.UUID) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	if _, err := s.pool.Exec(ctx, `DELETE FROM outbox WHERE id = ANY($1)`, ids); err != nil {
+	if _, err := s.pool.Exec(ctx, `DELETE FROM outbox WHERE id = ANY($1)`, pgUUIDs(ids)); err != nil {
 		return fmt.Errorf("pgstore: delete %d outbox rows: %w", len(ids), err)
 	}
 	return nil
@@ -464,7 +586,7 @@ func (s *Store) List(ctx context.Context, f ListFilter) ([]saga.Instance, error)
 // the oldest.
 func (s *Store) OutboxStats(ctx context.Context) (count int64, oldest time.Duration, err error) {
 	var age *float64
-	err = s.pool.QueryRow(ctx, `SELECT count(*), extract(epoch FROM now() - min(created_at))::float8 FROM outbox`).
+	err = s.pool.QueryRow(ctx, `SELECT coalesce(sum(messages), 0), extract(epoch FROM now() - min(created_at))::float8 FROM outbox`).
 		Scan(&count, &age)
 	if err != nil {
 		return 0, 0, fmt.Errorf("pgstore: outbox stats: %w", err)
@@ -482,6 +604,16 @@ func (s *Store) CountState(ctx context.Context, state string) (int64, error) {
 		return 0, fmt.Errorf("pgstore: count %s sagas: %w", state, err)
 	}
 	return n, nil
+}
+
+// pgUUIDs converts ids for pgx, which encodes pgtype.UUID natively but
+// google/uuid.UUID through its string form (twenty times slower).
+func pgUUIDs(ids []uuid.UUID) []pgtype.UUID {
+	out := make([]pgtype.UUID, len(ids))
+	for i, id := range ids {
+		out[i] = pgtype.UUID{Bytes: id, Valid: true}
+	}
+	return out
 }
 
 func compareUUID(a, b uuid.UUID) int {

@@ -118,7 +118,8 @@ func transition(def *saga.Definition, at time.Time) saga.TransitionFunc {
 	}
 }
 
-// newSaga returns a pending saga with a UUIDv7 id, due at startBy.
+// newSaga returns a pending saga with a UUIDv7 id, given a deadline of
+// startBy so that the timer queries see it.
 func newSaga(t testing.TB, def *saga.Definition, created, startBy time.Time) saga.Instance {
 	t.Helper()
 	id, err := uuid.NewV7()
@@ -126,7 +127,8 @@ func newSaga(t testing.TB, def *saga.Definition, created, startBy time.Time) sag
 		t.Fatal(err)
 	}
 	data := json.RawMessage(fmt.Sprintf(`{"customer": "c-%s", "amount_cents": 1250}`, id.String()[:8]))
-	in, _ := def.New(id, data, 3, created, startBy)
+	in, _ := def.New(id, data, 3, created)
+	in.Deadline = startBy.UTC().Truncate(time.Microsecond)
 	return in
 }
 
@@ -446,12 +448,11 @@ func TestOutboxLease(t *testing.T) {
 	if diff := cmp.Diff(want, staged, ignoreOutboxID, bodyEqual); diff != "" {
 		t.Errorf("staged messages (-want +got):\n%s", diff)
 	}
-	ids := map[uuid.UUID]bool{}
+	// A transaction's messages share one outbox row.
 	for _, m := range staged {
-		if m.OutboxID == uuid.Nil || ids[m.OutboxID] {
-			t.Errorf("staged message %s has outbox id %s: want a distinct non-nil id", m.MessageID, m.OutboxID)
+		if m.OutboxID == uuid.Nil || m.OutboxID != staged[0].OutboxID {
+			t.Errorf("staged message %s has outbox id %s: want the transaction's row %s", m.MessageID, m.OutboxID, staged[0].OutboxID)
 		}
-		ids[m.OutboxID] = true
 	}
 
 	// Claimable once the lease is over, and only then.
@@ -474,6 +475,7 @@ func TestOutboxLease(t *testing.T) {
 	if diff := cmp.Diff(staged, claimed, cmpopts.IgnoreFields(saga.Message{}, "Timestamp"), cmpopts.EquateEmpty(), bodyEqual); diff != "" {
 		t.Errorf("ClaimOutbox (-want +got):\n%s", diff)
 	}
+	// Messages staged without a timestamp are given their staging time.
 	for _, m := range claimed {
 		if age := time.Since(m.Timestamp); age < 0 || age > time.Minute {
 			t.Errorf("claimed message %s has timestamp %v (%v ago), want about its staging time", m.MessageID, m.Timestamp, age)
@@ -517,14 +519,16 @@ func TestClaimOutboxLimit(t *testing.T) {
 	scanner := pgstore.New(pool, pgstore.Config{OutboxLease: time.Hour})
 	ctx := testContext(t)
 	def := tripDefinition(t)
-	in := newSaga(t, def, now(), now())
-	var msgs []saga.Message
+	// Five transactions of two messages each: five outbox rows.
 	for i := range 5 {
-		msgs = append(msgs, saga.Message{Exchange: "x", RoutingKey: "k", MessageID: fmt.Sprint(i), Body: []byte("b")})
-	}
-	_, _, staged, err := writer.Create(ctx, saga.NewSaga{Instance: in, Messages: msgs})
-	if err != nil {
-		t.Fatal(err)
+		in := newSaga(t, def, now(), now())
+		msgs := []saga.Message{
+			{Exchange: "x", RoutingKey: "k", MessageID: fmt.Sprintf("%d-a", i), Body: []byte("b")},
+			{Exchange: "x", RoutingKey: "k", MessageID: fmt.Sprintf("%d-b", i), Body: []byte("b")},
+		}
+		if _, _, staged, err := writer.Create(ctx, saga.NewSaga{Instance: in, Messages: msgs}); err != nil || len(staged) != 2 {
+			t.Fatalf("Create = %d messages, %v", len(staged), err)
+		}
 	}
 
 	var got []string
@@ -532,6 +536,7 @@ func TestClaimOutboxLimit(t *testing.T) {
 	for _, limit := range []int{2, 2, 2} {
 		var claimed []saga.Message
 		for {
+			var err error
 			claimed, err = scanner.ClaimOutbox(ctx, limit)
 			if err != nil {
 				t.Fatal(err)
@@ -541,20 +546,19 @@ func TestClaimOutboxLimit(t *testing.T) {
 			}
 			time.Sleep(2 * time.Millisecond) // polling the 1ms lease's expiry
 		}
-		if len(claimed) > limit {
-			t.Errorf("ClaimOutbox(%d) returned %d messages", limit, len(claimed))
-		}
+		rows := map[uuid.UUID]bool{}
 		for _, m := range claimed {
+			rows[m.OutboxID] = true
 			got = append(got, m.MessageID)
 		}
+		if len(rows) > limit {
+			t.Errorf("ClaimOutbox(%d) returned %d rows", limit, len(rows))
+		}
 	}
-	want := []string{"0", "1", "2", "3", "4"}
+	want := []string{"0-a", "0-b", "1-a", "1-b", "2-a", "2-b", "3-a", "3-b", "4-a", "4-b"}
 	slices.Sort(got)
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("messages claimed over three ClaimOutbox(2) calls (-want +got):\n%s", diff)
-	}
-	if len(staged) != 5 {
-		t.Errorf("staged %d messages, want 5", len(staged))
 	}
 }
 

@@ -31,12 +31,20 @@ type EventHandlerFunc func(ctx context.Context, tx pgx.Tx, events []Event) error
 type subscription struct {
 	queue string
 	h     EventHandlerFunc
+	inbox bool // deduplicate through the inbox
 }
 
 // Subscribe consumes a queue of domain events in batches of up to
-// Config.EventPrefetch, one transaction per batch. Unparseable events are
-// dead-lettered.
+// Config.EventPrefetch, one transaction per batch, each event applied once
+// (the inbox records it). Unparseable events are dead-lettered.
 func (r *Runtime) Subscribe(queue string, h EventHandlerFunc) {
+	r.subs = append(r.subs, subscription{queue: queue, h: h, inbox: true})
+}
+
+// SubscribeIdempotent is Subscribe for a handler that applies an event at
+// most once by itself (a unique key on the event id, say): no inbox record
+// is written, saving a write per event.
+func (r *Runtime) SubscribeIdempotent(queue string, h EventHandlerFunc) {
 	r.subs = append(r.subs, subscription{queue: queue, h: h})
 }
 
@@ -76,31 +84,9 @@ func (r *Runtime) deliverEvents(ctx context.Context, sub subscription, ds []*amq
 		return fmt.Errorf("worker: begin: %w", err)
 	}
 	defer tx.Rollback(ctx)
-	rows, err := tx.Query(ctx, `INSERT INTO inbox (message_id, type)
-		SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (message_id) DO NOTHING
-		RETURNING message_id`, keys, types)
+	news, err := r.freshEvents(ctx, tx, sub, events, keys, types)
 	if err != nil {
-		return fmt.Errorf("worker: inbox: %w", err)
-	}
-	fresh := map[string]bool{}
-	for rows.Next() {
-		var k string
-		if err := rows.Scan(&k); err != nil {
-			rows.Close()
-			return fmt.Errorf("worker: inbox: %w", err)
-		}
-		fresh[k] = true
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("worker: inbox: %w", err)
-	}
-	news := events[:0]
-	for i, ev := range events {
-		if fresh[keys[i]] {
-			news = append(news, ev)
-			delete(fresh, keys[i]) // a duplicate within the batch counts once
-		}
+		return err
 	}
 	// One span per event, child of the trace the event carries.
 	spans := make([]trace.Span, 0, len(news))
@@ -129,4 +115,38 @@ func (r *Runtime) deliverEvents(ctx context.Context, sub subscription, ds []*amq
 		r.observer.Handled(ev.Type, "event", each)
 	}
 	return nil
+}
+
+// freshEvents records the events in the inbox and returns those it had not
+// seen; without an inbox (SubscribeIdempotent) it returns them all.
+func (r *Runtime) freshEvents(ctx context.Context, tx pgx.Tx, sub subscription, events []Event, keys, types []string) ([]Event, error) {
+	if !sub.inbox {
+		return events, nil
+	}
+	rows, err := tx.Query(ctx, `INSERT INTO inbox (message_id, type)
+		SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (message_id) DO NOTHING
+		RETURNING message_id`, keys, types)
+	if err != nil {
+		return nil, fmt.Errorf("worker: inbox: %w", err)
+	}
+	defer rows.Close()
+	fresh := map[string]bool{}
+	for rows.Next() {
+		var k string
+		if err := rows.Scan(&k); err != nil {
+			return nil, fmt.Errorf("worker: inbox: %w", err)
+		}
+		fresh[k] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("worker: inbox: %w", err)
+	}
+	var news []Event
+	for i, ev := range events {
+		if fresh[keys[i]] {
+			news = append(news, ev)
+			delete(fresh, keys[i]) // a duplicate within the batch counts once
+		}
+	}
+	return news, nil
 }

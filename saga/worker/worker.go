@@ -26,9 +26,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/rs/zerolog"
 	"go.opentelemetry.io/otel"
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
-	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/sagaflow/sagaflow/saga"
@@ -109,8 +107,11 @@ type Config struct {
 	// Prefetch is how many unacked commands the broker hands over
 	// (default 64).
 	Prefetch int
-	// Concurrency is how many commands are handled at once (default 32).
-	Concurrency int
+	// Batch is the most commands applied in one transaction (default 32).
+	// Commands waiting in the queue are taken together: one commit for
+	// many. Larger batches commit less often but blur priorities: a batch
+	// finishes together, whatever the priorities of its commands.
+	Batch int
 	// EventPrefetch is how many events of a subscription the broker hands
 	// over, and the largest batch applied in one transaction (default 256).
 	EventPrefetch int
@@ -171,8 +172,8 @@ func New(cfg Config, pool *pgxpool.Pool, bus *amqpbus.Bus, log zerolog.Logger) *
 	if cfg.Prefetch <= 0 {
 		cfg.Prefetch = 64
 	}
-	if cfg.Concurrency <= 0 {
-		cfg.Concurrency = 32
+	if cfg.Batch <= 0 {
+		cfg.Batch = 32
 	}
 	if cfg.EventPrefetch <= 0 {
 		cfg.EventPrefetch = 256
@@ -219,87 +220,14 @@ func (r *Runtime) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	if len(r.handlers)+len(r.queries) > 0 {
 		g.Go(func() error {
-			return r.bus.ConsumeAsync(ctx, amqpbus.ConsumerConfig{
-				Queue: r.cfg.Queue, Prefetch: r.cfg.Prefetch, Concurrency: r.cfg.Concurrency,
-			}, r.deliver)
+			return r.bus.ConsumeBatchAsync(ctx, amqpbus.ConsumerConfig{Queue: r.cfg.Queue, Prefetch: r.cfg.Prefetch},
+				r.cfg.Batch, r.deliverBatch)
 		})
 	}
 	for _, sub := range r.subs {
 		g.Go(func() error { return r.consumeEvents(ctx, sub) })
 	}
 	return g.Wait()
-}
-
-// deliver handles one command. Its reply is published in the returned
-// Settle, off the handler's goroutine: the command is acked once the reply
-// is confirmed, and a reply that fails is sent again on redelivery, from
-// the inbox.
-func (r *Runtime) deliver(ctx context.Context, d *amqp.Delivery) (amqpbus.Settle, error) {
-	start := time.Now()
-	env, err := saga.Decode(d.Body)
-	if err != nil {
-		r.observer.Handled(d.RoutingKey, "poison", time.Since(start))
-		return nil, err
-	}
-	lc := r.log.With().Str("type", env.Type).Str("message_id", env.ID).Str("saga_id", env.SagaID).
-		Str("correlation_id", d.CorrelationId)
-	if i := strings.LastIndexByte(env.ID, ':'); i >= 0 {
-		lc = lc.Str("step", env.ID[i+1:])
-	}
-	if r.cfg.IDName != "" && env.SagaID != "" {
-		lc = lc.Str(r.cfg.IDName, env.SagaID)
-	}
-	log := lc.Logger()
-	ctx = otel.GetTextMapPropagator().Extract(ctx, amqpbus.HeaderCarrier(d.Headers))
-	ctx, span := tracer.Start(ctx, env.Type+" process", trace.WithSpanKind(trace.SpanKindConsumer),
-		trace.WithAttributes(attribute.String("messaging.system", "rabbitmq"),
-			attribute.String("messaging.message.id", env.ID), attribute.String("saga.id", env.SagaID)))
-	defer span.End()
-	cmd := Command{Envelope: env, Redelivered: d.Redelivered}
-	var res Result
-	q, isQuery := r.queries[env.Type]
-	if isQuery {
-		res, err = q(ctx, cmd)
-		if err != nil && !isInvalid(err) {
-			res, err = Result{Status: saga.ReplyRetry, Code: "transient", Message: err.Error()}, nil
-		}
-	} else if h, ok := r.handlers[env.Type]; ok {
-		if r.cfg.Simulate.Latency > 0 {
-			select {
-			case <-time.After(r.cfg.Simulate.Latency):
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			}
-		}
-		res, err = r.execute(ctx, log, h, cmd)
-	} else {
-		r.observer.Handled(env.Type, "poison", time.Since(start))
-		return nil, fmt.Errorf("%w: %q", saga.ErrUnknownCommand, env.Type)
-	}
-	var invalid error
-	if isInvalid(err) {
-		invalid = err
-		res = Result{Status: saga.ReplyFailed, Code: CodeInvalidCommand, Message: err.Error()}
-	} else if err != nil {
-		return nil, err
-	}
-	r.observer.Handled(env.Type, outcome(res, invalid), time.Since(start))
-	span.SetAttributes(attribute.String("saga.reply.status", string(res.Status)), attribute.String("saga.reply.code", res.Code))
-	// Simulated losses hit saga commands only: a query's caller just waits.
-	if d.ReplyTo == "" || (!isQuery && r.dropReply(env.ID)) {
-		return nil, nil
-	}
-	m := r.replyMessage(ctx, d, env, res)
-	if invalid != nil {
-		if err := r.publishReply(ctx, m); err != nil {
-			return nil, err
-		}
-		log.Warn().Err(invalid).Msg("invalid command answered failed; copy dead-lettered")
-		return nil, amqpbus.Poison(invalid)
-	}
-	// If the reply cannot be published the command is requeued: its
-	// redelivery finds the stored reply and sends it.
-	return func(ctx context.Context) error { return r.publishReply(ctx, m) }, nil
 }
 
 func outcome(res Result, invalid error) string {
@@ -358,12 +286,28 @@ var tracer = otel.Tracer("github.com/sagaflow/sagaflow/saga/worker")
 // errSimulated is the transient failure injected by Simulation.FailureRate.
 var errSimulated = errors.New("worker: simulated transient failure")
 
+// simulate applies the simulated latency and transient failures before a
+// handler runs.
+func (r *Runtime) simulate(ctx context.Context) error {
+	if d := r.cfg.Simulate.Latency; d > 0 {
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if r.cfg.Simulate.FailureRate > 0 && rand.Float64() < r.cfg.Simulate.FailureRate {
+		return errSimulated
+	}
+	return nil
+}
+
 // once runs the handler in a transaction that first claims the command's
 // message id in the inbox. A command already processed returns its stored
 // reply; one being processed concurrently waits for that transaction.
 func (r *Runtime) once(ctx context.Context, h HandlerFunc, cmd Command) (Result, error) {
-	if r.cfg.Simulate.FailureRate > 0 && rand.Float64() < r.cfg.Simulate.FailureRate {
-		return Result{}, errSimulated
+	if err := r.simulate(ctx); err != nil {
+		return Result{}, err
 	}
 	tx, err := r.pool.Begin(ctx)
 	if err != nil {

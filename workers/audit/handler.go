@@ -16,7 +16,7 @@ import (
 )
 
 func register(rt *worker.Runtime, db *pgxpool.Pool) {
-	rt.Subscribe(contract.AuditEventsQueue, appendEvents)
+	rt.SubscribeIdempotent(contract.AuditEventsQueue, appendEvents)
 	rt.Query(contract.AuditOrderEvents, func(ctx context.Context, cmd worker.Command) (worker.Result, error) {
 		return orderEvents(ctx, db, cmd)
 	})

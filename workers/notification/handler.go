@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sagaflow/sagaflow/internal/contract"
@@ -21,8 +22,8 @@ const (
 )
 
 func register(rt *worker.Runtime, db *pgxpool.Pool) {
-	rt.Subscribe(contract.EmailQueue, sender(email))
-	rt.Subscribe(contract.SMSQueue, sender(sms))
+	rt.SubscribeIdempotent(contract.EmailQueue, sender(email))
+	rt.SubscribeIdempotent(contract.SMSQueue, sender(sms))
 	rt.Query(contract.NotificationLedger, func(ctx context.Context, cmd worker.Command) (worker.Result, error) {
 		return ledger(ctx, db, cmd)
 	})
@@ -35,10 +36,12 @@ var outcomes = map[string]string{
 	contract.EventOrderRejected:  "could not be accepted",
 }
 
-// sender sends one channel's messages: one per order outcome. Other order
-// events are consumed and ignored.
+// sender sends one channel's messages: one per order outcome, all of a
+// batch with one INSERT. Other order events are consumed and ignored.
 func sender(channel string) worker.EventHandlerFunc {
 	return func(ctx context.Context, tx pgx.Tx, events []worker.Event) error {
+		var orders, types, recipients, bodies []string
+		var ids []pgtype.UUID
 		for _, ev := range events {
 			what, ok := outcomes[ev.Type]
 			if !ok {
@@ -49,21 +52,29 @@ func sender(channel string) worker.EventHandlerFunc {
 			if err := errors.Join(json.Unmarshal(ev.Payload, &p), json.Unmarshal(p.Data, &o)); err != nil || o.OrderID == "" {
 				return fmt.Errorf("notification: event %s (%s) carries no order: %v", ev.ID, ev.Type, err)
 			}
-			body := fmt.Sprintf("Your order %s %s.", o.OrderID, what)
-			if p.Reason != "" {
-				body += " Reason: " + p.Reason
-			}
 			eventID, err := uuid.Parse(ev.ID)
 			if err != nil {
 				return fmt.Errorf("notification: event id %q: %w", ev.ID, err)
 			}
-			// Sending is simulated by recording; the primary key keeps it to
-			// one per order and channel whatever is redelivered.
-			if _, err := tx.Exec(ctx, `INSERT INTO notifications (order_id, channel, event_id, event_type, recipient, body)
-				VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (order_id, channel) DO NOTHING`,
-				o.OrderID, channel, eventID, ev.Type, o.CustomerID, body); err != nil {
-				return fmt.Errorf("notification: record %s: %w", channel, err)
+			body := fmt.Sprintf("Your order %s %s.", o.OrderID, what)
+			if p.Reason != "" {
+				body += " Reason: " + p.Reason
 			}
+			orders, types, recipients, bodies = append(orders, o.OrderID), append(types, ev.Type), append(recipients, o.CustomerID), append(bodies, body)
+			ids = append(ids, pgtype.UUID{Bytes: eventID, Valid: true})
+		}
+		if len(orders) == 0 {
+			return nil
+		}
+		// Sending is simulated by recording; the primary key keeps it to one
+		// per order and channel whatever is redelivered.
+		if _, err := tx.Exec(ctx, `INSERT INTO notifications (order_id, channel, event_id, event_type, recipient, body)
+			SELECT u.order_id, $2, u.event_id, u.event_type, u.recipient, u.body
+			FROM unnest($1::text[], $3::uuid[], $4::text[], $5::text[], $6::text[])
+				AS u(order_id, event_id, event_type, recipient, body)
+			ON CONFLICT (order_id, channel) DO NOTHING`,
+			orders, channel, ids, types, recipients, bodies); err != nil {
+			return fmt.Errorf("notification: record %d %s: %w", len(orders), channel, err)
 		}
 		return nil
 	}

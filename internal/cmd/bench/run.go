@@ -169,7 +169,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	progress := make(chan struct{})
 	go func() {
 		defer close(progress)
-		t := time.NewTicker(time.Second)
+		t := time.NewTicker(2 * time.Second)
 		defer t.Stop()
 		for {
 			select {
