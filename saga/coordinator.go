@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -164,6 +166,11 @@ type Coordinator struct {
 	activeCounted int
 	activeDelta   int
 	activeAt      time.Time
+	// backlog is set while pending sagas wait for room: new sagas then
+	// queue behind them instead of starting at once.
+	backlog atomic.Bool
+
+	deletes chan []uuid.UUID // published outbox rows, for the deleter
 }
 
 type creation struct {
@@ -187,6 +194,7 @@ func NewCoordinator(cfg Config, store Store, pub Publisher, log zerolog.Logger, 
 		relayq:  make(chan []Message, 1024),
 		kick:    make(chan struct{}, 1),
 		wake:    make(chan struct{}, 1),
+		deletes: make(chan []uuid.UUID, 1024),
 	}
 	for _, d := range defs {
 		if err := d.Validate(); err != nil {
@@ -272,6 +280,7 @@ func (c *Coordinator) createLoop(ctx context.Context) {
 				break drain
 			}
 		}
+		starts := c.startAtOnce(ctx, batch)
 		sagas := make([]NewSaga, len(batch))
 		for i, cr := range batch {
 			sagas[i] = cr.saga
@@ -282,12 +291,21 @@ func (c *Coordinator) createLoop(ctx context.Context) {
 		cancel()
 		c.cfg.Observer.Batch("create", len(batch), time.Since(began))
 		var staged []Message
+		pending := false
 		for i, cr := range batch {
 			if err != nil {
 				cr.done <- CreateResult{Err: err}
 				continue
 			}
 			staged = append(staged, res[i].Messages...)
+			if res[i].Created {
+				if starts[i] != nil {
+					c.adjustActive(+1)
+					c.cfg.Observer.SagaChanged(c.defs[starts[i].Instance.Definition], *starts[i])
+				} else {
+					pending = true
+				}
+			}
 			cr.done <- res[i]
 		}
 		if err != nil {
@@ -295,8 +313,51 @@ func (c *Coordinator) createLoop(ctx context.Context) {
 			continue
 		}
 		c.offerRelay(staged)
-		c.wakeStarter()
+		if pending {
+			c.backlog.Store(true)
+			c.wakeStarter()
+		}
 	}
+}
+
+// startAtOnce starts new sagas in the transaction that creates them while
+// there is room and no backlog, high priority first: one write per saga
+// instead of two. The others stay pending for the starter. It returns the
+// start decisions, index-aligned (nil: left pending).
+func (c *Coordinator) startAtOnce(ctx context.Context, batch []*creation) []*Decision {
+	starts := make([]*Decision, len(batch))
+	if c.backlog.Load() {
+		return starts
+	}
+	active, err := c.activeSagas(ctx)
+	if err != nil {
+		return starts
+	}
+	room := c.cfg.MaxActive - active
+	order := make([]int, len(batch))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int {
+		return int(batch[b].saga.Instance.Priority) - int(batch[a].saga.Instance.Priority)
+	})
+	now := c.cfg.Clock.Now()
+	for _, i := range order {
+		if room <= 0 {
+			break
+		}
+		cr := batch[i]
+		in := cr.saga.Instance
+		d, err := c.defs[in.Definition].Decide(in, Input{Kind: InputStart, SagaID: in.ID}, now)
+		if err != nil || !d.Changed {
+			continue
+		}
+		cr.saga.Instance = d.Instance
+		cr.saga.Messages = append(cr.saga.Messages, c.messages(d, now)...)
+		starts[i] = &d
+		room--
+	}
+	return starts
 }
 
 func (c *Coordinator) wakeStarter() {
@@ -369,6 +430,7 @@ func (c *Coordinator) startLoop(ctx context.Context) {
 			c.observe(outs)
 			c.sendRelay(ctx, msgs)
 			if len(outs) < room {
+				c.backlog.Store(false) // every pending saga is started
 				break
 			}
 		}
@@ -644,6 +706,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	spawn(c.outboxLoop)
 	spawn(c.createLoop)
 	spawn(c.startLoop)
+	spawn(c.deleteLoop)
 	wg.Wait()
 	return nil
 }
@@ -791,12 +854,43 @@ func (c *Coordinator) publish(ctx context.Context, msgs []Message) {
 			ids = append(ids, id)
 		}
 	}
-	dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer dcancel()
-	if err := c.store.DeleteOutbox(dctx, ids); err != nil {
-		// Published but still in the outbox: it will be published again,
-		// and consumers deduplicate by message id.
-		c.log.Warn().Err(err).Int("messages", len(ids)).Msg("delete published outbox rows failed")
+	select {
+	case c.deletes <- ids:
+	default:
+		// The deleter is behind: the rows' leases expire and the outbox scan
+		// publishes them again; consumers deduplicate.
+	}
+}
+
+// deleteLoop deletes published outbox rows in batches, every Linger at
+// most: a lost delete only means a message published twice.
+func (c *Coordinator) deleteLoop(ctx context.Context) {
+	linger := time.NewTimer(c.cfg.Linger)
+	defer linger.Stop()
+	for {
+		var ids []uuid.UUID
+		select {
+		case ids = <-c.deletes:
+		case <-ctx.Done():
+			return
+		}
+		linger.Reset(10 * c.cfg.Linger)
+	more:
+		for len(ids) < 4*c.cfg.OutboxBatch {
+			select {
+			case more := <-c.deletes:
+				ids = append(ids, more...)
+			case <-linger.C:
+				break more
+			}
+		}
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		if err := c.store.DeleteOutbox(dctx, ids); err != nil {
+			// Published but still in the outbox: published again after
+			// their lease, and consumers deduplicate by message id.
+			c.log.Warn().Err(err).Int("rows", len(ids)).Msg("delete published outbox rows failed")
+		}
+		cancel()
 	}
 }
 
