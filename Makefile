@@ -3,13 +3,13 @@ GO       ?= go
 BIN      := bin
 WORKERS  := inventory payment shipping notification audit
 
-.PHONY: help build run services test test-short chaos bench vet clean
+.PHONY: help build run services test test-short chaos bench bench-go vet clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 build: ## build every binary into bin/ (the services and the load generator bench)
-	$(GO) build -o $(BIN)/ ./orchestrator $(addprefix ./workers/,$(WORKERS)) ./internal/cmd/bench
+	$(GO) build -o $(BIN)/ ./orchestrator $(addprefix ./workers/,$(WORKERS)) ./internal/cmd/bench ./internal/cmd/brokerbench
 
 run: ## start PostgreSQL and RabbitMQ if needed, create the database, run every service
 	internal/scripts/run.sh
@@ -19,6 +19,9 @@ services: ## start PostgreSQL and RabbitMQ if they are not running
 
 bench: ## the standard benchmark on a fresh deployment (BENCH_ARGS="-scenario burst -orders 50000" for others)
 	internal/scripts/bench.sh
+
+bench-go: ## the hot-path micro-benchmarks (go test -bench): decisions, envelopes, outbox codec, store batch write
+	$(GO) test -run '^$$' -bench . -benchmem ./saga/ ./saga/pgstore/
 
 vet: ## go vet and gofmt
 	$(GO) vet ./...

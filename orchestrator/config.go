@@ -54,8 +54,11 @@ type Config struct {
 	OutboxLease time.Duration `env:"OUTBOX_LEASE" envDefault:"15s"`
 	// MaxActiveSagas bounds the orders in flight (a command outstanding)
 	// across every orchestrator; the others wait as pending, high priority
-	// first (default 2000).
-	MaxActiveSagas int `env:"MAX_ACTIVE_SAGAS" envDefault:"2000"`
+	// first (default 500). Little's law sizes it: in flight = throughput ×
+	// time per step. Too high, and commands queue in front of the workers
+	// past STEP_TIMEOUT, time out and are sent again; 500 keeps a step under
+	// a few seconds on the 2-core development machine (docs/benchmarks.md).
+	MaxActiveSagas int `env:"MAX_ACTIVE_SAGAS" envDefault:"500"`
 }
 
 // Validate reports every problem at once.

@@ -44,7 +44,7 @@ type Config struct {
 	// TimerBatch is the most due sagas claimed per transaction (default 512).
 	TimerBatch int
 	// MaxActive bounds the sagas with a command in flight, across every
-	// coordinator sharing the store (default 2000). New sagas wait as
+	// coordinator sharing the store (default 500). New sagas wait as
 	// pending, highest priority first, until there is room: a burst becomes
 	// a backlog in the database instead of queues so long that commands
 	// expire before a worker reaches them.
@@ -95,7 +95,7 @@ func (c Config) withDefaults() Config {
 	defInt(&c.QueueSize, 4096)
 	defDur(&c.TimerInterval, 200*time.Millisecond)
 	defInt(&c.TimerBatch, 512)
-	defInt(&c.MaxActive, 2000)
+	defInt(&c.MaxActive, 500)
 	defDur(&c.OutboxInterval, time.Second)
 	defInt(&c.OutboxBatch, 512)
 	defInt(&c.RelayInFlight, 256)
@@ -704,6 +704,8 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	spawn(c.relayLoop)
 	spawn(c.timerLoop)
 	spawn(c.outboxLoop)
+	// Two create loops: one commits while the other gathers the next batch.
+	spawn(c.createLoop)
 	spawn(c.createLoop)
 	spawn(c.startLoop)
 	spawn(c.deleteLoop)

@@ -29,7 +29,7 @@ stop() {
 trap stop INT TERM EXIT
 
 for svc in $(ls bin); do
-	case "$svc" in bench) continue ;; esac
+	case "$svc" in bench | brokerbench) continue ;; esac
 	"bin/$svc" >>"$LOGS/$svc.log" 2>&1 &
 	pids+=($!)
 done

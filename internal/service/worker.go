@@ -31,8 +31,10 @@ type WorkerConfig struct {
 	// audit :9105).
 	MetricsAddr string `env:"METRICS_ADDR"`
 	// Prefetch is how many unacked commands the broker hands over: commands
-	// being handled plus those whose reply awaits its confirm (default 256).
-	Prefetch int `env:"WORKER_PREFETCH" envDefault:"256"`
+	// being handled plus those whose replies await their confirm (default
+	// 1024). It must cover throughput × confirm latency, which reaches a
+	// second or more on a busy broker.
+	Prefetch int `env:"WORKER_PREFETCH" envDefault:"1024"`
 	// Batch is the most commands applied in one transaction (default 32).
 	Batch int `env:"WORKER_BATCH" envDefault:"32"`
 	// EventPrefetch is how many events a subscriber takes at once, and its

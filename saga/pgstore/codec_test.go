@@ -62,3 +62,19 @@ func FuzzDecodeMessages(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkOutboxCodec(b *testing.B) {
+	msgs := make([]saga.Message, 64)
+	for i := range msgs {
+		msgs[i] = saga.Message{Exchange: "saga.commands", RoutingKey: "payment.charge", MessageID: "0193e4c2-7b1a-7c3e-9f10-2b5d1e0a9c44:charge_payment",
+			CorrelationID: "0193e4c2-7b1a-7c3e-9f10-2b5d1e0a9c44:charge_payment", ReplyTo: "saga.replies", Type: "payment.charge",
+			Priority: 1, Expiration: 10 * time.Second, Timestamp: time.Now(), Headers: map[string]string{"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+			Body: make([]byte, 500)}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := decodeMessages(encodeMessages(msgs)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

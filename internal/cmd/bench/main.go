@@ -53,7 +53,7 @@ func main() {
 	flag.IntVar(&o.Orders, "orders", 50000, "orders to place (burst)")
 	flag.IntVar(&o.Concurrency, "concurrency", 64, "concurrent API clients")
 	flag.StringVar(&mix, "mix", "", `order mix as kind=weight,... (kinds: good, decline, refused, oos, high); default "good=100" for steady and burst, "good=70,decline=10,refused=10,oos=5,high=5" for mixed`)
-	flag.DurationVar(&o.Drain, "drain-timeout", 10*time.Minute, "how long to wait for every order to be terminal")
+	flag.DurationVar(&o.Drain, "drain-timeout", 0, "how long to wait for every order to be terminal (default 10m, or 1s per 50 orders if longer)")
 	flag.StringVar(&o.JSON, "json", "", "also write the report as JSON to this file")
 	flag.StringVar(&procs, "procs", "orchestrator,inventory,payment,shipping,notification,audit,postgres,beam.smp", "processes whose peak RSS and CPU to report (matched by name)")
 	flag.BoolVar(&o.Quiet, "quiet", false, "no progress line")
@@ -80,6 +80,13 @@ func main() {
 		}
 	default:
 		fatalf("-scenario: want steady, burst or mixed, got %q", o.Scenario)
+	}
+	if o.Drain <= 0 {
+		n := o.Orders
+		if o.Scenario != "burst" {
+			n = int(o.Rate * o.Duration.Seconds())
+		}
+		o.Drain = max(10*time.Minute, time.Duration(n/50)*time.Second)
 	}
 	if o.AdminToken == "" {
 		fatalf("an admin token is needed to stock the catalog: -admin-token or $ADMIN_TOKEN")
