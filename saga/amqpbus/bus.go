@@ -84,9 +84,14 @@ type Bus struct {
 	closed   bool
 	done     chan struct{}
 
-	pubs chan *amqp.Channel // idle confirm-mode channels of the current connection
-	gen  uint64             // connection generation, bumped on every reconnect
-	rpc  *rpcClient
+	// pubs are the confirm-mode channels of the current connection, shared
+	// by every publisher (amqp091 channels take concurrent publishes) and
+	// closed only when broken or with their connection: closing a channel
+	// nacks the confirms others still await on it.
+	pubs    []*amqp.Channel
+	pubNext int
+	gen     uint64 // connection generation, bumped on every reconnect
+	rpc     *rpcClient
 }
 
 // Dial connects to the broker. The first connection must succeed within
@@ -134,7 +139,7 @@ func (b *Bus) install(conn *amqp.Connection) bool {
 	b.conn = conn
 	b.gen++
 	b.lastErr = nil
-	b.pubs = make(chan *amqp.Channel, b.cfg.PublishChannels)
+	b.pubs = make([]*amqp.Channel, b.cfg.PublishChannels)
 	close(b.ready)
 	return true
 }

@@ -13,9 +13,8 @@ import (
 )
 
 // Publish sends msgs on a confirm-mode channel, pipelined: every message is
-// written before any confirm is awaited, and the channel goes back to the
-// pool as soon as the writes are done, so other publishers use it while
-// this one waits. (RabbitMQ confirms persistent messages once its queues
+// written before any confirm is awaited, and the channel is shared, so
+// other publishers write on it while this one waits. (RabbitMQ confirms persistent messages once its queues
 // have synced them to disk, which a busy queue does about every 200 ms:
 // throughput comes from many messages in flight, never from waiting on one.)
 // It returns the messages the broker confirmed; the rest failed (err says
@@ -26,7 +25,7 @@ func (b *Bus) Publish(ctx context.Context, msgs []saga.Message) ([]saga.Message,
 	if len(msgs) == 0 {
 		return nil, nil
 	}
-	ch, gen, err := b.publishChannel(ctx)
+	ch, err := b.publishChannel(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -44,10 +43,8 @@ func (b *Bus) Publish(ctx context.Context, msgs []saga.Message) ([]saga.Message,
 		}
 		confirms = append(confirms, dc)
 	}
-	if pubErr == nil {
-		b.releasePublishChannel(ch, gen)
-	} else {
-		ch.Close() // broken mid-batch: never reuse it
+	if pubErr != nil {
+		b.dropPublishChannel(ch) // broken mid-batch: never reuse it
 	}
 	ok := make([]saga.Message, 0, len(confirms))
 	for i, dc := range confirms {
@@ -107,50 +104,55 @@ func Publishing(m *saga.Message) amqp.Publishing {
 	return p
 }
 
-// publishChannel takes an idle confirm-mode channel of the current
-// connection, or opens one.
-func (b *Bus) publishChannel(ctx context.Context) (*amqp.Channel, uint64, error) {
-	_, gen, err := b.connection(ctx)
-	if err != nil {
-		return nil, 0, err
-	}
-	b.mu.Lock()
-	pubs := b.pubs
-	b.mu.Unlock()
+// publishChannel returns one of the shared confirm-mode channels of the
+// current connection, round robin, opening it if needed.
+func (b *Bus) publishChannel(ctx context.Context) (*amqp.Channel, error) {
 	for {
-		select {
-		case ch := <-pubs:
-			if !ch.IsClosed() {
-				return ch, gen, nil
-			}
-			continue
-		default:
+		conn, gen, err := b.connection(ctx)
+		if err != nil {
+			return nil, err
 		}
-		break
+		b.mu.Lock()
+		if gen != b.gen {
+			b.mu.Unlock()
+			continue
+		}
+		i := b.pubNext % len(b.pubs)
+		b.pubNext++
+		if ch := b.pubs[i]; ch != nil && !ch.IsClosed() {
+			b.mu.Unlock()
+			return ch, nil
+		}
+		// Open it under the lock, so that two publishers do not both open it.
+		ch, err := conn.Channel()
+		if err == nil {
+			if err = ch.Confirm(false /* no-wait */); err != nil {
+				ch.Close()
+			}
+		}
+		if err != nil {
+			b.mu.Unlock()
+			if conn.IsClosed() {
+				continue // lost meanwhile: wait for the next one
+			}
+			return nil, fmt.Errorf("amqpbus: open a confirm-mode channel: %w", err)
+		}
+		b.pubs[i] = ch
+		b.mu.Unlock()
+		return ch, nil
 	}
-	ch, err := b.Channel(ctx)
-	if err != nil {
-		return nil, 0, err
-	}
-	if err := ch.Confirm(false /* no-wait */); err != nil {
-		ch.Close()
-		return nil, 0, fmt.Errorf("amqpbus: confirm mode: %w", err)
-	}
-	return ch, gen, nil
 }
 
-func (b *Bus) releasePublishChannel(ch *amqp.Channel, gen uint64) {
+// dropPublishChannel closes a broken publish channel and forgets it.
+func (b *Bus) dropPublishChannel(ch *amqp.Channel) {
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	if gen != b.gen || b.closed || ch.IsClosed() {
-		ch.Close()
-		return
+	for i, c := range b.pubs {
+		if c == ch {
+			b.pubs[i] = nil
+		}
 	}
-	select {
-	case b.pubs <- ch:
-	default:
-		ch.Close()
-	}
+	b.mu.Unlock()
+	ch.Close()
 }
 
 // DeadLetter publishes a copy of a delivery to saga.dlx with the reason in
@@ -167,7 +169,7 @@ func (b *Bus) DeadLetter(ctx context.Context, d *amqp.Delivery, queue, reason st
 	h["x-sagaflow-exchange"] = d.Exchange
 	h["x-sagaflow-routing-key"] = d.RoutingKey
 	h["x-sagaflow-dead-at"] = time.Now().UTC().Format(time.RFC3339Nano)
-	ch, gen, err := b.publishChannel(ctx)
+	ch, err := b.publishChannel(ctx)
 	if err != nil {
 		return err
 	}
@@ -180,18 +182,16 @@ func (b *Bus) DeadLetter(ctx context.Context, d *amqp.Delivery, queue, reason st
 			Type: d.Type, Timestamp: d.Timestamp, Body: d.Body,
 		})
 	if err != nil {
-		ch.Close()
+		b.dropPublishChannel(ch)
 		return fmt.Errorf("amqpbus: dead-letter: %w", err)
 	}
 	acked, err := dc.WaitContext(ctx)
 	if err != nil || !acked {
-		ch.Close()
 		if err == nil {
 			err = errors.New("nacked")
 		}
 		return fmt.Errorf("amqpbus: dead-letter confirm: %w", err)
 	}
-	b.releasePublishChannel(ch, gen)
 	if b.cfg.OnDeadLetter != nil {
 		b.cfg.OnDeadLetter(queue, reason)
 	}

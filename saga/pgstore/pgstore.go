@@ -368,7 +368,17 @@ func (s *Store) decide(ctx context.Context, tx pgx.Tx, sagas map[uuid.UUID]saga.
 		seen    = map[uuid.UUID]bool{}
 		msgs    []saga.Message
 	)
-	for i, inp := range inputs {
+	// Decide the highest priority sagas first (stable: a saga's inputs keep
+	// their order), so that their messages leave first.
+	order := make([]int, len(inputs))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int {
+		return int(sagas[inputs[b].SagaID].Priority) - int(sagas[inputs[a].SagaID].Priority)
+	})
+	for _, i := range order {
+		inp := inputs[i]
 		in, ok := sagas[inp.SagaID]
 		if !ok {
 			outs[i].Err = saga.ErrNotFound

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -41,6 +42,10 @@ func (r *Runtime) deliverBatch(ctx context.Context, ds []*amqp.Delivery) (amqpbu
 	start := time.Now()
 	jobs := make([]*job, 0, len(ds))
 	var commands []*job
+	// Highest priority first: the broker delivers by priority what waits in
+	// the queue, and a batch keeps that order through to its replies.
+	ds = slices.Clone(ds)
+	slices.SortStableFunc(ds, func(a, b *amqp.Delivery) int { return int(b.Priority) - int(a.Priority) })
 	for _, d := range ds {
 		env, err := saga.Decode(d.Body)
 		if err == nil && r.queries[env.Type] == nil && r.handlers[env.Type] == nil {
