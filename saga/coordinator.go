@@ -263,22 +263,9 @@ func (c *Coordinator) createLoop(ctx context.Context) {
 	linger := time.NewTimer(c.cfg.Linger)
 	defer linger.Stop()
 	for {
-		var batch []*creation
-		select {
-		case cr := <-c.creates:
-			batch = append(batch, cr)
-		case <-ctx.Done():
+		batch := gather(ctx, c.creates, c.cfg.BatchSize, linger, c.cfg.Linger, nil)
+		if batch == nil {
 			return
-		}
-		linger.Reset(c.cfg.Linger)
-	drain:
-		for len(batch) < c.cfg.BatchSize {
-			select {
-			case cr := <-c.creates:
-				batch = append(batch, cr)
-			case <-linger.C:
-				break drain
-			}
 		}
 		starts := c.startAtOnce(ctx, batch)
 		sagas := make([]NewSaga, len(batch))
@@ -358,6 +345,36 @@ func (c *Coordinator) startAtOnce(ctx context.Context, batch []*creation) []*Dec
 		room--
 	}
 	return starts
+}
+
+// gather takes the next item from ch, then whatever else arrives within
+// wait, until the items' total size (size of each; nil counts 1 each)
+// reaches limit: a batch of what is waiting, taken without waiting long.
+// It returns nil once ctx is done.
+func gather[T any](ctx context.Context, ch <-chan T, limit int, linger *time.Timer, wait time.Duration, size func(T) int) []T {
+	if size == nil {
+		size = func(T) int { return 1 }
+	}
+	var items []T
+	select {
+	case it := <-ch:
+		items = append(items, it)
+	case <-ctx.Done():
+		return nil
+	}
+	n := size(items[0])
+	linger.Reset(wait)
+	for n < limit {
+		select {
+		case it := <-ch:
+			items = append(items, it)
+			n += size(it)
+		case <-linger.C:
+			return items
+		}
+	}
+	linger.Stop() // since Go 1.23 a stopped timer delivers no stale value
+	return items
 }
 
 func (c *Coordinator) wakeStarter() {
@@ -716,28 +733,15 @@ func (c *Coordinator) Run(ctx context.Context) error {
 // batchLoop applies queued inputs, as many as are waiting (up to
 // BatchSize), in one transaction: one commit for many sagas.
 func (c *Coordinator) batchLoop(ctx context.Context) {
-	batch := make([]*queued, 0, c.cfg.BatchSize)
 	inputs := make([]Input, 0, c.cfg.BatchSize)
 	linger := time.NewTimer(c.cfg.Linger)
 	defer linger.Stop()
 	for {
-		batch, inputs = batch[:0], inputs[:0]
-		select {
-		case q := <-c.inputs:
-			batch = append(batch, q)
-		case <-ctx.Done():
+		batch := gather(ctx, c.inputs, c.cfg.BatchSize, linger, c.cfg.Linger, nil)
+		if batch == nil {
 			return
 		}
-		linger.Reset(c.cfg.Linger)
-	drain:
-		for len(batch) < c.cfg.BatchSize {
-			select {
-			case q := <-c.inputs:
-				batch = append(batch, q)
-			case <-linger.C:
-				break drain
-			}
-		}
+		inputs = inputs[:0]
 		for _, q := range batch {
 			inputs = append(inputs, q.input)
 		}
@@ -796,22 +800,11 @@ func (c *Coordinator) relayLoop(ctx context.Context) {
 	linger := time.NewTimer(c.cfg.Linger)
 	defer linger.Stop()
 	for {
-		var msgs []Message
-		select {
-		case msgs = <-c.relayq:
-		case <-ctx.Done():
+		parts := gather(ctx, c.relayq, c.cfg.OutboxBatch, linger, c.cfg.Linger, func(m []Message) int { return len(m) })
+		if parts == nil {
 			return
 		}
-		linger.Reset(c.cfg.Linger)
-	more:
-		for len(msgs) < c.cfg.OutboxBatch {
-			select {
-			case m := <-c.relayq:
-				msgs = append(msgs, m...)
-			case <-linger.C:
-				break more
-			}
-		}
+		msgs := slices.Concat(parts...)
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
@@ -870,22 +863,11 @@ func (c *Coordinator) deleteLoop(ctx context.Context) {
 	linger := time.NewTimer(c.cfg.Linger)
 	defer linger.Stop()
 	for {
-		var ids []uuid.UUID
-		select {
-		case ids = <-c.deletes:
-		case <-ctx.Done():
+		parts := gather(ctx, c.deletes, 4*c.cfg.OutboxBatch, linger, 10*c.cfg.Linger, func(ids []uuid.UUID) int { return len(ids) })
+		if parts == nil {
 			return
 		}
-		linger.Reset(10 * c.cfg.Linger)
-	more:
-		for len(ids) < 4*c.cfg.OutboxBatch {
-			select {
-			case more := <-c.deletes:
-				ids = append(ids, more...)
-			case <-linger.C:
-				break more
-			}
-		}
+		ids := slices.Concat(parts...)
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		if err := c.store.DeleteOutbox(dctx, ids); err != nil {
 			// Published but still in the outbox: published again after

@@ -107,9 +107,14 @@ func (b *Bus) ConsumeAsync(ctx context.Context, cfg ConsumerConfig, h AsyncHandl
 		case <-work.Done():
 		}
 	}()
-	log := b.log.With().Str("queue", cfg.Queue).Logger()
+	return b.resume(ctx, cfg, func() error { return b.consumeOnce(ctx, work, cfg, h) })
+}
+
+// resume runs a consumer until ctx is done, starting it again (on the next
+// connection, once there is one) whenever its channel is lost.
+func (b *Bus) resume(ctx context.Context, cfg ConsumerConfig, once func() error) error {
 	for {
-		err := b.consumeOnce(ctx, work, cfg, h)
+		err := once()
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -117,7 +122,7 @@ func (b *Bus) ConsumeAsync(ctx context.Context, cfg ConsumerConfig, h AsyncHandl
 			return err
 		}
 		if err != nil {
-			log.Warn().Err(err).Msg("consumer stopped; resuming")
+			b.log.Warn().Err(err).Str("queue", cfg.Queue).Msg("consumer stopped; resuming")
 			select {
 			case <-time.After(cfg.RequeueDelay):
 			case <-ctx.Done():
@@ -251,24 +256,7 @@ func (b *Bus) ConsumeBatchAsync(ctx context.Context, cfg ConsumerConfig, maxBatc
 	if cfg.Linger <= 0 {
 		cfg.Linger = 2 * time.Millisecond
 	}
-	log := b.log.With().Str("queue", cfg.Queue).Logger()
-	for {
-		err := b.consumeBatchOnce(ctx, cfg, maxBatch, h)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if errors.Is(err, ErrClosed) {
-			return err
-		}
-		if err != nil {
-			log.Warn().Err(err).Msg("consumer stopped; resuming")
-			select {
-			case <-time.After(cfg.RequeueDelay):
-			case <-ctx.Done():
-				return nil
-			}
-		}
-	}
+	return b.resume(ctx, cfg, func() error { return b.consumeBatchOnce(ctx, cfg, maxBatch, h) })
 }
 
 func (b *Bus) consumeBatchOnce(ctx context.Context, cfg ConsumerConfig, maxBatch int, h AsyncBatchHandler) error {

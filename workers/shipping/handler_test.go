@@ -2,100 +2,38 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sagaflow/sagaflow/internal/contract"
-	"github.com/sagaflow/sagaflow/internal/service"
-	"github.com/sagaflow/sagaflow/saga"
-	"github.com/sagaflow/sagaflow/saga/sagatest"
+	"github.com/sagaflow/sagaflow/internal/workertest"
 	"github.com/sagaflow/sagaflow/saga/worker"
 )
 
-// --- helpers (the three worker packages each carry their own) ---
-
-// newDB creates a fresh database with the shipping schema and returns a
-// pool on it.
+// newDB creates a fresh database with the shipping schema.
 func newDB(t *testing.T) *pgxpool.Pool {
 	t.Helper()
-	pool := sagatest.Pool(t, sagatest.NewDatabase(t), "shipping")
-	if err := service.ApplySchema(context.Background(), pool, "shipping"); err != nil {
-		t.Fatalf("apply schema: %v", err)
-	}
+	pool, _ := workertest.DB(t, "shipping")
 	return pool
 }
 
-// command builds a command with a fresh message id; a string payload is
-// sent verbatim, anything else is marshalled.
-func command(t *testing.T, typ string, payload any) worker.Command {
-	t.Helper()
-	raw, ok := payload.(string)
-	if !ok {
-		b, err := json.Marshal(payload)
-		if err != nil {
-			t.Fatal(err)
-		}
-		raw = string(b)
-	}
-	return worker.Command{Envelope: saga.Envelope{ID: uuid.NewString(), Type: typ, Payload: json.RawMessage(raw)}}
-}
+// The handler test kit, under the names these tests use.
+var (
+	command      = workertest.Command
+	inTx         = workertest.InTx
+	run          = workertest.Run
+	okVerdict    = workertest.OK
+	failed       = workertest.Failed
+	checkVerdict = workertest.CheckVerdict
+)
 
-// inTx runs h in its own transaction, committed when h returns no error and
-// rolled back otherwise, as the runtime does.
-func inTx(ctx context.Context, pool *pgxpool.Pool, h worker.HandlerFunc, cmd worker.Command) (worker.Result, error) {
-	tx, err := pool.Begin(ctx)
-	if err != nil {
-		return worker.Result{}, err
-	}
-	defer tx.Rollback(ctx)
-	res, err := h(ctx, tx, cmd)
-	if err != nil {
-		return worker.Result{}, err
-	}
-	return res, tx.Commit(ctx)
-}
+type verdict = workertest.Verdict
 
-// run runs a handler in a transaction and fails the test on a Go error.
-func run(t *testing.T, pool *pgxpool.Pool, h worker.HandlerFunc, typ string, payload any) worker.Result {
-	t.Helper()
-	res, err := inTx(context.Background(), pool, h, command(t, typ, payload))
-	if err != nil {
-		t.Fatalf("%s: unexpected error: %v", typ, err)
-	}
-	return res
-}
-
-// verdict is the part of a Result a saga decides on.
-type verdict struct {
-	Status saga.ReplyStatus
-	Code   string
-}
-
-var okVerdict = verdict{Status: saga.ReplyOK}
-
-func failed(code string) verdict { return verdict{Status: saga.ReplyFailed, Code: code} }
-
-func checkVerdict(t *testing.T, what string, res worker.Result, want verdict) {
-	t.Helper()
-	if diff := cmp.Diff(want, verdict{res.Status, res.Code}); diff != "" {
-		t.Errorf("%s verdict (-want +got):\n%s\nmessage: %q", what, diff, res.Message)
-	}
-}
-
-func payloadOf[T any](t *testing.T, res worker.Result) T {
-	t.Helper()
-	var v T
-	if err := json.Unmarshal(res.Payload, &v); err != nil {
-		t.Fatalf("decode payload %q: %v", res.Payload, err)
-	}
-	return v
-}
+func payloadOf[T any](t *testing.T, res worker.Result) T { return workertest.Payload[T](t, res) }
 
 // --- shipping helpers ---
 

@@ -1,0 +1,101 @@
+// Package workertest runs worker handlers the way the worker runtime does,
+// against a fresh PostgreSQL database with the worker's schema, for the
+// workers' own tests.
+package workertest
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sagaflow/sagaflow/internal/service"
+	"github.com/sagaflow/sagaflow/saga"
+	"github.com/sagaflow/sagaflow/saga/sagatest"
+	"github.com/sagaflow/sagaflow/saga/worker"
+)
+
+// DB creates a fresh database with a service's section of schema.sql and
+// returns a pool whose search_path is that schema, and the database URL.
+func DB(t testing.TB, schema string) (*pgxpool.Pool, string) {
+	t.Helper()
+	url := sagatest.NewDatabase(t)
+	pool := sagatest.Pool(t, url, schema)
+	if err := service.ApplySchema(context.Background(), pool, schema); err != nil {
+		t.Fatalf("apply schema %s: %v", schema, err)
+	}
+	return pool, url
+}
+
+// Command builds a command with a fresh message id; a string payload is
+// sent verbatim, anything else is marshalled.
+func Command(t testing.TB, typ string, payload any) worker.Command {
+	t.Helper()
+	raw, ok := payload.(string)
+	if !ok {
+		b, err := json.Marshal(payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw = string(b)
+	}
+	return worker.Command{Envelope: saga.Envelope{ID: uuid.NewString(), Type: typ, Payload: json.RawMessage(raw)}}
+}
+
+// InTx runs h in its own transaction, committed when h returns no error and
+// rolled back otherwise, as the runtime does.
+func InTx(ctx context.Context, pool *pgxpool.Pool, h worker.HandlerFunc, cmd worker.Command) (worker.Result, error) {
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return worker.Result{}, err
+	}
+	defer tx.Rollback(ctx)
+	res, err := h(ctx, tx, cmd)
+	if err != nil {
+		return worker.Result{}, err
+	}
+	return res, tx.Commit(ctx)
+}
+
+// Run runs a handler in a transaction and fails the test on a Go error.
+func Run(t testing.TB, pool *pgxpool.Pool, h worker.HandlerFunc, typ string, payload any) worker.Result {
+	t.Helper()
+	res, err := InTx(context.Background(), pool, h, Command(t, typ, payload))
+	if err != nil {
+		t.Fatalf("%s: unexpected error: %v", typ, err)
+	}
+	return res
+}
+
+// Verdict is the part of a Result a saga decides on.
+type Verdict struct {
+	Status saga.ReplyStatus
+	Code   string
+}
+
+// OK is the verdict of a success.
+var OK = Verdict{Status: saga.ReplyOK}
+
+// Failed is the verdict of a business failure with code.
+func Failed(code string) Verdict { return Verdict{Status: saga.ReplyFailed, Code: code} }
+
+// CheckVerdict compares a result's verdict with want.
+func CheckVerdict(t testing.TB, what string, res worker.Result, want Verdict) {
+	t.Helper()
+	if diff := cmp.Diff(want, Verdict{res.Status, res.Code}); diff != "" {
+		t.Errorf("%s verdict (-want +got):\n%s\nmessage: %q", what, diff, res.Message)
+	}
+}
+
+// Payload decodes a result's payload.
+func Payload[T any](t testing.TB, res worker.Result) T {
+	t.Helper()
+	var v T
+	if err := json.Unmarshal(res.Payload, &v); err != nil {
+		t.Fatalf("decode payload %q: %v", res.Payload, err)
+	}
+	return v
+}
