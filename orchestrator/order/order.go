@@ -45,7 +45,7 @@ const (
 // Priorities of orders, as message priorities on the command queues.
 const (
 	PriorityNormal saga.Priority = 1
-	PriorityHigh   saga.Priority = 5
+	PriorityHigh   saga.Priority = 2
 )
 
 // Definition returns the order saga: reserve stock, charge payment and

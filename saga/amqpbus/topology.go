@@ -97,6 +97,9 @@ func (o QueueOptions) Args() amqp.Table {
 		typ = Classic
 	}
 	t["x-queue-type"] = string(typ)
+	if typ == Classic {
+		t["x-queue-version"] = int32(2)
+	}
 	if o.MaxPriority > 0 && typ == Classic {
 		t["x-max-priority"] = int32(o.MaxPriority)
 	}
@@ -153,7 +156,7 @@ func CommandQueue(name string, types []string, o QueueOptions) Topology {
 }
 
 // MaxPriority is the highest message priority of command queues.
-const MaxPriority = 10
+const MaxPriority = 3
 
 // Declare declares t now and again after every reconnect.
 func (b *Bus) Declare(ctx context.Context, t Topology) error {
