@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -116,6 +117,7 @@ func (s *Store) CreateBatch(ctx context.Context, batch []saga.NewSaga) ([]saga.C
 		data, history                              = make([][]byte, n), make([][]byte, n)
 		keys                                       = make([]pgtype.Text, n)
 		created, updated                           = make([]time.Time, n), make([]time.Time, n)
+		hasKeys                                    bool
 	)
 	for i, ns := range batch {
 		in := &ns.Instance
@@ -130,14 +132,15 @@ func (s *Store) CreateBatch(ctx context.Context, batch []saga.NewSaga) ([]saga.C
 		waiting[i], deadline[i] = in.Waiting, pgtype.Timestamptz{Time: in.Deadline, Valid: !in.Deadline.IsZero()}
 		data[i], history[i] = in.Data, h
 		keys[i] = pgtype.Text{String: ns.Key, Valid: ns.Key != ""}
+		hasKeys = hasKeys || ns.Key != ""
 		created[i], updated[i] = in.CreatedAt, in.UpdatedAt
 	}
-	tx, err := s.pool.Begin(ctx)
+	t, err := s.begin(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("pgstore: create %d sagas: %w", n, err)
 	}
-	defer tx.Rollback(ctx)
-	rows, err := tx.Query(ctx, `
+	defer t.close(ctx)
+	const insert = `
 		INSERT INTO sagas (id, definition, phase, state, step, attempt, waiting, deadline, stuck_in,
 			reason, stuck_reason, priority, data, history, seq, trace_parent, idempotency_key,
 			fingerprint, created_at, updated_at)
@@ -146,28 +149,43 @@ func (s *Store) CreateBatch(ctx context.Context, batch []saga.NewSaga) ([]saga.C
 			$13::jsonb[], $14::jsonb[], $15::int[], $16::text[], $17::text[], $18::text[],
 			$19::timestamptz[], $20::timestamptz[])
 		ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-		RETURNING id`,
-		ids, def, phase, state, step, attempt, waiting, deadline, stuckIn, reason, stuckR, prio,
-		data, history, seq, trace, keys, fp, created, updated)
+		RETURNING id`
+	args := []any{ids, def, phase, state, step, attempt, waiting, deadline, stuckIn, reason, stuckR, prio,
+		data, history, seq, trace, keys, fp, created, updated}
+	out := make([]saga.CreateResult, n)
+	var msgs []saga.Message
+	if !hasKeys {
+		// Fresh ids and no keys: nothing can conflict, so the sagas, their
+		// messages and the commit travel in one round trip.
+		for i, ns := range batch {
+			out[i] = saga.CreateResult{Instance: ns.Instance, Created: true}
+			msgs = append(msgs, ns.Messages...)
+		}
+		b := &pgx.Batch{}
+		b.Queue(insert, args...)
+		staged, err := s.stage(b, msgs)
+		if err != nil {
+			return nil, err
+		}
+		if err := t.commit(ctx, b); err != nil {
+			return nil, fmt.Errorf("pgstore: create %d sagas: %w", n, err)
+		}
+		s.handOut(batch, out, staged)
+		return out, nil
+	}
+	inserted := map[uuid.UUID]bool{}
+	err = t.query(ctx, func(rows pgx.Rows) error {
+		var id uuid.UUID
+		if err := rows.Scan(&id); err != nil {
+			return err
+		}
+		inserted[id] = true
+		return nil
+	}, insert, args...)
 	if err != nil {
 		return nil, fmt.Errorf("pgstore: create %d sagas: %w", n, err)
 	}
-	inserted := map[uuid.UUID]bool{}
-	for rows.Next() {
-		var id uuid.UUID
-		if err := rows.Scan(&id); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("pgstore: create sagas: %w", err)
-		}
-		inserted[id] = true
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("pgstore: create %d sagas: %w", n, err)
-	}
-	out := make([]saga.CreateResult, n)
 	var conflicted []string
-	var msgs []saga.Message
 	for i, ns := range batch {
 		if inserted[ns.Instance.ID] {
 			out[i] = saga.CreateResult{Instance: ns.Instance, Created: true}
@@ -177,7 +195,7 @@ func (s *Store) CreateBatch(ctx context.Context, batch []saga.NewSaga) ([]saga.C
 		}
 	}
 	if len(conflicted) > 0 {
-		existing, err := s.byKeys(ctx, tx, conflicted)
+		existing, err := s.byKeys(ctx, t.conn, conflicted)
 		if err != nil {
 			return nil, err
 		}
@@ -196,14 +214,21 @@ func (s *Store) CreateBatch(ctx context.Context, batch []saga.NewSaga) ([]saga.C
 			}
 		}
 	}
-	staged, err := s.stage(ctx, tx, msgs)
+	b := &pgx.Batch{}
+	staged, err := s.stage(b, msgs)
 	if err != nil {
 		return nil, err
 	}
-	if err := tx.Commit(ctx); err != nil {
-		return nil, fmt.Errorf("pgstore: create %d sagas: commit: %w", n, err)
+	if err := t.commit(ctx, b); err != nil {
+		return nil, fmt.Errorf("pgstore: create %d sagas: %w", n, err)
 	}
-	// Hand each new saga its staged messages (stage keeps their order).
+	s.handOut(batch, out, staged)
+	return out, nil
+}
+
+// handOut gives each new saga of a batch its staged messages (stage keeps
+// their order).
+func (s *Store) handOut(batch []saga.NewSaga, out []saga.CreateResult, staged []saga.Message) {
 	k := 0
 	for i, ns := range batch {
 		if out[i].Created {
@@ -211,7 +236,94 @@ func (s *Store) CreateBatch(ctx context.Context, batch []saga.NewSaga) ([]saga.C
 			k += len(ns.Messages)
 		}
 	}
-	return out, nil
+}
+
+// txn is a transaction on a connection of its own whose statements travel
+// in pipelines: BEGIN with the first, COMMIT with the last, so that a
+// decision costs two round trips (lock and load; save, stage and commit)
+// however many statements it takes.
+type txn struct {
+	conn  *pgxpool.Conn
+	begun bool // BEGIN sent
+	open  bool // neither committed nor rolled back
+}
+
+func (s *Store) begin(ctx context.Context) (*txn, error) {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &txn{conn: conn}, nil
+}
+
+// queue adds BEGIN in front of the first statements sent.
+func (t *txn) queue(b *pgx.Batch) *pgx.Batch {
+	if t.begun {
+		return b
+	}
+	t.begun, t.open = true, true
+	first := &pgx.Batch{}
+	first.Queue("BEGIN")
+	first.QueuedQueries = append(first.QueuedQueries, b.QueuedQueries...)
+	return first
+}
+
+// query runs sql in the transaction and calls each for every row.
+func (t *txn) query(ctx context.Context, each func(pgx.Rows) error, sql string, args ...any) error {
+	b := &pgx.Batch{}
+	b.Queue(sql, args...)
+	sent := t.queue(b)
+	br := t.conn.SendBatch(ctx, sent)
+	defer br.Close()
+	for range len(sent.QueuedQueries) - 1 {
+		if _, err := br.Exec(); err != nil {
+			return err
+		}
+	}
+	rows, err := br.Query()
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		if err := each(rows); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
+// commit sends b's statements and COMMIT.
+func (t *txn) commit(ctx context.Context, b *pgx.Batch) error {
+	b.Queue("COMMIT")
+	sent := t.queue(b)
+	br := t.conn.SendBatch(ctx, sent)
+	var tag pgconn.CommandTag
+	var err error
+	for range sent.QueuedQueries {
+		if tag, err = br.Exec(); err != nil {
+			break
+		}
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	t.open = false
+	if tag.String() != "COMMIT" {
+		return errors.New("transaction rolled back")
+	}
+	return nil
+}
+
+// close rolls back a transaction left open and releases its connection.
+func (t *txn) close(ctx context.Context) {
+	if t.open {
+		_, _ = t.conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
+	}
+	t.conn.Release()
 }
 
 type keyed struct {
@@ -219,8 +331,8 @@ type keyed struct {
 	fingerprint string
 }
 
-func (s *Store) byKeys(ctx context.Context, tx pgx.Tx, keys []string) (map[string]keyed, error) {
-	rows, err := tx.Query(ctx, `SELECT `+columns+`, idempotency_key, fingerprint FROM sagas WHERE idempotency_key = ANY($1)`, keys)
+func (s *Store) byKeys(ctx context.Context, conn *pgxpool.Conn, keys []string) (map[string]keyed, error) {
+	rows, err := conn.Query(ctx, `SELECT `+columns+`, idempotency_key, fingerprint FROM sagas WHERE idempotency_key = ANY($1)`, keys)
 	if err != nil {
 		return nil, fmt.Errorf("pgstore: sagas by idempotency key: %w", err)
 	}
@@ -250,27 +362,27 @@ func (s *Store) Apply(ctx context.Context, inputs []saga.Input, fn saga.Transiti
 	}
 	slices.SortFunc(ids, func(a, b uuid.UUID) int { return compareUUID(a, b) })
 	ids = slices.Compact(ids)
-	tx, err := s.pool.Begin(ctx)
+	t, err := s.begin(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("pgstore: apply: %w", err)
 	}
-	defer tx.Rollback(ctx)
-	loaded, err := s.load(ctx, tx, `SELECT `+columns+` FROM sagas WHERE id = ANY($1) ORDER BY id FOR UPDATE`, pgUUIDs(ids))
+	defer t.close(ctx)
+	loaded, _, err := s.lock(ctx, t, `SELECT `+columns+` FROM sagas WHERE id = ANY($1) ORDER BY id FOR UPDATE`, pgUUIDs(ids))
 	if err != nil {
 		return nil, nil, err
 	}
-	return s.decide(ctx, tx, loaded, inputs, fn)
+	return s.decide(ctx, t, loaded, inputs, fn)
 }
 
 // ApplyDue claims due sagas, skipping those other transactions hold (so
 // several orchestrators share the timer work), and times them out.
 func (s *Store) ApplyDue(ctx context.Context, now time.Time, limit int, fn saga.TransitionFunc) ([]saga.Outcome, []saga.Message, error) {
-	tx, err := s.pool.Begin(ctx)
+	t, err := s.begin(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("pgstore: apply due: %w", err)
 	}
-	defer tx.Rollback(ctx)
-	loaded, err := s.load(ctx, tx, `SELECT `+columns+` FROM sagas WHERE deadline <= $1
+	defer t.close(ctx)
+	loaded, _, err := s.lock(ctx, t, `SELECT `+columns+` FROM sagas WHERE deadline <= $1
 		ORDER BY deadline LIMIT $2 FOR UPDATE SKIP LOCKED`, now, limit)
 	if err != nil {
 		return nil, nil, err
@@ -283,18 +395,18 @@ func (s *Store) ApplyDue(ctx context.Context, now time.Time, limit int, fn saga.
 		inputs = append(inputs, saga.Input{Kind: saga.InputTimeout, SagaID: id})
 	}
 	slices.SortFunc(inputs, func(a, b saga.Input) int { return compareUUID(a.SagaID, b.SagaID) })
-	return s.decide(ctx, tx, loaded, inputs, fn)
+	return s.decide(ctx, t, loaded, inputs, fn)
 }
 
 // ApplyPending claims pending sagas, highest priority and oldest first,
 // skipping those other transactions hold, and starts them.
 func (s *Store) ApplyPending(ctx context.Context, limit int, fn saga.TransitionFunc) ([]saga.Outcome, []saga.Message, error) {
-	tx, err := s.pool.Begin(ctx)
+	t, err := s.begin(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("pgstore: apply pending: %w", err)
 	}
-	defer tx.Rollback(ctx)
-	loaded, order, err := s.loadOrdered(ctx, tx, `SELECT `+columns+` FROM sagas WHERE phase = 'pending'
+	defer t.close(ctx)
+	loaded, order, err := s.lock(ctx, t, `SELECT `+columns+` FROM sagas WHERE phase = 'pending'
 		ORDER BY priority DESC, id LIMIT $1 FOR UPDATE SKIP LOCKED`, limit)
 	if err != nil {
 		return nil, nil, err
@@ -306,7 +418,7 @@ func (s *Store) ApplyPending(ctx context.Context, limit int, fn saga.TransitionF
 	for i, id := range order {
 		inputs[i] = saga.Input{Kind: saga.InputStart, SagaID: id}
 	}
-	return s.decide(ctx, tx, loaded, inputs, fn)
+	return s.decide(ctx, t, loaded, inputs, fn)
 }
 
 // CountActive counts the sagas with a command in flight: exactly those
@@ -319,49 +431,29 @@ func (s *Store) CountActive(ctx context.Context) (int, error) {
 	return n, nil
 }
 
-// loadOrdered is load that also returns the ids in the query's order.
-func (s *Store) loadOrdered(ctx context.Context, tx pgx.Tx, sql string, args ...any) (map[uuid.UUID]saga.Instance, []uuid.UUID, error) {
-	rows, err := tx.Query(ctx, sql, args...)
-	if err != nil {
-		return nil, nil, fmt.Errorf("pgstore: lock sagas: %w", err)
-	}
-	defer rows.Close()
+// lock begins t with a query that locks sagas, and returns them by id and
+// in the query's order.
+func (s *Store) lock(ctx context.Context, t *txn, sql string, args ...any) (map[uuid.UUID]saga.Instance, []uuid.UUID, error) {
 	out := map[uuid.UUID]saga.Instance{}
 	var order []uuid.UUID
-	for rows.Next() {
+	err := t.query(ctx, func(rows pgx.Rows) error {
 		in, err := scan(rows)
 		if err != nil {
-			return nil, nil, fmt.Errorf("pgstore: lock sagas: %w", err)
+			return err
 		}
 		out[in.ID] = in
 		order = append(order, in.ID)
-	}
-	return out, order, rows.Err()
-}
-
-func (s *Store) load(ctx context.Context, tx pgx.Tx, sql string, args ...any) (map[uuid.UUID]saga.Instance, error) {
-	rows, err := tx.Query(ctx, sql, args...)
+		return nil
+	}, sql, args...)
 	if err != nil {
-		return nil, fmt.Errorf("pgstore: lock sagas: %w", err)
+		return nil, nil, fmt.Errorf("pgstore: lock sagas: %w", err)
 	}
-	defer rows.Close()
-	out := map[uuid.UUID]saga.Instance{}
-	for rows.Next() {
-		in, err := scan(rows)
-		if err != nil {
-			return nil, fmt.Errorf("pgstore: lock sagas: %w", err)
-		}
-		out[in.ID] = in
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("pgstore: lock sagas: %w", err)
-	}
-	return out, nil
+	return out, order, nil
 }
 
 // decide applies inputs to locked sagas, saves the changed ones in one
 // UPDATE, stages their messages, and commits.
-func (s *Store) decide(ctx context.Context, tx pgx.Tx, sagas map[uuid.UUID]saga.Instance, inputs []saga.Input, fn saga.TransitionFunc) ([]saga.Outcome, []saga.Message, error) {
+func (s *Store) decide(ctx context.Context, t *txn, sagas map[uuid.UUID]saga.Instance, inputs []saga.Input, fn saga.TransitionFunc) ([]saga.Outcome, []saga.Message, error) {
 	outs := make([]saga.Outcome, len(inputs))
 	var (
 		changed []uuid.UUID
@@ -400,24 +492,24 @@ func (s *Store) decide(ctx context.Context, tx pgx.Tx, sagas map[uuid.UUID]saga.
 		}
 		msgs = append(msgs, m...)
 	}
-	if len(changed) == 0 {
-		return outs, nil, tx.Commit(ctx)
+	b := &pgx.Batch{}
+	if len(changed) > 0 {
+		if err := s.save(b, sagas, changed); err != nil {
+			return nil, nil, err
+		}
 	}
-	if err := s.save(ctx, tx, sagas, changed); err != nil {
-		return nil, nil, err
-	}
-	staged, err := s.stage(ctx, tx, msgs)
+	staged, err := s.stage(b, msgs)
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := tx.Commit(ctx); err != nil {
+	if err := t.commit(ctx, b); err != nil {
 		return nil, nil, fmt.Errorf("pgstore: commit %d sagas: %w", len(changed), err)
 	}
 	return outs, staged, nil
 }
 
-// save writes the changed sagas with one UPDATE over unnested arrays.
-func (s *Store) save(ctx context.Context, tx pgx.Tx, sagas map[uuid.UUID]saga.Instance, ids []uuid.UUID) error {
+// save queues the UPDATE of the changed sagas, over unnested arrays.
+func (s *Store) save(b *pgx.Batch, sagas map[uuid.UUID]saga.Instance, ids []uuid.UUID) error {
 	n := len(ids)
 	var (
 		phase, state, stuckIn, reason, stuckReason = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
@@ -439,7 +531,7 @@ func (s *Store) save(ctx context.Context, tx pgx.Tx, sagas map[uuid.UUID]saga.In
 		waiting[i], deadline[i] = in.Waiting, deadlineOf(&in)
 		data[i], history[i], updated[i] = in.Data, h, in.UpdatedAt
 	}
-	_, err := tx.Exec(ctx, `
+	b.Queue(`
 		UPDATE sagas AS s SET phase = u.phase, state = u.state, step = u.step, attempt = u.attempt,
 			waiting = u.waiting, deadline = u.deadline, stuck_in = u.stuck_in, reason = u.reason,
 			stuck_reason = u.stuck_reason, data = u.data, history = u.history, seq = u.seq,
@@ -452,16 +544,13 @@ func (s *Store) save(ctx context.Context, tx pgx.Tx, sagas map[uuid.UUID]saga.In
 		WHERE s.id = u.id`,
 		pgUUIDs(ids), phase, state, step, attempt, waiting, deadline, stuckIn, reason, stuckReason,
 		data, history, seq, updated)
-	if err != nil {
-		return fmt.Errorf("pgstore: save %d sagas: %w", n, err)
-	}
 	return nil
 }
 
-// stage writes the messages of a transaction as one outbox row, leased to
+// stage queues the messages of a transaction as one outbox row, leased to
 // this process's relay, and returns them with that row's id: one insert
 // and, once published, one delete, however many messages a batch causes.
-func (s *Store) stage(ctx context.Context, tx pgx.Tx, msgs []saga.Message) ([]saga.Message, error) {
+func (s *Store) stage(b *pgx.Batch, msgs []saga.Message) ([]saga.Message, error) {
 	if len(msgs) == 0 {
 		return nil, nil
 	}
@@ -474,12 +563,9 @@ func (s *Store) stage(ctx context.Context, tx pgx.Tx, msgs []saga.Message) ([]sa
 		m.OutboxID = id
 		out[i] = m
 	}
-	payload := encodeMessages(msgs)
-	if _, err := tx.Exec(ctx, `INSERT INTO outbox (id, messages, payload, created_at, leased_until)
+	b.Queue(`INSERT INTO outbox (id, messages, payload, created_at, leased_until)
 		VALUES ($1, $2, $3, now(), now() + $4 * interval '1 millisecond')`,
-		pgtype.UUID{Bytes: id, Valid: true}, len(msgs), payload, s.lease.Milliseconds()); err != nil {
-		return nil, fmt.Errorf("pgstore: stage %d messages: %w", len(msgs), err)
-	}
+		pgtype.UUID{Bytes: id, Valid: true}, len(msgs), encodeMessages(msgs), s.lease.Milliseconds())
 	return out, nil
 }
 
