@@ -810,20 +810,36 @@ func (c *Coordinator) relayLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
+		// Sent here, in commit order (so that a high-priority saga's messages
+		// keep their lead), without waiting long for a broker that is away
+		// (the outbox scan publishes what this could not); confirmed in the
+		// background.
+		began := time.Now()
+		sctx, scancel := context.WithTimeout(ctx, time.Second)
+		confirms := c.pub.Send(sctx, msgs)
+		scancel()
+		pctx, cancel := context.WithTimeout(ctx, c.cfg.PublishTimeout)
 		inflight.Add(1)
 		go func() {
 			defer inflight.Done()
 			defer func() { <-sem }()
-			c.publish(ctx, msgs)
+			defer cancel()
+			c.confirmed(ctx, pctx, msgs, confirms, began)
 		}()
 	}
 }
 
+// publish sends messages and waits for their confirms (the outbox scan).
 func (c *Coordinator) publish(ctx context.Context, msgs []Message) {
 	pctx, cancel := context.WithTimeout(ctx, c.cfg.PublishTimeout)
 	defer cancel()
-	began := time.Now()
-	ok, err := c.pub.Publish(pctx, msgs)
+	c.confirmed(ctx, pctx, msgs, c.pub.Send(pctx, msgs), time.Now())
+}
+
+// confirmed waits (within wait) for the confirms of published messages and
+// hands the outbox rows whose messages were all confirmed to the deleter.
+func (c *Coordinator) confirmed(ctx, wait context.Context, msgs []Message, confirms Confirms, began time.Time) {
+	ok, err := confirms(wait)
 	c.cfg.Observer.Batch("publish", len(msgs), time.Since(began))
 	c.cfg.Observer.Published(len(ok), len(msgs)-len(ok))
 	if err != nil && ctx.Err() == nil {

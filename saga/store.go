@@ -87,7 +87,15 @@ type Store interface {
 
 // Publisher sends messages to the broker.
 type Publisher interface {
-	// Publish sends msgs and waits for the broker's confirms. It returns the
-	// messages the broker confirmed; err says why the others were not.
-	Publish(ctx context.Context, msgs []Message) (confirmed []Message, err error)
+	// Send writes msgs to the broker in order and returns at once, without
+	// waiting for the broker's confirms: messages sent one after the other
+	// arrive in that order. The returned function waits for the confirms
+	// and returns the messages the broker confirmed; its error says why the
+	// others were not.
+	Send(ctx context.Context, msgs []Message) Confirms
 }
+
+// Confirms waits for the broker's confirms of messages sent together and
+// returns the messages it confirmed; the others failed (the error says why)
+// and are the caller's to retry.
+type Confirms func(ctx context.Context) (confirmed []Message, err error)

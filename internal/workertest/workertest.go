@@ -6,6 +6,7 @@ package workertest
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -45,29 +46,56 @@ func Command(t testing.TB, typ string, payload any) worker.Command {
 	return worker.Command{Envelope: saga.Envelope{ID: uuid.NewString(), Type: typ, Payload: json.RawMessage(raw)}}
 }
 
-// InTx runs h in its own transaction, committed when h returns no error and
-// rolled back otherwise, as the runtime does.
-func InTx(ctx context.Context, pool *pgxpool.Pool, h worker.HandlerFunc, cmd worker.Command) (worker.Result, error) {
+// InTx runs one command through a batch handler in its own transaction,
+// committed when h returns no error and rolled back otherwise, as the
+// runtime does. An invalid verdict comes back as its error.
+func InTx(ctx context.Context, pool *pgxpool.Pool, h worker.BatchHandlerFunc, cmd worker.Command) (worker.Result, error) {
+	vs, err := BatchInTx(ctx, pool, h, []worker.Command{cmd})
+	if err != nil {
+		return worker.Result{}, err
+	}
+	if vs[0].Invalid != nil {
+		return worker.Result{}, vs[0].Invalid
+	}
+	return vs[0].Result, nil
+}
+
+// BatchInTx runs commands through a batch handler in one transaction, as
+// the runtime hands it a batch, and checks it answered each of them.
+func BatchInTx(ctx context.Context, pool *pgxpool.Pool, h worker.BatchHandlerFunc, cmds []worker.Command) ([]worker.Verdict, error) {
 	tx, err := pool.Begin(ctx)
 	if err != nil {
-		return worker.Result{}, err
+		return nil, err
 	}
 	defer tx.Rollback(ctx)
-	res, err := h(ctx, tx, cmd)
+	vs, err := h(ctx, tx, cmds)
 	if err != nil {
-		return worker.Result{}, err
+		return nil, err
 	}
-	return res, tx.Commit(ctx)
+	if len(vs) != len(cmds) {
+		return nil, fmt.Errorf("%d verdicts for %d commands", len(vs), len(cmds))
+	}
+	return vs, tx.Commit(ctx)
 }
 
 // Run runs a handler in a transaction and fails the test on a Go error.
-func Run(t testing.TB, pool *pgxpool.Pool, h worker.HandlerFunc, typ string, payload any) worker.Result {
+func Run(t testing.TB, pool *pgxpool.Pool, h worker.BatchHandlerFunc, typ string, payload any) worker.Result {
 	t.Helper()
 	res, err := InTx(context.Background(), pool, h, Command(t, typ, payload))
 	if err != nil {
 		t.Fatalf("%s: unexpected error: %v", typ, err)
 	}
 	return res
+}
+
+// RunBatch runs commands as one batch and fails the test on a Go error.
+func RunBatch(t testing.TB, pool *pgxpool.Pool, h worker.BatchHandlerFunc, cmds ...worker.Command) []worker.Verdict {
+	t.Helper()
+	vs, err := BatchInTx(context.Background(), pool, h, cmds)
+	if err != nil {
+		t.Fatalf("batch of %d: unexpected error: %v", len(cmds), err)
+	}
+	return vs
 }
 
 // Verdict is the part of a Result a saga decides on.

@@ -12,22 +12,24 @@ import (
 	"github.com/sagaflow/sagaflow/saga"
 )
 
-// Publish sends msgs on a confirm-mode channel, pipelined: every message is
-// written before any confirm is awaited, and the channel is shared, so
-// other publishers write on it while this one waits. (RabbitMQ confirms persistent messages once its queues
-// have synced them to disk, which a busy queue does about every 200 ms:
-// throughput comes from many messages in flight, never from waiting on one.)
-// It returns the messages the broker confirmed; the rest failed (err says
-// why) and are the caller's to retry. Confirm waits are bounded by ctx:
-// amqp091-go does not abort an in-flight publish on its own. A channel that
-// closes nacks its pending confirms.
-func (b *Bus) Publish(ctx context.Context, msgs []saga.Message) ([]saga.Message, error) {
+// Send writes msgs, in order, on one of the shared confirm-mode channels
+// and returns without waiting for their confirms: messages sent one after
+// the other reach the broker in that order, and the caller may send more
+// while earlier ones await their confirms. (RabbitMQ confirms persistent
+// messages once its queues have synced them to disk, which a busy queue
+// does about every 200 ms: throughput comes from many messages in flight,
+// never from waiting on one.)
+//
+// The returned saga.Confirms waits for the confirms, bounded by its ctx
+// (amqp091-go does not abort an in-flight publish on its own); a channel
+// that closes nacks its pending confirms.
+func (b *Bus) Send(ctx context.Context, msgs []saga.Message) saga.Confirms {
 	if len(msgs) == 0 {
-		return nil, nil
+		return func(context.Context) ([]saga.Message, error) { return nil, nil }
 	}
 	ch, err := b.publishChannel(ctx)
 	if err != nil {
-		return nil, err
+		return func(context.Context) ([]saga.Message, error) { return nil, err }
 	}
 	confirms := make([]*amqp.DeferredConfirmation, 0, len(msgs))
 	var pubErr error
@@ -46,24 +48,32 @@ func (b *Bus) Publish(ctx context.Context, msgs []saga.Message) ([]saga.Message,
 	if pubErr != nil {
 		b.dropPublishChannel(ch) // broken mid-batch: never reuse it
 	}
-	ok := make([]saga.Message, 0, len(confirms))
-	for i, dc := range confirms {
-		acked, err := dc.WaitContext(ctx)
-		if err != nil {
-			if pubErr == nil {
-				pubErr = fmt.Errorf("amqpbus: confirm: %w", err)
+	return func(ctx context.Context) ([]saga.Message, error) {
+		ok := make([]saga.Message, 0, len(confirms))
+		err := pubErr
+		for i, dc := range confirms {
+			acked, werr := dc.WaitContext(ctx)
+			if werr != nil {
+				if err == nil {
+					err = fmt.Errorf("amqpbus: confirm: %w", werr)
+				}
+				break
 			}
-			break
-		}
-		if !acked {
-			if pubErr == nil {
-				pubErr = fmt.Errorf("amqpbus: broker nacked %s (or the channel closed)", msgs[i].RoutingKey)
+			if !acked {
+				if err == nil {
+					err = fmt.Errorf("amqpbus: broker nacked %s (or the channel closed)", msgs[i].RoutingKey)
+				}
+				continue
 			}
-			continue
+			ok = append(ok, msgs[i])
 		}
-		ok = append(ok, msgs[i])
+		return ok, err
 	}
-	return ok, pubErr
+}
+
+// Publish sends msgs (Send) and waits for their confirms.
+func (b *Bus) Publish(ctx context.Context, msgs []saga.Message) ([]saga.Message, error) {
+	return b.Send(ctx, msgs)(ctx)
 }
 
 // PublishOne publishes one message and waits for its confirm.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/rs/zerolog"
 	"go.opentelemetry.io/otel"
@@ -27,9 +28,10 @@ type job struct {
 	span    trace.Span
 	log     zerolog.Logger
 	query   QueryFunc
-	handler HandlerFunc
+	handler *handler
 	res     Result
 	invalid error
+	dupOf   *job // an earlier copy of the same message id in the batch
 }
 
 // deliverBatch handles the commands waiting in the queue together: the
@@ -98,11 +100,14 @@ func (r *Runtime) deliverBatch(ctx context.Context, ds []*amqp.Delivery) (amqpbu
 	if len(replies) == 0 && len(invalid) == 0 {
 		return nil, nil
 	}
+	// The replies leave now, in the batch's order (so that high priority
+	// keeps its lead downstream); their confirms are awaited in Settle.
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	confirms := r.bus.Send(pctx, replies)
 	return func(ctx context.Context) error {
-		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		if _, err := r.bus.Publish(pctx, replies); err != nil {
-			return fmt.Errorf("worker: publish %d replies: %w", len(replies), err)
+		if ok, err := confirms(pctx); err != nil {
+			return fmt.Errorf("worker: publish %d replies (%d confirmed): %w", len(replies), len(ok), err)
 		}
 		// Answered: now keep a copy of each invalid command for an operator.
 		for _, j := range invalid {
@@ -141,13 +146,11 @@ func (r *Runtime) executeBatch(ctx context.Context, jobs []*job) {
 	if len(jobs) == 0 {
 		return
 	}
-	if len(jobs) > 1 {
-		err := r.tryBatch(ctx, jobs)
-		if err == nil {
-			return
-		}
-		r.log.Debug().Err(err).Int("commands", len(jobs)).Msg("batch failed; running its commands one by one")
+	err := r.tryBatch(ctx, jobs)
+	if err == nil {
+		return
 	}
+	r.log.Debug().Err(err).Int("commands", len(jobs)).Msg("batch failed; running its commands one by one")
 	for _, j := range jobs {
 		// execute answers transient failures with a retry result itself;
 		// the only error it returns is an invalid command.
@@ -155,115 +158,160 @@ func (r *Runtime) executeBatch(ctx context.Context, jobs []*job) {
 	}
 }
 
-// tryBatch claims every message id in the inbox (a duplicate being
-// processed by another process makes the claim wait for it), runs the
-// handlers of the new ones in delivery order, stores their replies with one
-// UPDATE, and commits. A command seen before gets its stored reply; a
-// duplicate within the batch gets the reply of its first copy.
-func (r *Runtime) tryBatch(ctx context.Context, jobs []*job) error {
-	tx, err := r.pool.Begin(ctx)
+// tryBatch runs a batch of commands in one transaction, on one connection,
+// in few round trips: BEGIN travels with the look-up of replies already
+// stored; the new commands go to their handlers (a handler gets all of its
+// commands at once); their replies are inserted into the inbox and the
+// transaction commits in one more trip. A command seen before gets its
+// stored reply; a duplicate within the batch gets the reply of its first
+// copy.
+//
+// Nothing is claimed up front: a copy of a command running concurrently
+// elsewhere makes the final inbox insert fail on its unique key (or a
+// handler's insert on its own), the batch rolls back, and each command then
+// runs alone, claiming its message id first.
+func (r *Runtime) tryBatch(ctx context.Context, jobs []*job) (err error) {
+	conn, err := r.pool.Acquire(ctx)
 	if err != nil {
-		return fmt.Errorf("worker: begin: %w", err)
+		return fmt.Errorf("worker: acquire: %w", err)
 	}
-	defer tx.Rollback(ctx)
-	ids := make([]string, len(jobs))
-	types := make([]string, len(jobs))
-	for i, j := range jobs {
-		ids[i], types[i] = j.cmd.ID, j.cmd.Type
-	}
-	rows, err := tx.Query(ctx, `INSERT INTO inbox (message_id, type)
-		SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (message_id) DO NOTHING
-		RETURNING message_id`, ids, types)
-	if err != nil {
-		return fmt.Errorf("worker: inbox: %w", err)
-	}
-	fresh := map[string]bool{}
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			rows.Close()
-			return err
-		}
-		fresh[id] = true
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("worker: inbox: %w", err)
-	}
-	var seen []string
-	for _, id := range ids {
-		if !fresh[id] {
-			seen = append(seen, id)
-		}
-	}
-	stored := map[string]Result{}
-	if len(seen) > 0 {
-		if stored, err = storedReplies(ctx, tx, seen); err != nil {
-			return err
-		}
-	}
+	defer conn.Release()
+	ids := make([]string, 0, len(jobs))
 	first := map[string]*job{}
-	var done, invalid []string
-	var bodies [][]byte
 	for _, j := range jobs {
-		id := j.cmd.ID
-		if f := first[id]; f != nil {
-			j.res = f.res // a duplicate within the batch
+		if f := first[j.cmd.ID]; f != nil {
+			j.dupOf = f
 			continue
 		}
-		first[id] = j
-		if !fresh[id] {
-			res, ok := stored[id]
-			if !ok {
-				return fmt.Errorf("worker: %s is in the inbox without a reply", id)
-			}
+		first[j.cmd.ID] = j
+		ids = append(ids, j.cmd.ID)
+	}
+	stored, err := beginWithReplies(ctx, conn, ids)
+	if err != nil {
+		return err
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			// The connection goes back to the pool outside any transaction
+			// (a broken one is closed by the pool).
+			_, _ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
+		}
+	}()
+	var fresh []*job
+	for _, id := range ids {
+		j := first[id]
+		if res, ok := stored[id]; ok {
 			j.res = res
 			continue
 		}
 		if err := r.simulate(ctx); err != nil {
 			return err
 		}
-		res, err := j.handler(j.ctx, tx, j.cmd)
-		if isInvalid(err) {
-			j.invalid = err
-			invalid = append(invalid, id)
-			continue
+		fresh = append(fresh, j)
+	}
+	if err := runHandlers(ctx, conn, fresh); err != nil {
+		return err
+	}
+	var done, types []string
+	var bodies [][]byte
+	for _, j := range fresh {
+		if j.invalid != nil {
+			continue // an invalid command leaves no trace: a fixed redelivery may succeed
 		}
-		if err != nil {
-			return err
-		}
-		body, err := json.Marshal(res)
+		body, err := json.Marshal(j.res)
 		if err != nil {
 			return fmt.Errorf("worker: marshal reply: %w", err)
 		}
-		j.res = res
-		done, bodies = append(done, id), append(bodies, body)
+		done, types, bodies = append(done, j.cmd.ID), append(types, j.cmd.Type), append(bodies, body)
 	}
+	b := &pgx.Batch{}
 	if len(done) > 0 {
-		if _, err := tx.Exec(ctx, `UPDATE inbox SET reply = u.reply
-			FROM unnest($1::text[], $2::bytea[]) AS u(message_id, reply) WHERE inbox.message_id = u.message_id`,
-			done, bodies); err != nil {
-			return fmt.Errorf("worker: record replies: %w", err)
-		}
+		b.Queue(`INSERT INTO inbox (message_id, type, reply)
+			SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])`, done, types, bodies)
 	}
-	if len(invalid) > 0 {
-		// An invalid command leaves no trace: a fixed redelivery may succeed.
-		if _, err := tx.Exec(ctx, `DELETE FROM inbox WHERE message_id = ANY($1)`, invalid); err != nil {
-			return fmt.Errorf("worker: forget invalid commands: %w", err)
-		}
+	b.Queue("COMMIT")
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("worker: record replies and commit: %w", err)
 	}
-	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("worker: commit: %w", err)
+	committed = true
+	for _, j := range jobs {
+		if j.dupOf != nil {
+			j.res, j.invalid = j.dupOf.res, j.dupOf.invalid
+		}
 	}
 	return nil
 }
 
-// storedReplies returns the replies recorded for the given message ids.
-func storedReplies(ctx context.Context, tx pgx.Tx, ids []string) (map[string]Result, error) {
-	rows, err := tx.Query(ctx, `SELECT message_id, reply FROM inbox WHERE message_id = ANY($1) AND reply IS NOT NULL`, ids)
+// beginWithReplies begins a transaction on conn and, in the same round
+// trip, returns the replies already stored for the given message ids.
+func beginWithReplies(ctx context.Context, conn *pgxpool.Conn, ids []string) (map[string]Result, error) {
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue(`SELECT message_id, reply FROM inbox WHERE message_id = ANY($1) AND reply IS NOT NULL`, ids)
+	br := conn.SendBatch(ctx, b)
+	defer br.Close()
+	if _, err := br.Exec(); err != nil {
+		return nil, fmt.Errorf("worker: begin: %w", err)
+	}
+	rows, err := br.Query()
 	if err != nil {
 		return nil, fmt.Errorf("worker: stored replies: %w", err)
 	}
+	return scanReplies(rows)
+}
+
+// runHandlers hands the new commands to their handlers. Commands of one
+// saga keep their order: the n-th command of a saga in the batch runs in
+// round n, after every earlier round. Within a round each handler gets all
+// of its commands at once, handlers in the order their first command came.
+func runHandlers(ctx context.Context, tx Tx, fresh []*job) error {
+	next := map[string]int{}
+	var rounds [][]*job
+	for _, j := range fresh {
+		key := j.cmd.SagaID
+		if key == "" {
+			key = j.cmd.ID
+		}
+		k := next[key]
+		next[key] = k + 1
+		if k == len(rounds) {
+			rounds = append(rounds, nil)
+		}
+		rounds[k] = append(rounds[k], j)
+	}
+	for _, round := range rounds {
+		var order []*handler
+		groups := map[*handler][]*job{}
+		for _, j := range round {
+			if groups[j.handler] == nil {
+				order = append(order, j.handler)
+			}
+			groups[j.handler] = append(groups[j.handler], j)
+		}
+		for _, h := range order {
+			js := groups[h]
+			cmds := make([]Command, len(js))
+			for i, j := range js {
+				cmds[i] = j.cmd
+			}
+			verdicts, err := h.fn(ctx, tx, cmds)
+			if err != nil {
+				return err
+			}
+			if len(verdicts) != len(cmds) {
+				return fmt.Errorf("worker: handler of %s returned %d verdicts for %d commands", cmds[0].Type, len(verdicts), len(cmds))
+			}
+			for i, j := range js {
+				j.res, j.invalid = verdicts[i].Result, verdicts[i].Invalid
+			}
+		}
+	}
+	return nil
+}
+
+// scanReplies reads (message_id, reply) rows into results by message id.
+func scanReplies(rows pgx.Rows) (map[string]Result, error) {
 	defer rows.Close()
 	out := map[string]Result{}
 	for rows.Next() {
@@ -278,5 +326,8 @@ func storedReplies(ctx context.Context, tx pgx.Tx, ids []string) (map[string]Res
 		}
 		out[id] = res
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("worker: stored replies: %w", err)
+	}
+	return out, nil
 }

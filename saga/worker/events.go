@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -23,10 +22,11 @@ type Event struct {
 	TraceParent string
 }
 
-// EventHandlerFunc applies a batch of new events inside tx. The runtime
-// commits tx together with the inbox records of the events, so each event
-// is applied once per subscription even when delivered again.
-type EventHandlerFunc func(ctx context.Context, tx pgx.Tx, events []Event) error
+// EventHandlerFunc applies a batch of new events with tx. For Subscribe,
+// tx is a transaction the runtime commits together with the inbox records
+// of the events, so each event is applied once per subscription even when
+// delivered again; for SubscribeIdempotent see there.
+type EventHandlerFunc func(ctx context.Context, tx Tx, events []Event) error
 
 type subscription struct {
 	queue string
@@ -43,7 +43,10 @@ func (r *Runtime) Subscribe(queue string, h EventHandlerFunc) {
 
 // SubscribeIdempotent is Subscribe for a handler that applies an event at
 // most once by itself (a unique key on the event id, say): no inbox record
-// is written, saving a write per event.
+// is written and no transaction is opened, so a batch costs one round trip
+// when the handler issues one statement. Each statement commits on its
+// own; a batch redelivered after a crash runs them all again, which their
+// own keys make harmless.
 func (r *Runtime) SubscribeIdempotent(queue string, h EventHandlerFunc) {
 	r.subs = append(r.subs, subscription{queue: queue, h: h})
 }
@@ -79,6 +82,14 @@ func (r *Runtime) deliverEvents(ctx context.Context, sub subscription, ds []*amq
 	if len(events) == 0 {
 		return nil
 	}
+	if !sub.inbox {
+		defer r.traceEvents(ctx, sub, events, start)()
+		if err := sub.h(ctx, r.pool, events); err != nil {
+			return err
+		}
+		r.observeEvents(events, start)
+		return nil
+	}
 	tx, err := r.pool.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("worker: begin: %w", err)
@@ -88,20 +99,7 @@ func (r *Runtime) deliverEvents(ctx context.Context, sub subscription, ds []*amq
 	if err != nil {
 		return err
 	}
-	// One span per event, child of the trace the event carries.
-	spans := make([]trace.Span, 0, len(news))
-	for _, ev := range news {
-		ectx := otel.GetTextMapPropagator().Extract(ctx, propagation.MapCarrier{"traceparent": ev.TraceParent})
-		_, span := tracer.Start(ectx, ev.Type+" process", trace.WithSpanKind(trace.SpanKindConsumer),
-			trace.WithTimestamp(start), trace.WithAttributes(attribute.String("messaging.destination.name", sub.queue),
-				attribute.String("messaging.message.id", ev.ID), attribute.String("saga.id", ev.SagaID)))
-		spans = append(spans, span)
-	}
-	defer func() {
-		for _, sp := range spans {
-			sp.End()
-		}
-	}()
+	defer r.traceEvents(ctx, sub, news, start)()
 	if len(news) > 0 {
 		if err := sub.h(ctx, tx, news); err != nil {
 			return err
@@ -110,16 +108,38 @@ func (r *Runtime) deliverEvents(ctx context.Context, sub subscription, ds []*amq
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("worker: commit: %w", err)
 	}
+	r.observeEvents(events, start)
+	return nil
+}
+
+// traceEvents starts one span per event, child of the trace the event
+// carries, and returns the function that ends them.
+func (r *Runtime) traceEvents(ctx context.Context, sub subscription, events []Event, start time.Time) func() {
+	spans := make([]trace.Span, 0, len(events))
+	for _, ev := range events {
+		ectx := otel.GetTextMapPropagator().Extract(ctx, propagation.MapCarrier{"traceparent": ev.TraceParent})
+		_, span := tracer.Start(ectx, ev.Type+" process", trace.WithSpanKind(trace.SpanKindConsumer),
+			trace.WithTimestamp(start), trace.WithAttributes(attribute.String("messaging.destination.name", sub.queue),
+				attribute.String("messaging.message.id", ev.ID), attribute.String("saga.id", ev.SagaID)))
+		spans = append(spans, span)
+	}
+	return func() {
+		for _, sp := range spans {
+			sp.End()
+		}
+	}
+}
+
+func (r *Runtime) observeEvents(events []Event, start time.Time) {
 	each := time.Since(start) / time.Duration(len(events))
 	for _, ev := range events {
 		r.observer.Handled(ev.Type, "event", each)
 	}
-	return nil
 }
 
 // freshEvents records the events in the inbox and returns those it had not
 // seen; without an inbox (SubscribeIdempotent) it returns them all.
-func (r *Runtime) freshEvents(ctx context.Context, tx pgx.Tx, sub subscription, events []Event, keys, types []string) ([]Event, error) {
+func (r *Runtime) freshEvents(ctx context.Context, tx Tx, sub subscription, events []Event, keys, types []string) ([]Event, error) {
 	if !sub.inbox {
 		return events, nil
 	}

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/rs/zerolog"
@@ -92,9 +93,58 @@ func Fail(code, format string, args ...any) (Result, error) {
 	return Result{Status: saga.ReplyFailed, Code: code, Message: fmt.Sprintf(format, args...)}, nil
 }
 
+// Tx is the transaction a handler works in: statements only, since the
+// runtime begins and commits it (with the inbox records of the commands).
+// A pgx.Tx is one, and so is a pooled connection inside a transaction.
+type Tx interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+}
+
 // HandlerFunc performs a command's effect inside tx. The runtime commits tx
 // together with the inbox record of the command and its reply.
-type HandlerFunc func(ctx context.Context, tx pgx.Tx, cmd Command) (Result, error)
+type HandlerFunc func(ctx context.Context, tx Tx, cmd Command) (Result, error)
+
+// Verdict is a batch handler's answer to one command: its Result, or
+// Invalid (an *InvalidError) for a command that can never succeed as sent.
+type Verdict struct {
+	Result
+	Invalid error
+}
+
+// BatchHandlerFunc performs the effects of several commands inside tx, in
+// the order given, and returns one verdict per command, index-aligned. A
+// batch handler loads what all its commands need with a few statements and
+// writes with a few more, instead of a few per command: that is where a
+// busy worker's time goes. An error is transient and fails the whole batch:
+// the runtime rolls it back and runs each command alone.
+type BatchHandlerFunc func(ctx context.Context, tx Tx, cmds []Command) ([]Verdict, error)
+
+// handler is a registered batch handler; commands of the types it was
+// registered for are handed to it together.
+type handler struct{ fn BatchHandlerFunc }
+
+// perCommand runs a HandlerFunc as a batch handler, one command after the
+// other.
+func perCommand(h HandlerFunc) BatchHandlerFunc {
+	return func(ctx context.Context, tx Tx, cmds []Command) ([]Verdict, error) {
+		out := make([]Verdict, len(cmds))
+		for i, cmd := range cmds {
+			res, err := h(ctx, tx, cmd)
+			switch {
+			case isInvalid(err):
+				out[i].Invalid = err
+			case err != nil:
+				return nil, err
+			default:
+				out[i].Result = res
+			}
+		}
+		return out, nil
+	}
+}
 
 // QueryFunc answers a read-only or naturally idempotent request; it is not
 // recorded in the inbox.
@@ -148,7 +198,7 @@ type Runtime struct {
 	pool     *pgxpool.Pool
 	bus      *amqpbus.Bus
 	log      zerolog.Logger
-	handlers map[string]HandlerFunc
+	handlers map[string]*handler
 	queries  map[string]QueryFunc
 	subs     []subscription
 	observer Observer
@@ -188,7 +238,7 @@ func New(cfg Config, pool *pgxpool.Pool, bus *amqpbus.Bus, log zerolog.Logger) *
 	}
 	return &Runtime{
 		cfg: cfg, pool: pool, bus: bus, log: log.With().Str("queue", cfg.Queue).Logger(),
-		handlers: map[string]HandlerFunc{}, queries: map[string]QueryFunc{}, observer: nopObserver{},
+		handlers: map[string]*handler{}, queries: map[string]QueryFunc{}, observer: nopObserver{},
 	}
 }
 
@@ -196,7 +246,17 @@ func New(cfg Config, pool *pgxpool.Pool, bus *amqpbus.Bus, log zerolog.Logger) *
 func (r *Runtime) SetObserver(o Observer) { r.observer = o }
 
 // Handle registers the handler of an idempotent command type.
-func (r *Runtime) Handle(typ string, h HandlerFunc) { r.handlers[typ] = h }
+func (r *Runtime) Handle(typ string, h HandlerFunc) { r.handlers[typ] = &handler{fn: perCommand(h)} }
+
+// HandleBatch registers one batch handler for several command types: the
+// commands of those types in a delivered batch reach it together, in
+// delivery order (highest priority first).
+func (r *Runtime) HandleBatch(h BatchHandlerFunc, types ...string) {
+	hd := &handler{fn: h}
+	for _, t := range types {
+		r.handlers[t] = hd
+	}
+}
 
 // Query registers the handler of a query type.
 func (r *Runtime) Query(typ string, q QueryFunc) { r.queries[typ] = q }
@@ -262,7 +322,7 @@ func (r *Runtime) dropReply(msgID string) bool {
 
 // execute runs an idempotent handler, retrying transient failures inline a
 // few times; if they persist it replies "retry" and the saga re-sends later.
-func (r *Runtime) execute(ctx context.Context, log zerolog.Logger, h HandlerFunc, cmd Command) (Result, error) {
+func (r *Runtime) execute(ctx context.Context, log zerolog.Logger, h *handler, cmd Command) (Result, error) {
 	wait := r.cfg.RetryBackoff
 	for attempt := 1; ; attempt++ {
 		res, err := r.once(ctx, h, cmd)
@@ -302,10 +362,11 @@ func (r *Runtime) simulate(ctx context.Context) error {
 	return nil
 }
 
-// once runs the handler in a transaction that first claims the command's
-// message id in the inbox. A command already processed returns its stored
-// reply; one being processed concurrently waits for that transaction.
-func (r *Runtime) once(ctx context.Context, h HandlerFunc, cmd Command) (Result, error) {
+// once runs the handler for one command in a transaction that first claims
+// the command's message id in the inbox. A command already processed
+// returns its stored reply; one being processed concurrently waits for
+// that transaction.
+func (r *Runtime) once(ctx context.Context, h *handler, cmd Command) (Result, error) {
 	if err := r.simulate(ctx); err != nil {
 		return Result{}, err
 	}
@@ -330,10 +391,17 @@ func (r *Runtime) once(ctx context.Context, h HandlerFunc, cmd Command) (Result,
 		}
 		return res, nil
 	}
-	res, err := h(ctx, tx, cmd)
+	verdicts, err := h.fn(ctx, tx, []Command{cmd})
 	if err != nil {
 		return Result{}, err
 	}
+	if len(verdicts) != 1 {
+		return Result{}, fmt.Errorf("worker: handler of %s returned %d verdicts for 1 command", cmd.Type, len(verdicts))
+	}
+	if v := verdicts[0]; v.Invalid != nil {
+		return Result{}, v.Invalid
+	}
+	res := verdicts[0].Result
 	body, err := json.Marshal(res)
 	if err != nil {
 		return Result{}, fmt.Errorf("worker: marshal reply: %w", err)
@@ -367,14 +435,4 @@ func (r *Runtime) replyMessage(ctx context.Context, d *amqp.Delivery, env saga.E
 		m.Transient = true
 	}
 	return m
-}
-
-// publishReply publishes a reply and waits for the broker's confirm.
-func (r *Runtime) publishReply(ctx context.Context, m saga.Message) error {
-	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if err := r.bus.PublishOne(pctx, m); err != nil {
-		return fmt.Errorf("worker: reply to %s: %w", m.RoutingKey, err)
-	}
-	return nil
 }

@@ -4,13 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
@@ -48,7 +48,7 @@ type effectHandler struct {
 	result func() (Result, error)
 }
 
-func (e *effectHandler) handle(ctx context.Context, tx pgx.Tx, cmd Command) (Result, error) {
+func (e *effectHandler) handle(ctx context.Context, tx Tx, cmd Command) (Result, error) {
 	n := e.runs.Add(1)
 	if _, err := tx.Exec(ctx, `INSERT INTO effects (n) VALUES ($1)`, n); err != nil {
 		return Result{}, err
@@ -95,7 +95,7 @@ func TestOnceRedeliveryReturnsStoredResultWithoutSecondEffect(t *testing.T) {
 	h := okHandler(t)
 	ctx := context.Background()
 
-	first, err := rt.once(ctx, h.handle, cmd("m1"))
+	first, err := rt.once(ctx, &handler{fn: perCommand(h.handle)}, cmd("m1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +104,7 @@ func TestOnceRedeliveryReturnsStoredResultWithoutSecondEffect(t *testing.T) {
 		t.Errorf("first result (-want +got):\n%s", diff)
 	}
 
-	second, err := rt.once(ctx, h.handle, cmd("m1"))
+	second, err := rt.once(ctx, &handler{fn: perCommand(h.handle)}, cmd("m1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +128,7 @@ func TestOnceRedeliveryReturnsStoredResultWithoutSecondEffect(t *testing.T) {
 	}
 
 	// Another message id is another command: it runs.
-	if _, err := rt.once(ctx, h.handle, cmd("m2")); err != nil {
+	if _, err := rt.once(ctx, &handler{fn: perCommand(h.handle)}, cmd("m2")); err != nil {
 		t.Fatal(err)
 	}
 	checkCounts(t, pool, h, 2, 2, 2)
@@ -147,7 +147,7 @@ func TestOnceConcurrentDeliveriesOfOneMessageHaveOneEffect(t *testing.T) {
 	for i := range n {
 		wg.Go(func() {
 			<-start
-			results[i], errs[i] = rt.once(context.Background(), h.handle, cmd("m1"))
+			results[i], errs[i] = rt.once(context.Background(), &handler{fn: perCommand(h.handle)}, cmd("m1"))
 		})
 	}
 	close(start)
@@ -182,13 +182,13 @@ func TestOnceHandlerErrorRollsBackEffectAndInbox(t *testing.T) {
 	}
 	ctx := context.Background()
 
-	res, err := rt.once(ctx, h.handle, cmd("m1"))
+	res, err := rt.once(ctx, &handler{fn: perCommand(h.handle)}, cmd("m1"))
 	if !errors.Is(err, errBoom) {
 		t.Fatalf("once = %+v, %v; want error %v", res, err, errBoom)
 	}
 	checkCounts(t, pool, h, 0, 0, 1)
 
-	res, err = rt.once(ctx, h.handle, cmd("m1"))
+	res, err = rt.once(ctx, &handler{fn: perCommand(h.handle)}, cmd("m1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +204,7 @@ func TestOnceInvalidErrorRecordsNothing(t *testing.T) {
 	rt, pool := newRuntime(t, Config{Queue: "q"})
 	h := &effectHandler{result: func() (Result, error) { return Result{}, Invalid(errors.New("bad payload")) }}
 
-	_, err := rt.once(context.Background(), h.handle, cmd("m1"))
+	_, err := rt.once(context.Background(), &handler{fn: perCommand(h.handle)}, cmd("m1"))
 	var inv *InvalidError
 	if !errors.As(err, &inv) {
 		t.Fatalf("once error = %v; want an *InvalidError", err)
@@ -220,7 +220,7 @@ func TestOnceStoresBusinessFailure(t *testing.T) {
 	h := &effectHandler{result: func() (Result, error) { return Fail("card_declined", "declined for %s", "o1") }}
 	ctx := context.Background()
 
-	first, err := rt.once(ctx, h.handle, cmd("m1"))
+	first, err := rt.once(ctx, &handler{fn: perCommand(h.handle)}, cmd("m1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,7 +229,7 @@ func TestOnceStoresBusinessFailure(t *testing.T) {
 		t.Errorf("first result (-want +got):\n%s", diff)
 	}
 
-	second, err := rt.once(ctx, h.handle, cmd("m1"))
+	second, err := rt.once(ctx, &handler{fn: perCommand(h.handle)}, cmd("m1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,7 +245,7 @@ func TestOnceSimulatedFailureHasNoEffect(t *testing.T) {
 	h := okHandler(t)
 
 	for range 3 {
-		if _, err := rt.once(context.Background(), h.handle, cmd("m1")); !errors.Is(err, errSimulated) {
+		if _, err := rt.once(context.Background(), &handler{fn: perCommand(h.handle)}, cmd("m1")); !errors.Is(err, errSimulated) {
 			t.Fatalf("once error = %v; want %v", err, errSimulated)
 		}
 	}
@@ -280,7 +280,7 @@ func TestExecuteRetriesTransientFailures(t *testing.T) {
 				return ok, nil
 			}
 
-			res, err := rt.execute(context.Background(), zerolog.Nop(), h.handle, cmd("m1"))
+			res, err := rt.execute(context.Background(), zerolog.Nop(), &handler{fn: perCommand(h.handle)}, cmd("m1"))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -289,5 +289,266 @@ func TestExecuteRetriesTransientFailures(t *testing.T) {
 			}
 			checkCounts(t, pool, h, tt.effects, tt.inboxRows, tt.runs)
 		})
+	}
+}
+
+// --- batches ---
+
+// batchRecorder is a batch handler that records the commands of each call
+// and inserts one effect row per command.
+type batchRecorder struct {
+	mu    sync.Mutex
+	calls [][]string // message ids, per call
+	fail  error
+}
+
+func (b *batchRecorder) handle(ctx context.Context, tx Tx, cmds []Command) ([]Verdict, error) {
+	b.mu.Lock()
+	ids := make([]string, len(cmds))
+	for i, c := range cmds {
+		ids[i] = c.ID
+	}
+	b.calls = append(b.calls, ids)
+	b.mu.Unlock()
+	out := make([]Verdict, len(cmds))
+	for i, c := range cmds {
+		if _, err := tx.Exec(ctx, `INSERT INTO effects (n) VALUES ($1)`, i); err != nil {
+			return nil, err
+		}
+		if string(c.Payload) == `"invalid"` {
+			out[i].Invalid = Invalid(errors.New("bad payload"))
+			continue
+		}
+		res, err := OK(map[string]string{"id": c.ID})
+		if err != nil {
+			return nil, err
+		}
+		out[i].Result = res
+	}
+	if b.fail != nil {
+		return nil, b.fail
+	}
+	return out, nil
+}
+
+func (b *batchRecorder) callLog() [][]string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([][]string(nil), b.calls...)
+}
+
+// batchJobs builds the jobs of a batch: each spec is "saga/message-id/type"
+// and types map to handlers.
+func batchJobs(handlers map[string]*handler, specs ...string) []*job {
+	jobs := make([]*job, len(specs))
+	for i, spec := range specs {
+		var sagaID, id, typ string
+		parts := strings.SplitN(spec, "/", 3)
+		sagaID, id, typ = parts[0], parts[1], parts[2]
+		payload := json.RawMessage(`{"x":1}`)
+		if strings.HasPrefix(id, "bad") {
+			payload = json.RawMessage(`"invalid"`)
+		}
+		jobs[i] = &job{
+			ctx: context.Background(), handler: handlers[typ], log: zerolog.Nop(),
+			cmd: Command{Envelope: saga.Envelope{ID: id, SagaID: sagaID, Type: typ, Payload: payload}},
+		}
+	}
+	return jobs
+}
+
+func resultIDs(t *testing.T, jobs []*job) []string {
+	t.Helper()
+	out := make([]string, len(jobs))
+	for i, j := range jobs {
+		if j.invalid != nil {
+			out[i] = "invalid"
+			continue
+		}
+		var p map[string]string
+		if err := json.Unmarshal(j.res.Payload, &p); err != nil {
+			t.Fatalf("job %s: result %+v: %v", j.cmd.ID, j.res, err)
+		}
+		out[i] = p["id"]
+	}
+	return out
+}
+
+// A batch hands each handler all of its commands at once, in delivery
+// order, commits their effects with their inbox records, and answers each.
+func TestBatchGroupsCommandsByHandlerInOneTransaction(t *testing.T) {
+	t.Parallel()
+	rt, pool := newRuntime(t, Config{Queue: "q"})
+	a, b := &batchRecorder{}, &batchRecorder{}
+	hs := map[string]*handler{"t.a": {fn: a.handle}, "t.b": {fn: b.handle}}
+	jobs := batchJobs(hs, "s1/m1/t.a", "s2/m2/t.b", "s3/m3/t.a", "s4/m4/t.b", "s5/m5/t.a")
+
+	if err := rt.tryBatch(context.Background(), jobs); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([][]string{{"m1", "m3", "m5"}}, a.callLog()); diff != "" {
+		t.Errorf("handler a calls (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([][]string{{"m2", "m4"}}, b.callLog()); diff != "" {
+		t.Errorf("handler b calls (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"m1", "m2", "m3", "m4", "m5"}, resultIDs(t, jobs)); diff != "" {
+		t.Errorf("results (-want +got):\n%s", diff)
+	}
+	if n, m := count(t, pool, "effects"), count(t, pool, "inbox WHERE reply IS NOT NULL"); n != 5 || m != 5 {
+		t.Errorf("effects %d, inbox rows with a reply %d; want 5 and 5", n, m)
+	}
+}
+
+// Commands seen before get their stored reply and a copy within the batch
+// the reply of the first: neither reaches a handler.
+func TestBatchAnswersStoredAndDuplicateCommandsWithoutRunningThem(t *testing.T) {
+	t.Parallel()
+	rt, pool := newRuntime(t, Config{Queue: "q"})
+	rec := &batchRecorder{}
+	hs := map[string]*handler{"t.a": {fn: rec.handle}}
+	ctx := context.Background()
+	if err := rt.tryBatch(ctx, batchJobs(hs, "s1/m1/t.a")); err != nil {
+		t.Fatal(err)
+	}
+
+	jobs := batchJobs(hs, "s1/m1/t.a", "s2/m2/t.a", "s2/m2/t.a", "s3/m3/t.a")
+	if err := rt.tryBatch(ctx, jobs); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([][]string{{"m1"}, {"m2", "m3"}}, rec.callLog()); diff != "" {
+		t.Errorf("handler calls (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"m1", "m2", "m2", "m3"}, resultIDs(t, jobs)); diff != "" {
+		t.Errorf("results (-want +got):\n%s", diff)
+	}
+	if n := count(t, pool, "effects"); n != 3 {
+		t.Errorf("effects = %d, want 3 (m1, m2, m3 once each)", n)
+	}
+}
+
+// Two commands of one saga never reach a handler in the same call: the
+// second waits for the next round, after everything of the first.
+func TestBatchKeepsEachSagasCommandsInOrder(t *testing.T) {
+	t.Parallel()
+	rt, _ := newRuntime(t, Config{Queue: "q"})
+	a, b := &batchRecorder{}, &batchRecorder{}
+	hs := map[string]*handler{"t.a": {fn: a.handle}, "t.b": {fn: b.handle}}
+	jobs := batchJobs(hs, "s1/s1-a/t.a", "s2/s2-b/t.b", "s1/s1-b/t.b", "s3/s3-a/t.a", "s1/s1-a2/t.a")
+
+	if err := rt.tryBatch(context.Background(), jobs); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([][]string{{"s1-a", "s3-a"}, {"s1-a2"}}, a.callLog()); diff != "" {
+		t.Errorf("handler a calls (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([][]string{{"s2-b"}, {"s1-b"}}, b.callLog()); diff != "" {
+		t.Errorf("handler b calls (-want +got):\n%s", diff)
+	}
+}
+
+// An invalid command is answered but leaves no inbox record; the others of
+// its batch are recorded.
+func TestBatchInvalidCommandRecordsNothing(t *testing.T) {
+	t.Parallel()
+	rt, pool := newRuntime(t, Config{Queue: "q"})
+	rec := &batchRecorder{}
+	hs := map[string]*handler{"t.a": {fn: rec.handle}}
+	jobs := batchJobs(hs, "s1/m1/t.a", "s2/bad2/t.a", "s3/m3/t.a")
+
+	if err := rt.tryBatch(context.Background(), jobs); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"m1", "invalid", "m3"}, resultIDs(t, jobs)); diff != "" {
+		t.Errorf("results (-want +got):\n%s", diff)
+	}
+	var ids []string
+	rows, err := pool.Query(context.Background(), `SELECT message_id FROM inbox ORDER BY message_id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	if diff := cmp.Diff([]string{"m1", "m3"}, ids); diff != "" {
+		t.Errorf("inbox (-want +got):\n%s", diff)
+	}
+}
+
+// A failing batch leaves nothing behind; executeBatch then runs each
+// command alone.
+func TestBatchFailureRollsBackAndRunsCommandsAlone(t *testing.T) {
+	t.Parallel()
+	rt, pool := newRuntime(t, Config{Queue: "q", Retries: -1})
+	rec := &batchRecorder{fail: errors.New("boom")}
+	hs := map[string]*handler{"t.a": {fn: rec.handle}}
+	jobs := batchJobs(hs, "s1/m1/t.a", "s2/m2/t.a")
+
+	if err := rt.tryBatch(context.Background(), jobs); err == nil || err.Error() != "boom" {
+		t.Fatalf("tryBatch error = %v, want boom", err)
+	}
+	if n, m := count(t, pool, "effects"), count(t, pool, "inbox"); n != 0 || m != 0 {
+		t.Fatalf("after a failed batch: effects %d, inbox %d; want none", n, m)
+	}
+	// The connection went back to the pool outside the failed transaction.
+	if _, err := pool.Exec(context.Background(), `INSERT INTO effects (n) VALUES (99)`); err != nil {
+		t.Fatal(err)
+	}
+
+	// Failing as a batch, succeeding alone: executeBatch answers both.
+	jobs = batchJobs(hs, "s1/m1/t.a", "s2/m2/t.a")
+	hs["t.a"].fn = func(ctx context.Context, tx Tx, cmds []Command) ([]Verdict, error) {
+		if len(cmds) > 1 {
+			return nil, errors.New("boom")
+		}
+		rec.fail = nil
+		return rec.handle(ctx, tx, cmds)
+	}
+	rt.executeBatch(context.Background(), jobs)
+	if diff := cmp.Diff([]string{"m1", "m2"}, resultIDs(t, jobs)); diff != "" {
+		t.Errorf("results (-want +got):\n%s", diff)
+	}
+	if n := count(t, pool, "inbox"); n != 2 {
+		t.Errorf("inbox rows = %d, want 2", n)
+	}
+}
+
+// Copies of the same commands in batches running at once (redeliveries to
+// competing consumers) take effect once each: a batch that loses the race
+// rolls back and its commands, alone, find the stored replies.
+func TestBatchesRacingOnTheSameCommandsHaveOneEffectEach(t *testing.T) {
+	t.Parallel()
+	rt, pool := newRuntime(t, Config{Queue: "q"})
+	rec := &batchRecorder{}
+	hs := map[string]*handler{"t.a": {fn: rec.handle}}
+
+	const racers = 8
+	batches := make([][]*job, racers)
+	for i := range batches {
+		batches[i] = batchJobs(hs, "s1/m1/t.a", "s2/m2/t.a", "s3/m3/t.a", "s4/m4/t.a")
+	}
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range batches {
+		wg.Go(func() {
+			<-start
+			rt.executeBatch(context.Background(), batches[i])
+		})
+	}
+	close(start)
+	wg.Wait()
+
+	for i, jobs := range batches {
+		if diff := cmp.Diff([]string{"m1", "m2", "m3", "m4"}, resultIDs(t, jobs)); diff != "" {
+			t.Errorf("batch %d results (-want +got):\n%s", i, diff)
+		}
+	}
+	if n, m := count(t, pool, "effects"), count(t, pool, "inbox"); n != 4 || m != 4 {
+		t.Errorf("effects %d, inbox %d; want 4 and 4 (one per command)", n, m)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sagaflow/sagaflow/internal/contract"
@@ -25,7 +24,7 @@ func register(rt *worker.Runtime, db *pgxpool.Pool) {
 // appendEvents appends a batch of events with one statement; an event
 // already in the log (the inbox lets none through twice, the unique id is
 // the last guard) is skipped.
-func appendEvents(ctx context.Context, tx pgx.Tx, events []worker.Event) error {
+func appendEvents(ctx context.Context, tx worker.Tx, events []worker.Event) error {
 	n := len(events)
 	var (
 		ids     = make([]uuid.UUID, 0, n)

@@ -23,9 +23,7 @@ const (
 )
 
 func register(rt *worker.Runtime, db *pgxpool.Pool) {
-	rt.Handle(contract.InventoryReserve, reserve)
-	rt.Handle(contract.InventoryRelease, release)
-	rt.Handle(contract.InventoryCommit, commit)
+	rt.HandleBatch(handle, contract.InventoryReserve, contract.InventoryRelease, contract.InventoryCommit)
 	rt.Query(contract.InventoryGetProduct, func(ctx context.Context, cmd worker.Command) (worker.Result, error) {
 		return getProduct(ctx, db, cmd)
 	})
@@ -34,113 +32,96 @@ func register(rt *worker.Runtime, db *pgxpool.Pool) {
 	})
 }
 
-// reserve reserves every line of an order, or none, and prices it from the
-// catalog. Products are locked in SKU order so concurrent orders cannot
-// deadlock, and stock is checked under the lock: never oversold.
-func reserve(ctx context.Context, tx pgx.Tx, cmd worker.Command) (worker.Result, error) {
-	var req contract.ReserveRequest
-	if err := cmd.Decode(&req); err != nil {
-		return worker.Result{}, err
-	}
-	if req.OrderID == "" || len(req.Items) == 0 {
-		return worker.Result{}, worker.Invalid(errors.New("order_id and items are required"))
-	}
-	want := map[string]int64{}
-	for _, it := range req.Items {
-		if it.SKU == "" || it.Quantity <= 0 {
-			return worker.Result{}, worker.Invalid(fmt.Errorf("bad line %+v", it))
-		}
-		want[it.SKU] += it.Quantity
-	}
-	status, lines, amount, err := lockReservation(ctx, tx, req.OrderID)
-	if err != nil {
-		return worker.Result{}, err
-	}
-	switch status {
-	case released:
-		// Its release overtook it: the compensation wins.
-		return worker.Fail(contract.CodeAlreadyReleased, "order %s was released before its reservation arrived", req.OrderID)
-	case reserved, committed:
-		return worker.OK(contract.ReserveReply{Lines: lines, AmountCents: amount})
-	}
-	skus := make([]string, 0, len(want))
-	for s := range want {
-		skus = append(skus, s)
-	}
-	slices.Sort(skus)
-	rows, err := tx.Query(ctx, `SELECT sku, price_cents, available FROM products
-		WHERE sku = ANY($1) ORDER BY sku FOR UPDATE`, skus)
-	if err != nil {
-		return worker.Result{}, fmt.Errorf("lock products: %w", err)
-	}
-	type stock struct{ price, available int64 }
-	found := map[string]stock{}
-	for rows.Next() {
-		var sku string
-		var s stock
-		if err := rows.Scan(&sku, &s.price, &s.available); err != nil {
-			rows.Close()
-			return worker.Result{}, err
-		}
-		found[sku] = s
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return worker.Result{}, err
-	}
-	var unknown, short []string
-	for _, sku := range skus {
-		s, ok := found[sku]
-		switch {
-		case !ok:
-			unknown = append(unknown, sku)
-		case s.available < want[sku]:
-			short = append(short, fmt.Sprintf("%s (requested %d, available %d)", sku, want[sku], s.available))
-		}
-	}
-	if len(unknown) > 0 {
-		return worker.Fail(contract.CodeUnknownSKU, "unknown sku: %s", strings.Join(unknown, ", "))
-	}
-	if len(short) > 0 {
-		return worker.Fail(contract.CodeOutOfStock, "out of stock: %s", strings.Join(short, ", "))
-	}
-	qty := make([]int64, len(skus))
-	lines = make([]contract.PricedLine, len(skus))
-	amount = 0
-	for i, sku := range skus {
-		qty[i] = want[sku]
-		lines[i] = contract.PricedLine{SKU: sku, Quantity: want[sku], PriceCents: found[sku].price}
-		amount += want[sku] * found[sku].price
-	}
-	if _, err := tx.Exec(ctx, `UPDATE products p SET available = p.available - u.qty,
-			reserved = p.reserved + u.qty, updated_at = now()
-		FROM unnest($1::text[], $2::bigint[]) AS u(sku, qty) WHERE p.sku = u.sku`, skus, qty); err != nil {
-		return worker.Result{}, fmt.Errorf("reserve stock: %w", err)
-	}
-	body, _ := json.Marshal(lines)
-	if _, err := tx.Exec(ctx, `INSERT INTO reservations (order_id, status, lines, amount_cents)
-		VALUES ($1, $2, $3, $4)`, req.OrderID, reserved, body, amount); err != nil {
-		return worker.Result{}, fmt.Errorf("record reservation: %w", err)
-	}
-	return worker.OK(contract.ReserveReply{Lines: lines, AmountCents: amount})
+// reservation is an order's reservation as a batch sees it.
+type reservation struct {
+	status  string
+	lines   []contract.PricedLine
+	amount  int64
+	isNew   bool // to insert
+	changed bool // to update
 }
 
-// lockReservation loads an order's reservation for update; status is ""
-// when there is none.
-func lockReservation(ctx context.Context, tx pgx.Tx, orderID string) (status string, lines []contract.PricedLine, amount int64, err error) {
-	var raw []byte
-	err = tx.QueryRow(ctx, `SELECT status, lines, amount_cents FROM reservations WHERE order_id = $1 FOR UPDATE`,
-		orderID).Scan(&status, &raw, &amount)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return "", nil, 0, nil
+// stock is a product as a batch sees it, with what the batch moved.
+type stock struct {
+	price, available             int64
+	dAvailable, dReserved, dSold int64
+}
+
+// batch is the state one call of handle works on: the reservations its
+// commands name and the products they touch, locked.
+type batch struct {
+	res  map[string]*reservation
+	prod map[string]*stock
+}
+
+// handle applies a batch of inventory commands (reserve, release, commit),
+// in order. It locks every reservation the batch names, then every product
+// those reservations and the new orders touch, each in key order (so that
+// concurrent batches cannot deadlock, and stock is checked under the
+// lock: never oversold); it applies the commands to that state in memory
+// and writes back what changed, one statement per kind of change.
+func handle(ctx context.Context, tx worker.Tx, cmds []worker.Command) ([]worker.Verdict, error) {
+	out := make([]worker.Verdict, len(cmds))
+	reserves := make([]contract.ReserveRequest, len(cmds))
+	orders := make([]string, len(cmds))
+	var ids, skus []string
+	for i, cmd := range cmds {
+		var err error
+		if cmd.Type == contract.InventoryReserve {
+			reserves[i], err = decodeReserve(cmd)
+			orders[i] = reserves[i].OrderID
+			for _, it := range reserves[i].Items {
+				skus = append(skus, it.SKU)
+			}
+		} else {
+			orders[i], err = decodeRef(cmd)
+		}
+		if err != nil {
+			out[i].Invalid = err
+			continue
+		}
+		ids = append(ids, orders[i])
 	}
+	if len(ids) == 0 {
+		return out, nil
+	}
+	b, err := lock(ctx, tx, ids, skus)
 	if err != nil {
-		return "", nil, 0, fmt.Errorf("load reservation: %w", err)
+		return nil, err
 	}
-	if err := json.Unmarshal(raw, &lines); err != nil {
-		return "", nil, 0, fmt.Errorf("reservation %s lines: %w", orderID, err)
+	for i, cmd := range cmds {
+		if out[i].Invalid != nil {
+			continue
+		}
+		switch cmd.Type {
+		case contract.InventoryReserve:
+			out[i].Result, err = b.reserve(reserves[i])
+		case contract.InventoryRelease:
+			out[i].Result, err = b.release(orders[i])
+		case contract.InventoryCommit:
+			out[i].Result, err = b.commit(orders[i])
+		}
+		if err != nil {
+			return nil, err
+		}
 	}
-	return status, lines, amount, nil
+	return out, b.save(ctx, tx)
+}
+
+func decodeReserve(cmd worker.Command) (contract.ReserveRequest, error) {
+	var req contract.ReserveRequest
+	if err := cmd.Decode(&req); err != nil {
+		return req, err
+	}
+	if req.OrderID == "" || len(req.Items) == 0 {
+		return req, worker.Invalid(errors.New("order_id and items are required"))
+	}
+	for _, it := range req.Items {
+		if it.SKU == "" || it.Quantity <= 0 {
+			return req, worker.Invalid(fmt.Errorf("bad line %+v", it))
+		}
+	}
+	return req, nil
 }
 
 func decodeRef(cmd worker.Command) (string, error) {
@@ -154,65 +135,140 @@ func decodeRef(cmd worker.Command) (string, error) {
 	return ref.OrderID, nil
 }
 
-// moveStock applies a reservation's lines to the products, in SKU order.
-func moveStock(ctx context.Context, tx pgx.Tx, lines []contract.PricedLine, sql string) error {
-	skus := make([]string, len(lines))
-	qty := make([]int64, len(lines))
-	for i, l := range lines {
-		skus[i], qty[i] = l.SKU, l.Quantity
+// lock loads and locks the reservations of orders, then the products of
+// skus and of those reservations' lines.
+func lock(ctx context.Context, tx worker.Tx, orders, skus []string) (*batch, error) {
+	b := &batch{res: map[string]*reservation{}, prod: map[string]*stock{}}
+	slices.Sort(orders)
+	rows, err := tx.Query(ctx, `SELECT order_id, status, lines, amount_cents FROM reservations
+		WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE`, slices.Compact(orders))
+	if err != nil {
+		return nil, fmt.Errorf("lock reservations: %w", err)
 	}
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM products WHERE sku = ANY($1) ORDER BY sku FOR UPDATE`, skus); err != nil {
-		return fmt.Errorf("lock products: %w", err)
+	for rows.Next() {
+		var id string
+		var raw []byte
+		r := &reservation{}
+		if err := rows.Scan(&id, &r.status, &raw, &r.amount); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("lock reservations: %w", err)
+		}
+		if err := json.Unmarshal(raw, &r.lines); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("reservation %s lines: %w", id, err)
+		}
+		b.res[id] = r
+		for _, l := range r.lines {
+			skus = append(skus, l.SKU)
+		}
 	}
-	if _, err := tx.Exec(ctx, sql, skus, qty); err != nil {
-		return fmt.Errorf("move stock: %w", err)
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("lock reservations: %w", err)
 	}
-	return nil
+	if len(skus) == 0 {
+		return b, nil
+	}
+	slices.Sort(skus)
+	rows, err = tx.Query(ctx, `SELECT sku, price_cents, available FROM products
+		WHERE sku = ANY($1) ORDER BY sku FOR UPDATE`, slices.Compact(skus))
+	if err != nil {
+		return nil, fmt.Errorf("lock products: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var sku string
+		p := &stock{}
+		if err := rows.Scan(&sku, &p.price, &p.available); err != nil {
+			return nil, fmt.Errorf("lock products: %w", err)
+		}
+		b.prod[sku] = p
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("lock products: %w", err)
+	}
+	return b, nil
+}
+
+// reserve reserves every line of an order, or none, and prices it from
+// the catalog.
+func (b *batch) reserve(req contract.ReserveRequest) (worker.Result, error) {
+	if r := b.res[req.OrderID]; r != nil {
+		switch r.status {
+		case released:
+			// Its release overtook it: the compensation wins.
+			return worker.Fail(contract.CodeAlreadyReleased, "order %s was released before its reservation arrived", req.OrderID)
+		default: // reserved or committed: reserved before
+			return worker.OK(contract.ReserveReply{Lines: r.lines, AmountCents: r.amount})
+		}
+	}
+	want := map[string]int64{}
+	for _, it := range req.Items {
+		want[it.SKU] += it.Quantity
+	}
+	skus := make([]string, 0, len(want))
+	for s := range want {
+		skus = append(skus, s)
+	}
+	slices.Sort(skus)
+	var unknown, short []string
+	for _, sku := range skus {
+		p, ok := b.prod[sku]
+		switch {
+		case !ok:
+			unknown = append(unknown, sku)
+		case p.available < want[sku]:
+			short = append(short, fmt.Sprintf("%s (requested %d, available %d)", sku, want[sku], p.available))
+		}
+	}
+	if len(unknown) > 0 {
+		return worker.Fail(contract.CodeUnknownSKU, "unknown sku: %s", strings.Join(unknown, ", "))
+	}
+	if len(short) > 0 {
+		return worker.Fail(contract.CodeOutOfStock, "out of stock: %s", strings.Join(short, ", "))
+	}
+	r := &reservation{status: reserved, isNew: true, lines: make([]contract.PricedLine, len(skus))}
+	for i, sku := range skus {
+		p, q := b.prod[sku], want[sku]
+		p.available -= q
+		p.dAvailable -= q
+		p.dReserved += q
+		r.lines[i] = contract.PricedLine{SKU: sku, Quantity: q, PriceCents: p.price}
+		r.amount += q * p.price
+	}
+	b.res[req.OrderID] = r
+	return worker.OK(contract.ReserveReply{Lines: r.lines, AmountCents: r.amount})
 }
 
 // release returns a reservation's stock. With no reservation yet it
 // records a release, so a reservation arriving late becomes a no-op.
-func release(ctx context.Context, tx pgx.Tx, cmd worker.Command) (worker.Result, error) {
-	orderID, err := decodeRef(cmd)
-	if err != nil {
-		return worker.Result{}, err
-	}
-	status, lines, _, err := lockReservation(ctx, tx, orderID)
-	if err != nil {
-		return worker.Result{}, err
-	}
-	switch status {
-	case "":
-		if _, err := tx.Exec(ctx, `INSERT INTO reservations (order_id, status) VALUES ($1, $2)`, orderID, released); err != nil {
-			return worker.Result{}, fmt.Errorf("record release: %w", err)
-		}
+func (b *batch) release(orderID string) (worker.Result, error) {
+	r := b.res[orderID]
+	switch {
+	case r == nil:
+		b.res[orderID] = &reservation{status: released, isNew: true}
 		return worker.OK(map[string]any{"released": 0})
-	case released:
+	case r.status == released:
 		return worker.OK(map[string]any{"released": 0})
-	case committed:
+	case r.status == committed:
 		return worker.Fail(contract.CodeNotReserved, "order %s is committed: its stock is sold", orderID)
 	}
-	if err := moveStock(ctx, tx, lines, `UPDATE products p SET available = p.available + u.qty,
-			reserved = p.reserved - u.qty, updated_at = now()
-		FROM unnest($1::text[], $2::bigint[]) AS u(sku, qty) WHERE p.sku = u.sku`); err != nil {
-		return worker.Result{}, err
+	for _, l := range r.lines {
+		p := b.prod[l.SKU]
+		p.available += l.Quantity
+		p.dAvailable += l.Quantity
+		p.dReserved -= l.Quantity
 	}
-	if _, err := tx.Exec(ctx, `UPDATE reservations SET status = $2, updated_at = now() WHERE order_id = $1`,
-		orderID, released); err != nil {
-		return worker.Result{}, fmt.Errorf("release: %w", err)
-	}
-	return worker.OK(map[string]any{"released": len(lines)})
+	r.status, r.changed = released, true
+	return worker.OK(map[string]any{"released": len(r.lines)})
 }
 
 // commit turns a reservation into a sale.
-func commit(ctx context.Context, tx pgx.Tx, cmd worker.Command) (worker.Result, error) {
-	orderID, err := decodeRef(cmd)
-	if err != nil {
-		return worker.Result{}, err
-	}
-	status, lines, _, err := lockReservation(ctx, tx, orderID)
-	if err != nil {
-		return worker.Result{}, err
+func (b *batch) commit(orderID string) (worker.Result, error) {
+	r := b.res[orderID]
+	status := ""
+	if r != nil {
+		status = r.status
 	}
 	switch status {
 	case committed:
@@ -221,16 +277,71 @@ func commit(ctx context.Context, tx pgx.Tx, cmd worker.Command) (worker.Result, 
 	default:
 		return worker.Fail(contract.CodeNotReserved, "order %s has no reservation to commit (status %q)", orderID, status)
 	}
-	if err := moveStock(ctx, tx, lines, `UPDATE products p SET reserved = p.reserved - u.qty,
-			sold = p.sold + u.qty, updated_at = now()
-		FROM unnest($1::text[], $2::bigint[]) AS u(sku, qty) WHERE p.sku = u.sku`); err != nil {
-		return worker.Result{}, err
+	for _, l := range r.lines {
+		p := b.prod[l.SKU]
+		p.dReserved -= l.Quantity
+		p.dSold += l.Quantity
 	}
-	if _, err := tx.Exec(ctx, `UPDATE reservations SET status = $2, updated_at = now() WHERE order_id = $1`,
-		orderID, committed); err != nil {
-		return worker.Result{}, fmt.Errorf("commit: %w", err)
-	}
+	r.status, r.changed = committed, true
 	return worker.OK(nil)
+}
+
+// save writes what the batch changed, in one round trip: the products'
+// stock, the new reservations (a plain insert: a copy of a command running
+// concurrently elsewhere fails it, and the batch is retried) and the
+// changed ones.
+func (b *batch) save(ctx context.Context, tx worker.Tx) error {
+	var (
+		skus                   []string
+		dAvail, dRes, dSold    []int64
+		newIDs, newStatus      []string
+		newLines               [][]byte
+		newAmount              []int64
+		changedIDs, changedSts []string
+	)
+	for sku, p := range b.prod {
+		if p.dAvailable != 0 || p.dReserved != 0 || p.dSold != 0 {
+			skus, dAvail, dRes, dSold = append(skus, sku), append(dAvail, p.dAvailable), append(dRes, p.dReserved), append(dSold, p.dSold)
+		}
+	}
+	for id, r := range b.res {
+		switch {
+		case r.isNew:
+			lines := r.lines
+			if lines == nil {
+				lines = []contract.PricedLine{}
+			}
+			body, err := json.Marshal(lines)
+			if err != nil {
+				return fmt.Errorf("reservation %s lines: %w", id, err)
+			}
+			newIDs, newStatus, newLines, newAmount = append(newIDs, id), append(newStatus, r.status), append(newLines, body), append(newAmount, r.amount)
+		case r.changed:
+			changedIDs, changedSts = append(changedIDs, id), append(changedSts, r.status)
+		}
+	}
+	q := &pgx.Batch{}
+	if len(skus) > 0 {
+		q.Queue(`UPDATE products p SET available = p.available + u.da, reserved = p.reserved + u.dr,
+				sold = p.sold + u.ds, updated_at = now()
+			FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) AS u(sku, da, dr, ds)
+			WHERE p.sku = u.sku`, skus, dAvail, dRes, dSold)
+	}
+	if len(newIDs) > 0 {
+		q.Queue(`INSERT INTO reservations (order_id, status, lines, amount_cents)
+			SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::bigint[])`, newIDs, newStatus, newLines, newAmount)
+	}
+	if len(changedIDs) > 0 {
+		q.Queue(`UPDATE reservations r SET status = u.status, updated_at = now()
+			FROM unnest($1::text[], $2::text[]) AS u(order_id, status) WHERE r.order_id = u.order_id`, changedIDs, changedSts)
+	}
+	if q.Len() == 0 {
+		return nil
+	}
+	if err := tx.SendBatch(ctx, q).Close(); err != nil {
+		return fmt.Errorf("save stock and reservations: %w", err)
+	}
+	return nil
 }
 
 func getProduct(ctx context.Context, db *pgxpool.Pool, cmd worker.Command) (worker.Result, error) {

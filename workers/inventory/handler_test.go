@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sagaflow/sagaflow/internal/contract"
@@ -136,17 +135,17 @@ func checkReservations(t *testing.T, pool *pgxpool.Pool, want map[string]reserva
 
 func doReserve(t *testing.T, pool *pgxpool.Pool, orderID string, items ...contract.Item) worker.Result {
 	t.Helper()
-	return run(t, pool, reserve, contract.InventoryReserve, contract.ReserveRequest{OrderID: orderID, Items: items})
+	return run(t, pool, handle, contract.InventoryReserve, contract.ReserveRequest{OrderID: orderID, Items: items})
 }
 
 func doRelease(t *testing.T, pool *pgxpool.Pool, orderID string) worker.Result {
 	t.Helper()
-	return run(t, pool, release, contract.InventoryRelease, contract.OrderRef{OrderID: orderID})
+	return run(t, pool, handle, contract.InventoryRelease, contract.OrderRef{OrderID: orderID})
 }
 
 func doCommit(t *testing.T, pool *pgxpool.Pool, orderID string) worker.Result {
 	t.Helper()
-	return run(t, pool, commit, contract.InventoryCommit, contract.OrderRef{OrderID: orderID})
+	return run(t, pool, handle, contract.InventoryCommit, contract.OrderRef{OrderID: orderID})
 }
 
 func item(sku string, qty int64) contract.Item { return contract.Item{SKU: sku, Quantity: qty} }
@@ -383,7 +382,7 @@ func TestInvalidPayloadsAreRejected(t *testing.T) {
 	t.Parallel()
 	pool, _ := newDB(t)
 	seed(t, pool, apple)
-	inTxCall := func(h worker.HandlerFunc) func(context.Context, worker.Command) (worker.Result, error) {
+	inTxCall := func(h worker.BatchHandlerFunc) func(context.Context, worker.Command) (worker.Result, error) {
 		return func(ctx context.Context, cmd worker.Command) (worker.Result, error) { return inTx(ctx, pool, h, cmd) }
 	}
 	onPool := func(q func(context.Context, *pgxpool.Pool, worker.Command) (worker.Result, error)) func(context.Context, worker.Command) (worker.Result, error) {
@@ -395,22 +394,22 @@ func TestInvalidPayloadsAreRejected(t *testing.T) {
 		call    func(context.Context, worker.Command) (worker.Result, error)
 		payload string
 	}{
-		{"reserve bad JSON", contract.InventoryReserve, inTxCall(reserve), `{"order_id":`},
-		{"reserve not an object", contract.InventoryReserve, inTxCall(reserve), `"o1"`},
-		{"reserve empty payload", contract.InventoryReserve, inTxCall(reserve), ``},
-		{"reserve unknown field", contract.InventoryReserve, inTxCall(reserve), `{"order_id":"o1","items":[{"sku":"apple","quantity":1}],"coupon":"FREE"}`},
-		{"reserve unknown line field", contract.InventoryReserve, inTxCall(reserve), `{"order_id":"o1","items":[{"sku":"apple","qty":1}]}`},
-		{"reserve quantity 0", contract.InventoryReserve, inTxCall(reserve), `{"order_id":"o1","items":[{"sku":"apple","quantity":0}]}`},
-		{"reserve negative quantity", contract.InventoryReserve, inTxCall(reserve), `{"order_id":"o1","items":[{"sku":"apple","quantity":-1}]}`},
-		{"reserve one bad line among good ones", contract.InventoryReserve, inTxCall(reserve), `{"order_id":"o1","items":[{"sku":"apple","quantity":1},{"sku":"apple","quantity":0}]}`},
-		{"reserve missing order_id", contract.InventoryReserve, inTxCall(reserve), `{"items":[{"sku":"apple","quantity":1}]}`},
-		{"reserve no items", contract.InventoryReserve, inTxCall(reserve), `{"order_id":"o1","items":[]}`},
-		{"reserve empty sku", contract.InventoryReserve, inTxCall(reserve), `{"order_id":"o1","items":[{"sku":"","quantity":1}]}`},
-		{"release bad JSON", contract.InventoryRelease, inTxCall(release), `not json`},
-		{"release missing order_id", contract.InventoryRelease, inTxCall(release), `{}`},
-		{"release unknown field", contract.InventoryRelease, inTxCall(release), `{"order_id":"o1","all":true}`},
-		{"commit missing order_id", contract.InventoryCommit, inTxCall(commit), `{"order_id":""}`},
-		{"commit unknown field", contract.InventoryCommit, inTxCall(commit), `{"order_id":"o1","force":true}`},
+		{"reserve bad JSON", contract.InventoryReserve, inTxCall(handle), `{"order_id":`},
+		{"reserve not an object", contract.InventoryReserve, inTxCall(handle), `"o1"`},
+		{"reserve empty payload", contract.InventoryReserve, inTxCall(handle), ``},
+		{"reserve unknown field", contract.InventoryReserve, inTxCall(handle), `{"order_id":"o1","items":[{"sku":"apple","quantity":1}],"coupon":"FREE"}`},
+		{"reserve unknown line field", contract.InventoryReserve, inTxCall(handle), `{"order_id":"o1","items":[{"sku":"apple","qty":1}]}`},
+		{"reserve quantity 0", contract.InventoryReserve, inTxCall(handle), `{"order_id":"o1","items":[{"sku":"apple","quantity":0}]}`},
+		{"reserve negative quantity", contract.InventoryReserve, inTxCall(handle), `{"order_id":"o1","items":[{"sku":"apple","quantity":-1}]}`},
+		{"reserve one bad line among good ones", contract.InventoryReserve, inTxCall(handle), `{"order_id":"o1","items":[{"sku":"apple","quantity":1},{"sku":"apple","quantity":0}]}`},
+		{"reserve missing order_id", contract.InventoryReserve, inTxCall(handle), `{"items":[{"sku":"apple","quantity":1}]}`},
+		{"reserve no items", contract.InventoryReserve, inTxCall(handle), `{"order_id":"o1","items":[]}`},
+		{"reserve empty sku", contract.InventoryReserve, inTxCall(handle), `{"order_id":"o1","items":[{"sku":"","quantity":1}]}`},
+		{"release bad JSON", contract.InventoryRelease, inTxCall(handle), `not json`},
+		{"release missing order_id", contract.InventoryRelease, inTxCall(handle), `{}`},
+		{"release unknown field", contract.InventoryRelease, inTxCall(handle), `{"order_id":"o1","all":true}`},
+		{"commit missing order_id", contract.InventoryCommit, inTxCall(handle), `{"order_id":""}`},
+		{"commit unknown field", contract.InventoryCommit, inTxCall(handle), `{"order_id":"o1","force":true}`},
 		{"get_product bad JSON", contract.InventoryGetProduct, onPool(getProduct), `{`},
 		{"get_product unknown field", contract.InventoryGetProduct, onPool(getProduct), `{"sku":"apple","id":1}`},
 		{"upsert missing sku", contract.InventoryUpsertProduct, onPool(upsertProduct), `{"name":"Apple","price_cents":1,"available":1}`},
@@ -515,7 +514,7 @@ func TestUpsertProduct(t *testing.T) {
 
 // runAll runs every command through h at once, each in its own
 // transaction, and returns the results and errors in order.
-func runAll(pool *pgxpool.Pool, h worker.HandlerFunc, cmds []worker.Command) ([]worker.Result, []error) {
+func runAll(pool *pgxpool.Pool, h worker.BatchHandlerFunc, cmds []worker.Command) ([]worker.Result, []error) {
 	results := make([]worker.Result, len(cmds))
 	errs := make([]error, len(cmds))
 	start := make(chan struct{})
@@ -580,7 +579,7 @@ func TestConcurrentReservesNeverOversell(t *testing.T) {
 			OrderID: fmt.Sprintf("o%03d", i), Items: []contract.Item{item("hot", 1)},
 		})
 	}
-	results, errs := runAll(pool, reserve, cmds)
+	results, errs := runAll(pool, handle, cmds)
 	checkNoErrors(t, "reserve", errs)
 
 	want := map[verdict]int{okVerdict: 50, failed(contract.CodeOutOfStock): 150}
@@ -602,12 +601,12 @@ func TestConcurrentReservesNeverOversell(t *testing.T) {
 
 	// Settle the winners concurrently: half sold, half released.
 	half := len(winners) / 2
-	results, errs = runAll(pool, commit, refCommands(t, contract.InventoryCommit, winners[:half]))
+	results, errs = runAll(pool, handle, refCommands(t, contract.InventoryCommit, winners[:half]))
 	checkNoErrors(t, "commit", errs)
 	if diff := cmp.Diff(map[verdict]int{okVerdict: half}, tally(results)); diff != "" {
 		t.Errorf("commit verdicts (-want +got):\n%s", diff)
 	}
-	results, errs = runAll(pool, release, refCommands(t, contract.InventoryRelease, winners[half:]))
+	results, errs = runAll(pool, handle, refCommands(t, contract.InventoryRelease, winners[half:]))
 	checkNoErrors(t, "release", errs)
 	if diff := cmp.Diff(map[verdict]int{okVerdict: len(winners) - half}, tally(results)); diff != "" {
 		t.Errorf("release verdicts (-want +got):\n%s", diff)
@@ -644,7 +643,7 @@ func TestConcurrentMultiLineOrdersDoNotDeadlock(t *testing.T) {
 		ids[i] = fmt.Sprintf("o%03d", i)
 		cmds[i] = command(t, contract.InventoryReserve, contract.ReserveRequest{OrderID: ids[i], Items: items})
 	}
-	results, errs := runAll(pool, reserve, cmds)
+	results, errs := runAll(pool, handle, cmds)
 	checkNoErrors(t, "reserve", errs)
 	if diff := cmp.Diff(map[verdict]int{okVerdict: orders}, tally(results)); diff != "" {
 		t.Errorf("reserve verdicts (-want +got):\n%s", diff)
@@ -655,7 +654,6 @@ func TestConcurrentMultiLineOrdersDoNotDeadlock(t *testing.T) {
 
 	// Commits and releases interleaved, all at once.
 	settle := make([]worker.Command, orders)
-	handlers := map[string]worker.HandlerFunc{contract.InventoryCommit: commit, contract.InventoryRelease: release}
 	for i, id := range ids {
 		typ := contract.InventoryCommit
 		if i%2 == 1 {
@@ -663,15 +661,119 @@ func TestConcurrentMultiLineOrdersDoNotDeadlock(t *testing.T) {
 		}
 		settle[i] = command(t, typ, contract.OrderRef{OrderID: id})
 	}
-	byType := func(ctx context.Context, tx pgx.Tx, cmd worker.Command) (worker.Result, error) {
-		return handlers[cmd.Type](ctx, tx, cmd)
-	}
-	results, errs = runAll(pool, byType, settle)
+	results, errs = runAll(pool, handle, settle)
 	checkNoErrors(t, "settle", errs)
 	if diff := cmp.Diff(map[verdict]int{okVerdict: orders}, tally(results)); diff != "" {
 		t.Errorf("settle verdicts (-want +got):\n%s", diff)
 	}
 	checkCatalog(t, pool, map[string]contract.Product{
 		"a": with(a, 850, 0, 150), "b": with(b, 700, 0, 300), "c": with(c, 850, 0, 150),
+	})
+}
+
+// --- batches ---
+
+func verdicts(vs []worker.Verdict) []verdict {
+	out := make([]verdict, len(vs))
+	for i, v := range vs {
+		if v.Invalid != nil {
+			out[i] = verdict{Code: worker.CodeInvalidCommand}
+			continue
+		}
+		out[i] = verdict{Status: v.Status, Code: v.Code}
+	}
+	return out
+}
+
+func reserveCmd(t *testing.T, orderID string, items ...contract.Item) worker.Command {
+	return command(t, contract.InventoryReserve, contract.ReserveRequest{OrderID: orderID, Items: items})
+}
+
+// Within one batch, orders take the stock in their order: each sees what
+// the ones before it left.
+func TestBatchReservesShareStockInOrder(t *testing.T) {
+	t.Parallel()
+	pool, _ := newDB(t)
+	seed(t, pool, banana) // 5 available
+
+	vs := workertest.RunBatch(t, pool, handle,
+		reserveCmd(t, "o1", item("banana", 2)),
+		reserveCmd(t, "o2", item("banana", 2)),
+		reserveCmd(t, "o3", item("banana", 2)), // 1 left: refused
+		reserveCmd(t, "o4", item("banana", 1)),
+		reserveCmd(t, "o5", item("banana", 1)), // none left
+	)
+	want := []verdict{okVerdict, okVerdict, failed(contract.CodeOutOfStock), okVerdict, failed(contract.CodeOutOfStock)}
+	if diff := cmp.Diff(want, verdicts(vs)); diff != "" {
+		t.Errorf("verdicts (-want +got):\n%s", diff)
+	}
+	checkCatalog(t, pool, map[string]contract.Product{"banana": with(banana, 0, 5, 0)})
+	checkReservations(t, pool, map[string]reservationRow{
+		"o1": {"reserved", 2000}, "o2": {"reserved", 2000}, "o4": {"reserved", 1000},
+	})
+}
+
+// A batch mixing every command, over orders in every state, moves stock
+// exactly as the commands would one by one; an invalid command among them
+// changes nothing.
+func TestBatchOfMixedCommandsMovesStockAsOneByOne(t *testing.T) {
+	t.Parallel()
+	pool, _ := newDB(t)
+	seed(t, pool, apple, banana)
+	checkVerdict(t, "reserve o1", doReserve(t, pool, "o1", item("apple", 2)), okVerdict)
+	checkVerdict(t, "reserve o2", doReserve(t, pool, "o2", item("apple", 1), item("banana", 1)), okVerdict)
+	checkVerdict(t, "reserve o3", doReserve(t, pool, "o3", item("banana", 1)), okVerdict)
+	checkVerdict(t, "commit o3", doCommit(t, pool, "o3"), okVerdict)
+
+	vs := workertest.RunBatch(t, pool, handle,
+		command(t, contract.InventoryCommit, contract.OrderRef{OrderID: "o1"}),
+		command(t, contract.InventoryRelease, contract.OrderRef{OrderID: "o2"}),
+		reserveCmd(t, "o5", item("banana", 4)),                                  // o2's banana is back: 4 available
+		command(t, contract.InventoryRelease, contract.OrderRef{OrderID: "o3"}), // sold: refused
+		command(t, contract.InventoryRelease, contract.OrderRef{OrderID: "o6"}), // before its reserve
+		command(t, contract.InventoryCommit, contract.OrderRef{OrderID: "o7"}),  // nothing to commit
+		command(t, contract.InventoryCommit, `{"order_id":""}`),
+		reserveCmd(t, "o8", item("kiwi", 1)),
+	)
+	want := []verdict{
+		okVerdict, okVerdict, okVerdict, failed(contract.CodeNotReserved), okVerdict,
+		failed(contract.CodeNotReserved), {Code: worker.CodeInvalidCommand}, failed(contract.CodeUnknownSKU),
+	}
+	if diff := cmp.Diff(want, verdicts(vs)); diff != "" {
+		t.Errorf("verdicts (-want +got):\n%s", diff)
+	}
+	checkCatalog(t, pool, map[string]contract.Product{
+		"apple":  with(apple, 8, 0, 2),
+		"banana": with(banana, 0, 4, 1),
+	})
+	checkReservations(t, pool, map[string]reservationRow{
+		"o1": {"committed", 500}, "o2": {"released", 1250}, "o3": {"committed", 1000},
+		"o5": {"reserved", 4000}, "o6": {"released", 0},
+	})
+	// The release recorded in the batch makes o6's late reserve a no-op.
+	checkVerdict(t, "late reserve o6", doReserve(t, pool, "o6", item("apple", 1)), failed(contract.CodeAlreadyReleased))
+}
+
+// Commands for one order inside one call apply in order.
+func TestBatchAppliesCommandsOfOneOrderInOrder(t *testing.T) {
+	t.Parallel()
+	pool, _ := newDB(t)
+	seed(t, pool, apple)
+
+	vs := workertest.RunBatch(t, pool, handle,
+		reserveCmd(t, "o1", item("apple", 3)),
+		command(t, contract.InventoryCommit, contract.OrderRef{OrderID: "o1"}),
+		reserveCmd(t, "o2", item("apple", 3)),
+		command(t, contract.InventoryRelease, contract.OrderRef{OrderID: "o2"}),
+		command(t, contract.InventoryRelease, contract.OrderRef{OrderID: "o3"}),
+		reserveCmd(t, "o3", item("apple", 1)),
+	)
+	want := []verdict{okVerdict, okVerdict, okVerdict, okVerdict, okVerdict, failed(contract.CodeAlreadyReleased)}
+	if diff := cmp.Diff(want, verdicts(vs)); diff != "" {
+		t.Errorf("verdicts (-want +got):\n%s", diff)
+	}
+	checkCatalog(t, pool, map[string]contract.Product{"apple": with(apple, 7, 0, 3)})
+	checkReservations(t, pool, map[string]reservationRow{
+		"o1": {"committed", 750}, "o2": {"released", 750}, "o3": {"released", 0},
 	})
 }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -39,7 +38,7 @@ var outcomes = map[string]string{
 // sender sends one channel's messages: one per order outcome, all of a
 // batch with one INSERT. Other order events are consumed and ignored.
 func sender(channel string) worker.EventHandlerFunc {
-	return func(ctx context.Context, tx pgx.Tx, events []worker.Event) error {
+	return func(ctx context.Context, tx worker.Tx, events []worker.Event) error {
 		var orders, types, recipients, bodies []string
 		var ids []pgtype.UUID
 		for _, ev := range events {

@@ -39,14 +39,14 @@ func payloadOf[T any](t *testing.T, res worker.Result) T { return workertest.Pay
 
 func doCharge(t *testing.T, pool *pgxpool.Pool, orderID string, amount int64, token string) worker.Result {
 	t.Helper()
-	return run(t, pool, charge, contract.PaymentCharge, contract.ChargeRequest{
+	return run(t, pool, handle, contract.PaymentCharge, contract.ChargeRequest{
 		OrderID: orderID, CustomerID: "c1", AmountCents: amount, PaymentToken: token,
 	})
 }
 
 func doRefund(t *testing.T, pool *pgxpool.Pool, orderID string) worker.Result {
 	t.Helper()
-	return run(t, pool, refund, contract.PaymentRefund, contract.OrderRef{OrderID: orderID})
+	return run(t, pool, handle, contract.PaymentRefund, contract.OrderRef{OrderID: orderID})
 }
 
 func checkLedger(t *testing.T, pool *pgxpool.Pool, orderID string, want contract.PaymentLedgerReply) {
@@ -210,7 +210,7 @@ func TestLedgerOfUnknownOrderIsZero(t *testing.T) {
 func TestInvalidPayloadsAreRejected(t *testing.T) {
 	t.Parallel()
 	pool := newDB(t)
-	inTxCall := func(h worker.HandlerFunc) func(context.Context, worker.Command) (worker.Result, error) {
+	inTxCall := func(h worker.BatchHandlerFunc) func(context.Context, worker.Command) (worker.Result, error) {
 		return func(ctx context.Context, cmd worker.Command) (worker.Result, error) { return inTx(ctx, pool, h, cmd) }
 	}
 	ledgerCall := func(ctx context.Context, cmd worker.Command) (worker.Result, error) { return ledger(ctx, pool, cmd) }
@@ -220,16 +220,16 @@ func TestInvalidPayloadsAreRejected(t *testing.T) {
 		call    func(context.Context, worker.Command) (worker.Result, error)
 		payload string
 	}{
-		{"charge amount 0", contract.PaymentCharge, inTxCall(charge), `{"order_id":"o1","customer_id":"c1","amount_cents":0,"payment_token":"tok_visa"}`},
-		{"charge negative amount", contract.PaymentCharge, inTxCall(charge), `{"order_id":"o1","amount_cents":-5,"payment_token":"tok_visa"}`},
-		{"charge missing token", contract.PaymentCharge, inTxCall(charge), `{"order_id":"o1","customer_id":"c1","amount_cents":100}`},
-		{"charge missing order_id", contract.PaymentCharge, inTxCall(charge), `{"amount_cents":100,"payment_token":"tok_visa"}`},
-		{"charge unknown field", contract.PaymentCharge, inTxCall(charge), `{"order_id":"o1","amount_cents":100,"payment_token":"tok_visa","currency":"EUR"}`},
-		{"charge amount as string", contract.PaymentCharge, inTxCall(charge), `{"order_id":"o1","amount_cents":"100","payment_token":"tok_visa"}`},
-		{"charge bad JSON", contract.PaymentCharge, inTxCall(charge), `{"order_id"`},
-		{"refund missing order_id", contract.PaymentRefund, inTxCall(refund), `{}`},
-		{"refund unknown field", contract.PaymentRefund, inTxCall(refund), `{"order_id":"o1","amount_cents":5}`},
-		{"refund bad JSON", contract.PaymentRefund, inTxCall(refund), `[`},
+		{"charge amount 0", contract.PaymentCharge, inTxCall(handle), `{"order_id":"o1","customer_id":"c1","amount_cents":0,"payment_token":"tok_visa"}`},
+		{"charge negative amount", contract.PaymentCharge, inTxCall(handle), `{"order_id":"o1","amount_cents":-5,"payment_token":"tok_visa"}`},
+		{"charge missing token", contract.PaymentCharge, inTxCall(handle), `{"order_id":"o1","customer_id":"c1","amount_cents":100}`},
+		{"charge missing order_id", contract.PaymentCharge, inTxCall(handle), `{"amount_cents":100,"payment_token":"tok_visa"}`},
+		{"charge unknown field", contract.PaymentCharge, inTxCall(handle), `{"order_id":"o1","amount_cents":100,"payment_token":"tok_visa","currency":"EUR"}`},
+		{"charge amount as string", contract.PaymentCharge, inTxCall(handle), `{"order_id":"o1","amount_cents":"100","payment_token":"tok_visa"}`},
+		{"charge bad JSON", contract.PaymentCharge, inTxCall(handle), `{"order_id"`},
+		{"refund missing order_id", contract.PaymentRefund, inTxCall(handle), `{}`},
+		{"refund unknown field", contract.PaymentRefund, inTxCall(handle), `{"order_id":"o1","amount_cents":5}`},
+		{"refund bad JSON", contract.PaymentRefund, inTxCall(handle), `[`},
 		{"ledger bad JSON", contract.PaymentLedger, ledgerCall, `nope`},
 		{"ledger unknown field", contract.PaymentLedger, ledgerCall, `{"order_id":"o1","x":1}`},
 	}
@@ -243,4 +243,50 @@ func TestInvalidPayloadsAreRejected(t *testing.T) {
 		})
 	}
 	checkPayments(t, pool, map[string]paymentRow{})
+}
+
+// A batch mixing charges and refunds of orders in every state answers and
+// records each as one by one would.
+func TestBatchOfChargesAndRefunds(t *testing.T) {
+	t.Parallel()
+	pool := newDB(t)
+	checkVerdict(t, "charge o1", doCharge(t, pool, "o1", 100, "tok_visa"), okVerdict)
+	charge := func(id string, amount int64, token string) worker.Command {
+		return command(t, contract.PaymentCharge, contract.ChargeRequest{OrderID: id, CustomerID: "c1", AmountCents: amount, PaymentToken: token})
+	}
+	refund := func(id string) worker.Command {
+		return command(t, contract.PaymentRefund, contract.OrderRef{OrderID: id})
+	}
+
+	vs := workertest.RunBatch(t, pool, handle,
+		charge("o1", 100, "tok_visa"), // charged before: same answer
+		refund("o1"),
+		charge("o2", 200, "tok_visa"),
+		charge("o3", 300, contract.DeclineToken),
+		refund("o4"), // before its charge
+		charge("o4", 400, "tok_visa"),
+		command(t, contract.PaymentCharge, `{"order_id":"o5","amount_cents":0,"payment_token":"tok_visa"}`),
+	)
+	var got []verdict
+	for _, v := range vs {
+		if v.Invalid != nil {
+			got = append(got, verdict{Code: worker.CodeInvalidCommand})
+			continue
+		}
+		got = append(got, verdict{Status: v.Status, Code: v.Code})
+	}
+	want := []verdict{okVerdict, okVerdict, okVerdict, failed(contract.CodeCardDeclined), okVerdict,
+		failed(contract.CodeAlreadyRefunded), {Code: worker.CodeInvalidCommand}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("verdicts (-want +got):\n%s", diff)
+	}
+	if r := payloadOf[contract.RefundReply](t, vs[1].Result); r.RefundedCents != 100 {
+		t.Errorf("refund of o1 = %d cents, want 100", r.RefundedCents)
+	}
+	checkPayments(t, pool, map[string]paymentRow{
+		"o1": {Status: "refunded", Charged: 100, Refunds: 100},
+		"o2": {Status: "charged", Charged: 200},
+		"o3": {Status: "declined", DeclineCode: contract.CodeCardDeclined},
+		"o4": {Status: "refunded"},
+	})
 }

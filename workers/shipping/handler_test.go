@@ -39,7 +39,7 @@ func payloadOf[T any](t *testing.T, res worker.Result) T { return workertest.Pay
 
 func doPrepare(t *testing.T, pool *pgxpool.Pool, orderID, country string) worker.Result {
 	t.Helper()
-	return run(t, pool, prepare, contract.ShippingPrepare, contract.PrepareRequest{
+	return run(t, pool, handle, contract.ShippingPrepare, contract.PrepareRequest{
 		OrderID:         orderID,
 		ShippingAddress: contract.Address{Line1: "1 Main St", City: "Springfield", Country: country},
 		Items:           []contract.Item{{SKU: "apple", Quantity: 2}},
@@ -48,7 +48,7 @@ func doPrepare(t *testing.T, pool *pgxpool.Pool, orderID, country string) worker
 
 func doCancel(t *testing.T, pool *pgxpool.Pool, orderID string) worker.Result {
 	t.Helper()
-	return run(t, pool, cancel, contract.ShippingCancel, contract.OrderRef{OrderID: orderID})
+	return run(t, pool, handle, contract.ShippingCancel, contract.OrderRef{OrderID: orderID})
 }
 
 func checkLedger(t *testing.T, pool *pgxpool.Pool, orderID string, want contract.ShipmentLedgerReply) {
@@ -177,7 +177,7 @@ func TestLedgerOfUnknownOrderIsZero(t *testing.T) {
 func TestInvalidPayloadsAreRejected(t *testing.T) {
 	t.Parallel()
 	pool := newDB(t)
-	inTxCall := func(h worker.HandlerFunc) func(context.Context, worker.Command) (worker.Result, error) {
+	inTxCall := func(h worker.BatchHandlerFunc) func(context.Context, worker.Command) (worker.Result, error) {
 		return func(ctx context.Context, cmd worker.Command) (worker.Result, error) { return inTx(ctx, pool, h, cmd) }
 	}
 	ledgerCall := func(ctx context.Context, cmd worker.Command) (worker.Result, error) { return ledger(ctx, pool, cmd) }
@@ -187,15 +187,15 @@ func TestInvalidPayloadsAreRejected(t *testing.T) {
 		call    func(context.Context, worker.Command) (worker.Result, error)
 		payload string
 	}{
-		{"prepare missing country", contract.ShippingPrepare, inTxCall(prepare), `{"order_id":"o1","shipping_address":{"line1":"1 Main St","city":"X"}}`},
-		{"prepare missing address", contract.ShippingPrepare, inTxCall(prepare), `{"order_id":"o1"}`},
-		{"prepare missing order_id", contract.ShippingPrepare, inTxCall(prepare), `{"shipping_address":{"country":"FR"}}`},
-		{"prepare unknown field", contract.ShippingPrepare, inTxCall(prepare), `{"order_id":"o1","shipping_address":{"country":"FR"},"express":true}`},
-		{"prepare unknown address field", contract.ShippingPrepare, inTxCall(prepare), `{"order_id":"o1","shipping_address":{"country":"FR","zip":"75001"}}`},
-		{"prepare bad JSON", contract.ShippingPrepare, inTxCall(prepare), `{"order_id":"o1",`},
-		{"cancel missing order_id", contract.ShippingCancel, inTxCall(cancel), `{"order_id":""}`},
-		{"cancel unknown field", contract.ShippingCancel, inTxCall(cancel), `{"order_id":"o1","reason":"x"}`},
-		{"cancel bad JSON", contract.ShippingCancel, inTxCall(cancel), `}`},
+		{"prepare missing country", contract.ShippingPrepare, inTxCall(handle), `{"order_id":"o1","shipping_address":{"line1":"1 Main St","city":"X"}}`},
+		{"prepare missing address", contract.ShippingPrepare, inTxCall(handle), `{"order_id":"o1"}`},
+		{"prepare missing order_id", contract.ShippingPrepare, inTxCall(handle), `{"shipping_address":{"country":"FR"}}`},
+		{"prepare unknown field", contract.ShippingPrepare, inTxCall(handle), `{"order_id":"o1","shipping_address":{"country":"FR"},"express":true}`},
+		{"prepare unknown address field", contract.ShippingPrepare, inTxCall(handle), `{"order_id":"o1","shipping_address":{"country":"FR","zip":"75001"}}`},
+		{"prepare bad JSON", contract.ShippingPrepare, inTxCall(handle), `{"order_id":"o1",`},
+		{"cancel missing order_id", contract.ShippingCancel, inTxCall(handle), `{"order_id":""}`},
+		{"cancel unknown field", contract.ShippingCancel, inTxCall(handle), `{"order_id":"o1","reason":"x"}`},
+		{"cancel bad JSON", contract.ShippingCancel, inTxCall(handle), `}`},
 		{"ledger bad JSON", contract.ShippingLedger, ledgerCall, `x`},
 	}
 	for _, tt := range tests {
@@ -208,4 +208,49 @@ func TestInvalidPayloadsAreRejected(t *testing.T) {
 		})
 	}
 	checkShipments(t, pool, map[string]shipmentRow{})
+}
+
+// A batch mixing prepares and cancellations of orders in every state
+// answers and records each as one by one would.
+func TestBatchOfPreparesAndCancellations(t *testing.T) {
+	t.Parallel()
+	pool := newDB(t)
+	checkVerdict(t, "prepare o1", doPrepare(t, pool, "o1", "FR"), okVerdict)
+	prepare := func(id, country string) worker.Command {
+		return command(t, contract.ShippingPrepare, contract.PrepareRequest{
+			OrderID: id, ShippingAddress: contract.Address{Line1: "1 Main St", City: "Springfield", Country: country},
+		})
+	}
+	cancel := func(id string) worker.Command {
+		return command(t, contract.ShippingCancel, contract.OrderRef{OrderID: id})
+	}
+
+	vs := workertest.RunBatch(t, pool, handle,
+		prepare("o1", "FR"), // prepared before: same tracking number
+		cancel("o1"),
+		prepare("o2", "de"),
+		prepare("o3", "ZZ"),
+		cancel("o4"), // before its prepare
+		prepare("o4", "US"),
+		command(t, contract.ShippingPrepare, `{"order_id":"o5"}`),
+	)
+	var got []verdict
+	for _, v := range vs {
+		if v.Invalid != nil {
+			got = append(got, verdict{Code: worker.CodeInvalidCommand})
+			continue
+		}
+		got = append(got, verdict{Status: v.Status, Code: v.Code})
+	}
+	want := []verdict{okVerdict, okVerdict, okVerdict, failed(contract.CodeCarrierRefused), okVerdict,
+		failed(contract.CodeAlreadyCanceled), {Code: worker.CodeInvalidCommand}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("verdicts (-want +got):\n%s", diff)
+	}
+	checkShipments(t, pool, map[string]shipmentRow{
+		"o1": {Status: "cancelled", Country: "FR", Prepared: true},
+		"o2": {Status: "prepared", Country: "DE", Prepared: true},
+		"o3": {Status: "refused", Country: "ZZ"},
+		"o4": {Status: "cancelled"},
+	})
 }
