@@ -118,6 +118,14 @@ func OpenDB(ctx context.Context, b *Base, schema string, defConns int32) (*pgxpo
 	}
 	cfg.ConnConfig.RuntimeParams["search_path"] = schema
 	cfg.ConnConfig.RuntimeParams["application_name"] = "sagaflow-" + schema
+	// Every query of these services is an index lookup. A prepared
+	// statement is planned once per connection; on a table that was never
+	// analyzed (a new deployment, a server without autovacuum) the planner
+	// sees a near-empty table, picks a sequential scan, and keeps it as the
+	// statement's generic plan long after the table has grown: thousands
+	// of rows read to lock the three rows a batch names. Ruling sequential
+	// scans out makes each statement use its index from the first run.
+	cfg.ConnConfig.RuntimeParams["enable_seqscan"] = "off"
 	cfg.ConnConfig.ConnectTimeout = 5 * time.Second
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
