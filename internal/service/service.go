@@ -13,6 +13,7 @@ import (
 	"net/http/pprof"
 	"net/url"
 	"os"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -74,6 +75,21 @@ func (b *Base) Validate() []error {
 		errs = append(errs, fmt.Errorf("DB_MAX_CONNS: want at least 1, got %d", b.DBMaxConns))
 	}
 	return errs
+}
+
+// TuneGC sets the garbage collector for a busy service, unless the
+// standard GOGC and GOMEMLIMIT variables say otherwise: the heap may grow
+// to five times what is live (GOGC=400) before a collection, instead of
+// twice, which spends a quarter of the CPU on collections that Go's default
+// does; a soft limit of limitMiB makes collections more frequent again
+// when the heap nears it, so memory stays bounded.
+func TuneGC(limitMiB int64) {
+	if _, ok := os.LookupEnv("GOGC"); !ok {
+		debug.SetGCPercent(400)
+	}
+	if _, ok := os.LookupEnv("GOMEMLIMIT"); !ok {
+		debug.SetMemoryLimit(limitMiB << 20)
+	}
 }
 
 // Validator is a configuration that can check itself.

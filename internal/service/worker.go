@@ -97,6 +97,7 @@ func RunWorker(spec WorkerSpec) int {
 		return 1
 	}
 	log := Logger(spec.Name, &cfg.Base)
+	TuneGC(40)
 	if err := runWorker(spec, &cfg, log); err != nil {
 		log.Error().Err(err).Msg("stopped with an error")
 		return 1
