@@ -56,6 +56,11 @@ CREATE TABLE IF NOT EXISTS orchestrator.outbox (
     leased_until timestamptz NOT NULL            -- the writer's relay owns it until then; then the scan does
 );
 CREATE INDEX IF NOT EXISTS outbox_lease ON orchestrator.outbox (leased_until);
+-- A row is written once and read only after a crash: keep payloads of up
+-- to 8 kB inline and uncompressed (compressing every one cost more CPU than
+-- the rest of the insert), larger ones out of line, still uncompressed.
+ALTER TABLE orchestrator.outbox SET (toast_tuple_target = 8160);
+ALTER TABLE orchestrator.outbox ALTER COLUMN payload SET STORAGE EXTERNAL;
 -- Rows live for milliseconds: vacuum as soon as a few thousand are dead.
 ALTER TABLE orchestrator.outbox SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000,
     autovacuum_vacuum_cost_delay = 0);

@@ -142,6 +142,10 @@ func OpenDB(ctx context.Context, b *Base, schema string, defConns int32) (*pgxpo
 	// of rows read to lock the three rows a batch names. Ruling sequential
 	// scans out makes each statement use its index from the first run.
 	cfg.ConnConfig.RuntimeParams["enable_seqscan"] = "off"
+	// Short statements only: compiling one with LLVM costs far more than
+	// running it (and a plan that must scan anyway now looks expensive
+	// enough to be compiled on every run).
+	cfg.ConnConfig.RuntimeParams["jit"] = "off"
 	cfg.ConnConfig.ConnectTimeout = 5 * time.Second
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
