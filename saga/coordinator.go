@@ -31,8 +31,10 @@ type Config struct {
 	// BatchSize is the most inputs applied in one transaction (default 256).
 	BatchSize int
 	// Linger is how long the batch loop and the relay wait for more work
-	// after the first item before they go (default 1ms): replies arrive one
-	// at a time, and a batch of one costs as much as a batch of a hundred.
+	// after the first item before they go (default 3ms): replies arrive one
+	// at a time, and a batch of one costs as much as a batch of a hundred
+	// (3ms rather than 1ms: 8% less CPU per saga on the 2-core machine, for
+	// a few milliseconds of latency per step).
 	Linger time.Duration
 	// Workers is how many batches are applied concurrently (default 4).
 	Workers int
@@ -90,7 +92,7 @@ func (c Config) withDefaults() Config {
 	def(&c.EventExchange, "saga.events")
 	def(&c.ReplyQueue, "saga.replies")
 	defInt(&c.BatchSize, 256)
-	defDur(&c.Linger, time.Millisecond)
+	defDur(&c.Linger, 3*time.Millisecond)
 	defInt(&c.Workers, 4)
 	defInt(&c.QueueSize, 4096)
 	defDur(&c.TimerInterval, 200*time.Millisecond)
