@@ -340,7 +340,7 @@ func reconcile(t *testing.T, db *pgxpool.Pool, ids []string, initial map[string]
 	sold := map[string]int64{}
 	qrows, err := db.Query(ctx, `
 		SELECT it->>'sku', sum((it->>'quantity')::bigint)
-		FROM orchestrator.sagas s, jsonb_array_elements(s.data->'items') it
+		FROM orchestrator.sagas s, json_array_elements(s.data->'items') it
 		WHERE s.id = ANY($1::uuid[]) AND s.state = 'completed' GROUP BY 1`, ids)
 	if err != nil {
 		t.Fatal(err)

@@ -146,7 +146,7 @@ func (s *Store) CreateBatch(ctx context.Context, batch []saga.NewSaga) ([]saga.C
 			fingerprint, created_at, updated_at)
 		SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[],
 			$7::bool[], $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::smallint[],
-			$13::jsonb[], $14::jsonb[], $15::int[], $16::text[], $17::text[], $18::text[],
+			$13::json[], $14::json[], $15::int[], $16::text[], $17::text[], $18::text[],
 			$19::timestamptz[], $20::timestamptz[])
 		ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 		RETURNING id`
@@ -537,7 +537,7 @@ func (s *Store) save(b *pgx.Batch, sagas map[uuid.UUID]saga.Instance, ids []uuid
 			stuck_reason = u.stuck_reason, data = u.data, history = u.history, seq = u.seq,
 			updated_at = u.updated_at
 		FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::int[], $6::bool[],
-			$7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::jsonb[], $12::jsonb[],
+			$7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::json[], $12::json[],
 			$13::int[], $14::timestamptz[])
 			AS u(id, phase, state, step, attempt, waiting, deadline, stuck_in, reason, stuck_reason,
 				data, history, seq, updated_at)

@@ -162,7 +162,7 @@ func okReply(in saga.Instance, step string) *saga.Reply {
 	return &saga.Reply{CorrelationID: saga.MessageID(in.ID, step), Status: saga.ReplyOK, Payload: json.RawMessage(`{"ref": "` + step + `"}`)}
 }
 
-// jsonEqual compares JSON by meaning: jsonb stores a normalised text.
+// jsonEqual compares JSON by meaning, whatever the spacing and key order.
 var jsonEqual = cmp.FilterValues(func(a, b json.RawMessage) bool {
 	return len(a) > 0 && len(b) > 0
 }, cmpopts.AcyclicTransformer("json", func(r json.RawMessage) any {

@@ -49,7 +49,7 @@ func appendEvents(ctx context.Context, tx worker.Tx, events []worker.Event) erro
 		bodies, parents = append(bodies, ev.Payload), append(parents, ev.TraceParent)
 	}
 	_, err := tx.Exec(ctx, `INSERT INTO events (id, saga_id, seq, type, at, payload, trace_parent)
-		SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::timestamptz[], $6::jsonb[], $7::text[])
+		SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::timestamptz[], $6::json[], $7::text[])
 		ON CONFLICT (id) DO NOTHING`, ids, sagas, seqs, types, ats, bodies, parents)
 	if err != nil {
 		return fmt.Errorf("audit: append %d events: %w", n, err)

@@ -385,7 +385,7 @@ func TestEventsAreAppendOnly(t *testing.T) {
 
 	for _, stmt := range []string{
 		`UPDATE events SET type = 'order.tampered'`,
-		`UPDATE events SET payload = '{}'::jsonb WHERE id = '` + ev.ID + `'`,
+		`UPDATE events SET payload = '{}' WHERE id = '` + ev.ID + `'`,
 		`DELETE FROM events`,
 		`DELETE FROM events WHERE id = '` + ev.ID + `'`,
 		`TRUNCATE events`,
