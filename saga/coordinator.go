@@ -2,7 +2,6 @@ package saga
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -10,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	json "github.com/goccy/go-json"
 	"github.com/google/uuid"
 	"github.com/rs/zerolog"
 )

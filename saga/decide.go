@@ -3,7 +3,6 @@ package saga
 import (
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -11,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	json "github.com/goccy/go-json"
 	"github.com/google/uuid"
 	"github.com/looplab/fsm"
 )

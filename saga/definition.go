@@ -8,10 +8,11 @@
 package saga
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
+
+	json "github.com/goccy/go-json"
 )
 
 // StepKind tells how a step behaves when the saga has to go back.

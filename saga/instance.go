@@ -1,9 +1,9 @@
 package saga
 
 import (
-	"encoding/json"
 	"time"
 
+	json "github.com/goccy/go-json"
 	"github.com/google/uuid"
 )
 

@@ -5,8 +5,9 @@
 package contract
 
 import (
-	"encoding/json"
 	"time"
+
+	json "github.com/goccy/go-json"
 )
 
 // Command types, also the routing keys on saga.commands.

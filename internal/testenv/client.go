@@ -2,11 +2,12 @@ package testenv
 
 import (
 	"bytes"
-	"encoding/json"
 	"io"
 	"net/http"
 	"testing"
 	"time"
+
+	json "github.com/goccy/go-json"
 
 	"github.com/sagaflow/sagaflow/internal/contract"
 	"github.com/sagaflow/sagaflow/orchestrator/api"

@@ -5,10 +5,10 @@ package workertest
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"testing"
 
+	json "github.com/goccy/go-json"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"

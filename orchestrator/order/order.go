@@ -3,10 +3,10 @@
 package order
 
 import (
-	"encoding/json"
 	"fmt"
 	"time"
 
+	json "github.com/goccy/go-json"
 	"github.com/google/uuid"
 
 	"github.com/sagaflow/sagaflow/internal/contract"
