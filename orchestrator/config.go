@@ -46,19 +46,21 @@ type Config struct {
 	// TimerInterval is how often due sagas are looked for (default 200ms).
 	TimerInterval time.Duration `env:"TIMER_INTERVAL" envDefault:"200ms"`
 	// ReplyPrefetch is how many unacked replies the broker hands over
-	// (default 512).
-	ReplyPrefetch int `env:"REPLY_PREFETCH" envDefault:"512"`
+	// (default 2048): replies are acked once their transitions commit, so
+	// this bounds the replies being applied at once.
+	ReplyPrefetch int `env:"REPLY_PREFETCH" envDefault:"2048"`
 	// OutboxLease is how long a staged message belongs to the relay of the
 	// orchestrator that wrote it before any orchestrator's outbox scan may
 	// publish it (default 15s).
 	OutboxLease time.Duration `env:"OUTBOX_LEASE" envDefault:"15s"`
 	// MaxActiveSagas bounds the orders in flight (a command outstanding)
 	// across every orchestrator; the others wait as pending, high priority
-	// first (default 500). Little's law sizes it: in flight = throughput ×
-	// time per step. Too high, and commands queue in front of the workers
-	// past STEP_TIMEOUT, time out and are sent again; 500 keeps a step under
-	// a few seconds on the 2-core development machine (docs/benchmarks.md).
-	MaxActiveSagas int `env:"MAX_ACTIVE_SAGAS" envDefault:"500"`
+	// first (default 2000). Little's law sizes it: in flight = throughput ×
+	// time per saga. Too high, and commands queue in front of the workers
+	// past STEP_TIMEOUT, time out and are sent again; too low, and batches
+	// stay small. 2000 is five seconds of the 2-core development machine's
+	// throughput (docs/benchmarks.md).
+	MaxActiveSagas int `env:"MAX_ACTIVE_SAGAS" envDefault:"2000"`
 }
 
 // Validate reports every problem at once.

@@ -46,7 +46,7 @@ type Config struct {
 	// TimerBatch is the most due sagas claimed per transaction (default 512).
 	TimerBatch int
 	// MaxActive bounds the sagas with a command in flight, across every
-	// coordinator sharing the store (default 500). New sagas wait as
+	// coordinator sharing the store (default 2000). New sagas wait as
 	// pending, highest priority first, until there is room: a burst becomes
 	// a backlog in the database instead of queues so long that commands
 	// expire before a worker reaches them.
@@ -97,7 +97,7 @@ func (c Config) withDefaults() Config {
 	defInt(&c.QueueSize, 4096)
 	defDur(&c.TimerInterval, 200*time.Millisecond)
 	defInt(&c.TimerBatch, 512)
-	defInt(&c.MaxActive, 500)
+	defInt(&c.MaxActive, 2000)
 	defDur(&c.OutboxInterval, time.Second)
 	defInt(&c.OutboxBatch, 512)
 	defInt(&c.RelayInFlight, 256)
@@ -756,10 +756,9 @@ func (c *Coordinator) batchLoop(ctx context.Context) {
 		c.cfg.Observer.Batch("inputs", len(inputs), time.Since(began))
 		if err != nil {
 			c.log.Error().Err(err).Int("inputs", len(inputs)).Msg("apply batch failed")
-		} else {
-			c.observe(outs)
-			c.sendRelay(ctx, msgs)
 		}
+		// Committed: the callers may ack their deliveries now, before the
+		// relay has room for the messages (the outbox has them).
 		for i, q := range batch {
 			if q.done == nil {
 				continue
@@ -775,6 +774,10 @@ func (c *Coordinator) batchLoop(ctx context.Context) {
 				}
 				q.done <- outs[i].Err
 			}
+		}
+		if err == nil {
+			c.observe(outs)
+			c.sendRelay(ctx, msgs)
 		}
 	}
 }

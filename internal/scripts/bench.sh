@@ -16,11 +16,14 @@ mkdir -p "$LOGS"
 
 internal/scripts/services.sh
 go run ./internal/cmd/createdb -fresh
+# A vhost of its own for each run, removed at the end: re-creating one of
+# the same name at once can find its queues' processes still shutting down.
+VHOST=""
 if command -v rabbitmqctl >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-	rabbitmqctl -q delete_vhost "$NAME" >/dev/null 2>&1 || true
-	rabbitmqctl -q add_vhost "$NAME"
-	rabbitmqctl -q set_permissions -p "$NAME" guest '.*' '.*' '.*'
-	export AMQP_URL="amqp://guest:guest@127.0.0.1:5672/${NAME}"
+	VHOST="${NAME}_$(date +%s)_$$"
+	rabbitmqctl -q add_vhost "$VHOST"
+	rabbitmqctl -q set_permissions -p "$VHOST" guest '.*' '.*' '.*'
+	export AMQP_URL="amqp://guest:guest@127.0.0.1:5672/${VHOST}"
 fi
 make --no-print-directory build >/dev/null
 
@@ -29,6 +32,7 @@ stop() {
 	trap - INT TERM EXIT
 	kill -TERM "${pids[@]}" 2>/dev/null || true
 	wait "${pids[@]}" 2>/dev/null || true
+	[ -z "$VHOST" ] || rabbitmqctl -q delete_vhost "$VHOST" >/dev/null 2>&1 || true
 }
 trap stop INT TERM EXIT
 port=19100
