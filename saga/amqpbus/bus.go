@@ -39,7 +39,9 @@ type Config struct {
 	// Heartbeat detects a dead peer (default 10s).
 	Heartbeat time.Duration
 	// PublishChannels is how many confirm-mode channels publishing may use
-	// concurrently (default 4).
+	// concurrently (default 1: messages sent one after the other, by any
+	// sender of the process, then reach the broker in that order; one
+	// channel carries far more than a saga process publishes).
 	PublishChannels int
 	// OnDeadLetter, when set, is called after each message this process
 	// dead-lettered (for metrics).
@@ -63,7 +65,7 @@ func (c Config) withDefaults() Config {
 		c.Heartbeat = 10 * time.Second
 	}
 	if c.PublishChannels <= 0 {
-		c.PublishChannels = 4
+		c.PublishChannels = 1
 	}
 	return c
 }

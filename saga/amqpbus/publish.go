@@ -41,12 +41,15 @@ func (b *Bus) Send(ctx context.Context, msgs []saga.Message) saga.Confirms {
 			Publishing(m))
 		if err != nil {
 			pubErr = fmt.Errorf("amqpbus: publish %s: %w", m.RoutingKey, err)
+			if ctx.Err() == nil {
+				// Broken mid-batch: never reuse it. (Out of time is not
+				// broken: the channel is shared, and closing it would nack
+				// the confirms other senders await on it.)
+				b.dropPublishChannel(ch)
+			}
 			break
 		}
 		confirms = append(confirms, dc)
-	}
-	if pubErr != nil {
-		b.dropPublishChannel(ch) // broken mid-batch: never reuse it
 	}
 	return func(ctx context.Context) ([]saga.Message, error) {
 		ok := make([]saga.Message, 0, len(confirms))

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -9,6 +10,7 @@ import (
 
 	json "github.com/goccy/go-json"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/rs/zerolog"
@@ -186,10 +188,6 @@ func (r *Runtime) tryBatch(ctx context.Context, jobs []*job) (err error) {
 		first[j.cmd.ID] = j
 		ids = append(ids, j.cmd.ID)
 	}
-	stored, err := beginWithReplies(ctx, conn, ids)
-	if err != nil {
-		return err
-	}
 	committed := false
 	defer func() {
 		if !committed {
@@ -198,6 +196,10 @@ func (r *Runtime) tryBatch(ctx context.Context, jobs []*job) (err error) {
 			_, _ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
 		}
 	}()
+	stored, err := beginWithReplies(ctx, conn, ids)
+	if err != nil {
+		return err
+	}
 	var fresh []*job
 	for _, id := range ids {
 		j := first[id]
@@ -231,7 +233,7 @@ func (r *Runtime) tryBatch(ctx context.Context, jobs []*job) (err error) {
 			SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])`, done, types, bodies)
 	}
 	b.Queue("COMMIT")
-	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+	if err := commit(ctx, conn, b); err != nil {
 		return fmt.Errorf("worker: record replies and commit: %w", err)
 	}
 	committed = true
@@ -241,6 +243,27 @@ func (r *Runtime) tryBatch(ctx context.Context, jobs []*job) (err error) {
 		}
 	}
 	return nil
+}
+
+// commit sends a batch that ends with COMMIT and checks that the
+// transaction committed (COMMIT of an aborted transaction answers
+// ROLLBACK, without an error).
+func commit(ctx context.Context, conn *pgxpool.Conn, b *pgx.Batch) error {
+	br := conn.SendBatch(ctx, b)
+	var tag pgconn.CommandTag
+	var err error
+	for range b.Len() {
+		if tag, err = br.Exec(); err != nil {
+			break
+		}
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && tag.String() != "COMMIT" {
+		err = errors.New("transaction rolled back")
+	}
+	return err
 }
 
 // beginWithReplies begins a transaction on conn and, in the same round

@@ -118,8 +118,9 @@ type Verdict struct {
 // the order given, and returns one verdict per command, index-aligned. A
 // batch handler loads what all its commands need with a few statements and
 // writes with a few more, instead of a few per command: that is where a
-// busy worker's time goes. An error is transient and fails the whole batch:
-// the runtime rolls it back and runs each command alone.
+// busy worker's time goes. A command it marks Invalid must have had no
+// effect (the others of the batch commit). An error is transient and fails
+// the whole batch: the runtime rolls it back and runs each command alone.
 type BatchHandlerFunc func(ctx context.Context, tx Tx, cmds []Command) ([]Verdict, error)
 
 // handler is a registered batch handler; commands of the types it was

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -70,9 +71,6 @@ func handle(ctx context.Context, tx worker.Tx, cmds []worker.Command) ([]worker.
 		if cmd.Type == contract.InventoryReserve {
 			reserves[i], err = decodeReserve(cmd)
 			orders[i] = reserves[i].OrderID
-			for _, it := range reserves[i].Items {
-				skus = append(skus, it.SKU)
-			}
 		} else {
 			orders[i], err = decodeRef(cmd)
 		}
@@ -81,6 +79,9 @@ func handle(ctx context.Context, tx worker.Tx, cmds []worker.Command) ([]worker.
 			continue
 		}
 		ids = append(ids, orders[i])
+		for _, it := range reserves[i].Items {
+			skus = append(skus, it.SKU)
+		}
 	}
 	if len(ids) == 0 {
 		return out, nil
@@ -240,6 +241,19 @@ func (b *batch) reserve(req contract.ReserveRequest) (worker.Result, error) {
 	return worker.OK(contract.ReserveReply{Lines: r.lines, AmountCents: r.amount})
 }
 
+// lines returns the locked products of a reservation's lines; a product
+// that is gone is an error (retried, then an operator's case), never a
+// stock move into nothing.
+func (b *batch) lines(orderID string, r *reservation) ([]*stock, error) {
+	out := make([]*stock, len(r.lines))
+	for i, l := range r.lines {
+		if out[i] = b.prod[l.SKU]; out[i] == nil {
+			return nil, fmt.Errorf("reservation %s: product %s is gone", orderID, l.SKU)
+		}
+	}
+	return out, nil
+}
+
 // release returns a reservation's stock. With no reservation yet it
 // records a release, so a reservation arriving late becomes a no-op.
 func (b *batch) release(orderID string) (worker.Result, error) {
@@ -253,8 +267,12 @@ func (b *batch) release(orderID string) (worker.Result, error) {
 	case r.status == committed:
 		return worker.Fail(contract.CodeNotReserved, "order %s is committed: its stock is sold", orderID)
 	}
-	for _, l := range r.lines {
-		p := b.prod[l.SKU]
+	prods, err := b.lines(orderID, r)
+	if err != nil {
+		return worker.Result{}, err
+	}
+	for i, l := range r.lines {
+		p := prods[i]
 		p.available += l.Quantity
 		p.dAvailable += l.Quantity
 		p.dReserved -= l.Quantity
@@ -277,10 +295,13 @@ func (b *batch) commit(orderID string) (worker.Result, error) {
 	default:
 		return worker.Fail(contract.CodeNotReserved, "order %s has no reservation to commit (status %q)", orderID, status)
 	}
-	for _, l := range r.lines {
-		p := b.prod[l.SKU]
-		p.dReserved -= l.Quantity
-		p.dSold += l.Quantity
+	prods, err := b.lines(orderID, r)
+	if err != nil {
+		return worker.Result{}, err
+	}
+	for i, l := range r.lines {
+		prods[i].dReserved -= l.Quantity
+		prods[i].dSold += l.Quantity
 	}
 	r.status, r.changed = committed, true
 	return worker.OK(nil)
@@ -289,7 +310,7 @@ func (b *batch) commit(orderID string) (worker.Result, error) {
 // save writes what the batch changed, in one round trip: the products'
 // stock, the new reservations (a plain insert: a copy of a command running
 // concurrently elsewhere fails it, and the batch is retried) and the
-// changed ones.
+// changed ones, each in key order like the locks.
 func (b *batch) save(ctx context.Context, tx worker.Tx) error {
 	var (
 		skus                   []string
@@ -299,12 +320,14 @@ func (b *batch) save(ctx context.Context, tx worker.Tx) error {
 		newAmount              []int64
 		changedIDs, changedSts []string
 	)
-	for sku, p := range b.prod {
+	for _, sku := range slices.Sorted(maps.Keys(b.prod)) {
+		p := b.prod[sku]
 		if p.dAvailable != 0 || p.dReserved != 0 || p.dSold != 0 {
 			skus, dAvail, dRes, dSold = append(skus, sku), append(dAvail, p.dAvailable), append(dRes, p.dReserved), append(dSold, p.dSold)
 		}
 	}
-	for id, r := range b.res {
+	for _, id := range slices.Sorted(maps.Keys(b.res)) {
+		r := b.res[id]
 		switch {
 		case r.isNew:
 			lines := r.lines

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 
@@ -776,4 +777,25 @@ func TestBatchAppliesCommandsOfOneOrderInOrder(t *testing.T) {
 	checkReservations(t, pool, map[string]reservationRow{
 		"o1": {"committed", 750}, "o2": {"released", 750}, "o3": {"released", 0},
 	})
+}
+
+// A reservation whose product has disappeared (by hand: the API never
+// deletes products) fails its release or commit as a transient error, to
+// be retried and then left to an operator, instead of moving stock into
+// nothing or crashing the worker.
+func TestSettlingAReservationOfAVanishedProductIsAnError(t *testing.T) {
+	t.Parallel()
+	pool, _ := newDB(t)
+	seed(t, pool, apple)
+	checkVerdict(t, "reserve", doReserve(t, pool, "o1", item("apple", 2)), okVerdict)
+	if _, err := pool.Exec(context.Background(), `DELETE FROM products WHERE sku = 'apple'`); err != nil {
+		t.Fatal(err)
+	}
+	for _, typ := range []string{contract.InventoryCommit, contract.InventoryRelease} {
+		_, err := inTx(context.Background(), pool, handle, command(t, typ, contract.OrderRef{OrderID: "o1"}))
+		if err == nil || !strings.Contains(err.Error(), "product apple is gone") {
+			t.Errorf("%s: error = %v, want one naming the vanished product", typ, err)
+		}
+	}
+	checkReservations(t, pool, map[string]reservationRow{"o1": {"reserved", 500}})
 }

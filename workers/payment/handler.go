@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 
 	"github.com/google/uuid"
@@ -173,7 +174,8 @@ func save(ctx context.Context, tx worker.Tx, pays map[string]*payment) error {
 		charged, refunds                      []int64
 		refundedIDs                           []string
 	)
-	for id, p := range pays {
+	for _, id := range slices.Sorted(maps.Keys(pays)) {
+		p := pays[id]
 		switch {
 		case p.isNew:
 			ids, customers, statuses = append(ids, id), append(customers, p.customer), append(statuses, p.status)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -171,7 +172,8 @@ func save(ctx context.Context, tx worker.Tx, ships map[string]*shipment) error {
 		booked                         []bool
 		cancelledIDs                   []string
 	)
-	for id, s := range ships {
+	for _, id := range slices.Sorted(maps.Keys(ships)) {
+		s := ships[id]
 		switch {
 		case s.isNew:
 			ids, statuses, countries = append(ids, id), append(statuses, s.status), append(countries, s.country)
