@@ -110,6 +110,23 @@ var OK = Verdict{Status: saga.ReplyOK}
 // Failed is the verdict of a business failure with code.
 func Failed(code string) Verdict { return Verdict{Status: saga.ReplyFailed, Code: code} }
 
+// Invalid is the verdict of a command refused as invalid.
+var Invalid = Verdict{Code: worker.CodeInvalidCommand}
+
+// Verdicts reduces a batch's answers to their verdicts (Invalid for the
+// commands refused as invalid).
+func Verdicts(vs []worker.Verdict) []Verdict {
+	out := make([]Verdict, len(vs))
+	for i, v := range vs {
+		if v.Invalid != nil {
+			out[i] = Invalid
+			continue
+		}
+		out[i] = Verdict{Status: v.Status, Code: v.Code}
+	}
+	return out
+}
+
 // CheckVerdict compares a result's verdict with want.
 func CheckVerdict(t testing.TB, what string, res worker.Result, want Verdict) {
 	t.Helper()

@@ -154,27 +154,42 @@ func (s *Store) CreateBatch(ctx context.Context, batch []saga.NewSaga) ([]saga.C
 		data, history, seq, trace, keys, fp, created, updated}
 	out := make([]saga.CreateResult, n)
 	var msgs []saga.Message
+	b := &pgx.Batch{}
 	if !hasKeys {
-		// Fresh ids and no keys: nothing can conflict, so the sagas, their
-		// messages and the commit travel in one round trip.
+		// Fresh ids and no keys: nothing can conflict, so the sagas travel
+		// with their messages and the commit, in one round trip.
+		b.Queue(insert, args...)
 		for i, ns := range batch {
 			out[i] = saga.CreateResult{Instance: ns.Instance, Created: true}
 			msgs = append(msgs, ns.Messages...)
 		}
-		b := &pgx.Batch{}
-		b.Queue(insert, args...)
-		staged, err := s.stage(b, msgs)
-		if err != nil {
-			return nil, err
-		}
-		if err := t.commit(ctx, b); err != nil {
-			return nil, fmt.Errorf("pgstore: create %d sagas: %w", n, err)
-		}
-		s.handOut(batch, out, staged)
-		return out, nil
+	} else if msgs, err = s.insertKeyed(ctx, t, batch, out, insert, args); err != nil {
+		return nil, err
 	}
+	staged, err := s.stage(b, msgs)
+	if err != nil {
+		return nil, err
+	}
+	if err := t.commit(ctx, b); err != nil {
+		return nil, fmt.Errorf("pgstore: create %d sagas: %w", n, err)
+	}
+	// Hand each new saga its staged messages (stage keeps their order).
+	k := 0
+	for i, ns := range batch {
+		if out[i].Created {
+			out[i].Messages = staged[k : k+len(ns.Messages)]
+			k += len(ns.Messages)
+		}
+	}
+	return out, nil
+}
+
+// insertKeyed inserts a batch with idempotency keys, fills out with the
+// created sagas and, for keys that conflicted, the existing saga (or
+// ErrKeyReused), and returns the messages of the created ones.
+func (s *Store) insertKeyed(ctx context.Context, t *txn, batch []saga.NewSaga, out []saga.CreateResult, insert string, args []any) ([]saga.Message, error) {
 	inserted := map[uuid.UUID]bool{}
-	err = t.query(ctx, func(rows pgx.Rows) error {
+	err := t.query(ctx, func(rows pgx.Rows) error {
 		var id uuid.UUID
 		if err := rows.Scan(&id); err != nil {
 			return err
@@ -183,8 +198,9 @@ func (s *Store) CreateBatch(ctx context.Context, batch []saga.NewSaga) ([]saga.C
 		return nil
 	}, insert, args...)
 	if err != nil {
-		return nil, fmt.Errorf("pgstore: create %d sagas: %w", n, err)
+		return nil, fmt.Errorf("pgstore: create %d sagas: %w", len(batch), err)
 	}
+	var msgs []saga.Message
 	var conflicted []string
 	for i, ns := range batch {
 		if inserted[ns.Instance.ID] {
@@ -194,48 +210,28 @@ func (s *Store) CreateBatch(ctx context.Context, batch []saga.NewSaga) ([]saga.C
 			conflicted = append(conflicted, ns.Key)
 		}
 	}
-	if len(conflicted) > 0 {
-		existing, err := s.byKeys(ctx, t.conn, conflicted)
-		if err != nil {
-			return nil, err
-		}
-		for i, ns := range batch {
-			if out[i].Created {
-				continue
-			}
-			e, ok := existing[ns.Key]
-			switch {
-			case !ok:
-				return nil, fmt.Errorf("pgstore: saga %s conflicted without an idempotency key", ns.Instance.ID)
-			case e.fingerprint != ns.Fingerprint:
-				out[i] = saga.CreateResult{Instance: e.in, Err: saga.ErrKeyReused}
-			default:
-				out[i] = saga.CreateResult{Instance: e.in}
-			}
-		}
+	if len(conflicted) == 0 {
+		return msgs, nil
 	}
-	b := &pgx.Batch{}
-	staged, err := s.stage(b, msgs)
+	existing, err := s.byKeys(ctx, t.conn, conflicted)
 	if err != nil {
 		return nil, err
 	}
-	if err := t.commit(ctx, b); err != nil {
-		return nil, fmt.Errorf("pgstore: create %d sagas: %w", n, err)
-	}
-	s.handOut(batch, out, staged)
-	return out, nil
-}
-
-// handOut gives each new saga of a batch its staged messages (stage keeps
-// their order).
-func (s *Store) handOut(batch []saga.NewSaga, out []saga.CreateResult, staged []saga.Message) {
-	k := 0
 	for i, ns := range batch {
 		if out[i].Created {
-			out[i].Messages = staged[k : k+len(ns.Messages)]
-			k += len(ns.Messages)
+			continue
+		}
+		e, ok := existing[ns.Key]
+		switch {
+		case !ok:
+			return nil, fmt.Errorf("pgstore: saga %s conflicted without an idempotency key", ns.Instance.ID)
+		case e.fingerprint != ns.Fingerprint:
+			out[i] = saga.CreateResult{Instance: e.in, Err: saga.ErrKeyReused}
+		default:
+			out[i] = saga.CreateResult{Instance: e.in}
 		}
 	}
+	return msgs, nil
 }
 
 // txn is a transaction on a connection of its own whose statements travel

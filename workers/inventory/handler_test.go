@@ -674,18 +674,6 @@ func TestConcurrentMultiLineOrdersDoNotDeadlock(t *testing.T) {
 
 // --- batches ---
 
-func verdicts(vs []worker.Verdict) []verdict {
-	out := make([]verdict, len(vs))
-	for i, v := range vs {
-		if v.Invalid != nil {
-			out[i] = verdict{Code: worker.CodeInvalidCommand}
-			continue
-		}
-		out[i] = verdict{Status: v.Status, Code: v.Code}
-	}
-	return out
-}
-
 func reserveCmd(t *testing.T, orderID string, items ...contract.Item) worker.Command {
 	return command(t, contract.InventoryReserve, contract.ReserveRequest{OrderID: orderID, Items: items})
 }
@@ -705,7 +693,7 @@ func TestBatchReservesShareStockInOrder(t *testing.T) {
 		reserveCmd(t, "o5", item("banana", 1)), // none left
 	)
 	want := []verdict{okVerdict, okVerdict, failed(contract.CodeOutOfStock), okVerdict, failed(contract.CodeOutOfStock)}
-	if diff := cmp.Diff(want, verdicts(vs)); diff != "" {
+	if diff := cmp.Diff(want, workertest.Verdicts(vs)); diff != "" {
 		t.Errorf("verdicts (-want +got):\n%s", diff)
 	}
 	checkCatalog(t, pool, map[string]contract.Product{"banana": with(banana, 0, 5, 0)})
@@ -738,9 +726,9 @@ func TestBatchOfMixedCommandsMovesStockAsOneByOne(t *testing.T) {
 	)
 	want := []verdict{
 		okVerdict, okVerdict, okVerdict, failed(contract.CodeNotReserved), okVerdict,
-		failed(contract.CodeNotReserved), {Code: worker.CodeInvalidCommand}, failed(contract.CodeUnknownSKU),
+		failed(contract.CodeNotReserved), workertest.Invalid, failed(contract.CodeUnknownSKU),
 	}
-	if diff := cmp.Diff(want, verdicts(vs)); diff != "" {
+	if diff := cmp.Diff(want, workertest.Verdicts(vs)); diff != "" {
 		t.Errorf("verdicts (-want +got):\n%s", diff)
 	}
 	checkCatalog(t, pool, map[string]contract.Product{
@@ -770,7 +758,7 @@ func TestBatchAppliesCommandsOfOneOrderInOrder(t *testing.T) {
 		reserveCmd(t, "o3", item("apple", 1)),
 	)
 	want := []verdict{okVerdict, okVerdict, okVerdict, okVerdict, okVerdict, failed(contract.CodeAlreadyReleased)}
-	if diff := cmp.Diff(want, verdicts(vs)); diff != "" {
+	if diff := cmp.Diff(want, workertest.Verdicts(vs)); diff != "" {
 		t.Errorf("verdicts (-want +got):\n%s", diff)
 	}
 	checkCatalog(t, pool, map[string]contract.Product{"apple": with(apple, 7, 0, 3)})

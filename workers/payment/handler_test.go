@@ -267,16 +267,9 @@ func TestBatchOfChargesAndRefunds(t *testing.T) {
 		charge("o4", 400, "tok_visa"),
 		command(t, contract.PaymentCharge, `{"order_id":"o5","amount_cents":0,"payment_token":"tok_visa"}`),
 	)
-	var got []verdict
-	for _, v := range vs {
-		if v.Invalid != nil {
-			got = append(got, verdict{Code: worker.CodeInvalidCommand})
-			continue
-		}
-		got = append(got, verdict{Status: v.Status, Code: v.Code})
-	}
+	got := workertest.Verdicts(vs)
 	want := []verdict{okVerdict, okVerdict, okVerdict, failed(contract.CodeCardDeclined), okVerdict,
-		failed(contract.CodeAlreadyRefunded), {Code: worker.CodeInvalidCommand}}
+		failed(contract.CodeAlreadyRefunded), workertest.Invalid}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("verdicts (-want +got):\n%s", diff)
 	}

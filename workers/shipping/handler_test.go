@@ -234,16 +234,9 @@ func TestBatchOfPreparesAndCancellations(t *testing.T) {
 		prepare("o4", "US"),
 		command(t, contract.ShippingPrepare, `{"order_id":"o5"}`),
 	)
-	var got []verdict
-	for _, v := range vs {
-		if v.Invalid != nil {
-			got = append(got, verdict{Code: worker.CodeInvalidCommand})
-			continue
-		}
-		got = append(got, verdict{Status: v.Status, Code: v.Code})
-	}
+	got := workertest.Verdicts(vs)
 	want := []verdict{okVerdict, okVerdict, okVerdict, failed(contract.CodeCarrierRefused), okVerdict,
-		failed(contract.CodeAlreadyCanceled), {Code: worker.CodeInvalidCommand}}
+		failed(contract.CodeAlreadyCanceled), workertest.Invalid}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("verdicts (-want +got):\n%s", diff)
 	}
