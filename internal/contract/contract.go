@@ -5,6 +5,8 @@
 package contract
 
 import (
+	"errors"
+	"fmt"
 	"time"
 
 	json "github.com/goccy/go-json"
@@ -94,6 +96,19 @@ type ReserveRequest struct {
 	Items   []Item `json:"items"`
 }
 
+// Validate checks what inventory needs to reserve.
+func (r *ReserveRequest) Validate() error {
+	if r.OrderID == "" || len(r.Items) == 0 {
+		return errors.New("order_id and items are required")
+	}
+	for _, it := range r.Items {
+		if it.SKU == "" || it.Quantity <= 0 {
+			return fmt.Errorf("bad line %+v", it)
+		}
+	}
+	return nil
+}
+
 // PricedLine is an order line priced from the catalog.
 type PricedLine struct {
 	SKU        string `json:"sku"`
@@ -114,12 +129,28 @@ type OrderRef struct {
 	OrderID string `json:"order_id"`
 }
 
+// Validate checks that the reference names an order.
+func (r *OrderRef) Validate() error {
+	if r.OrderID == "" {
+		return errors.New("order_id is required")
+	}
+	return nil
+}
+
 // ChargeRequest asks payment to charge an order.
 type ChargeRequest struct {
 	OrderID      string `json:"order_id"`
 	CustomerID   string `json:"customer_id"`
 	AmountCents  int64  `json:"amount_cents"`
 	PaymentToken string `json:"payment_token"`
+}
+
+// Validate checks what payment needs to charge.
+func (r *ChargeRequest) Validate() error {
+	if r.OrderID == "" || r.AmountCents <= 0 || r.PaymentToken == "" {
+		return errors.New("order_id, a positive amount_cents and payment_token are required")
+	}
+	return nil
 }
 
 // ChargeReply is a successful charge.
@@ -138,6 +169,14 @@ type PrepareRequest struct {
 	OrderID         string  `json:"order_id"`
 	ShippingAddress Address `json:"shipping_address"`
 	Items           []Item  `json:"items"`
+}
+
+// Validate checks what shipping needs to prepare a shipment.
+func (r *PrepareRequest) Validate() error {
+	if r.OrderID == "" || r.ShippingAddress.Country == "" {
+		return errors.New("order_id and shipping_address.country are required")
+	}
+	return nil
 }
 
 // PrepareReply is a prepared shipment.

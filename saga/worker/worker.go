@@ -56,6 +56,21 @@ func (c Command) Decode(v any) error {
 	return nil
 }
 
+// Validator is a payload that checks itself.
+type Validator interface{ Validate() error }
+
+// DecodeValid decodes the payload into v (Decode) and validates it: a
+// payload that fails either makes the command invalid.
+func (c Command) DecodeValid(v Validator) error {
+	if err := c.Decode(v); err != nil {
+		return err
+	}
+	if err := v.Validate(); err != nil {
+		return Invalid(fmt.Errorf("%s payload: %w", c.Type, err))
+	}
+	return nil
+}
+
 // InvalidError marks a command that can never succeed as sent.
 type InvalidError struct{ Err error }
 

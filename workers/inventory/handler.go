@@ -69,10 +69,12 @@ func handle(ctx context.Context, tx worker.Tx, cmds []worker.Command) ([]worker.
 	for i, cmd := range cmds {
 		var err error
 		if cmd.Type == contract.InventoryReserve {
-			reserves[i], err = decodeReserve(cmd)
+			err = cmd.DecodeValid(&reserves[i])
 			orders[i] = reserves[i].OrderID
 		} else {
-			orders[i], err = decodeRef(cmd)
+			var ref contract.OrderRef
+			err = cmd.DecodeValid(&ref)
+			orders[i] = ref.OrderID
 		}
 		if err != nil {
 			out[i].Invalid = err
@@ -107,33 +109,6 @@ func handle(ctx context.Context, tx worker.Tx, cmds []worker.Command) ([]worker.
 		}
 	}
 	return out, b.save(ctx, tx)
-}
-
-func decodeReserve(cmd worker.Command) (contract.ReserveRequest, error) {
-	var req contract.ReserveRequest
-	if err := cmd.Decode(&req); err != nil {
-		return req, err
-	}
-	if req.OrderID == "" || len(req.Items) == 0 {
-		return req, worker.Invalid(errors.New("order_id and items are required"))
-	}
-	for _, it := range req.Items {
-		if it.SKU == "" || it.Quantity <= 0 {
-			return req, worker.Invalid(fmt.Errorf("bad line %+v", it))
-		}
-	}
-	return req, nil
-}
-
-func decodeRef(cmd worker.Command) (string, error) {
-	var ref contract.OrderRef
-	if err := cmd.Decode(&ref); err != nil {
-		return "", err
-	}
-	if ref.OrderID == "" {
-		return "", worker.Invalid(errors.New("order_id is required"))
-	}
-	return ref.OrderID, nil
 }
 
 // lock loads and locks the reservations of orders, then the products of

@@ -49,9 +49,11 @@ func handle(ctx context.Context, tx worker.Tx, cmds []worker.Command) ([]worker.
 	for i, cmd := range cmds {
 		var err error
 		if cmd.Type == contract.PaymentCharge {
-			charges[i], err = decodeCharge(cmd)
+			err = cmd.DecodeValid(&charges[i])
 		} else {
-			charges[i].OrderID, err = decodeRef(cmd)
+			var ref contract.OrderRef
+			err = cmd.DecodeValid(&ref)
+			charges[i].OrderID = ref.OrderID
 		}
 		if err != nil {
 			out[i].Invalid = err
@@ -80,28 +82,6 @@ func handle(ctx context.Context, tx worker.Tx, cmds []worker.Command) ([]worker.
 		}
 	}
 	return out, save(ctx, tx, pays)
-}
-
-func decodeCharge(cmd worker.Command) (contract.ChargeRequest, error) {
-	var req contract.ChargeRequest
-	if err := cmd.Decode(&req); err != nil {
-		return req, err
-	}
-	if req.OrderID == "" || req.AmountCents <= 0 || req.PaymentToken == "" {
-		return req, worker.Invalid(errors.New("order_id, a positive amount_cents and payment_token are required"))
-	}
-	return req, nil
-}
-
-func decodeRef(cmd worker.Command) (string, error) {
-	var ref contract.OrderRef
-	if err := cmd.Decode(&ref); err != nil {
-		return "", err
-	}
-	if ref.OrderID == "" {
-		return "", worker.Invalid(errors.New("order_id is required"))
-	}
-	return ref.OrderID, nil
 }
 
 // lockPayments loads and locks the payments of orders, in order id order.

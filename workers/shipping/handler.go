@@ -48,9 +48,11 @@ func handle(ctx context.Context, tx worker.Tx, cmds []worker.Command) ([]worker.
 	for i, cmd := range cmds {
 		var err error
 		if cmd.Type == contract.ShippingPrepare {
-			reqs[i], err = decodePrepare(cmd)
+			err = cmd.DecodeValid(&reqs[i])
 		} else {
-			reqs[i].OrderID, err = decodeRef(cmd)
+			var ref contract.OrderRef
+			err = cmd.DecodeValid(&ref)
+			reqs[i].OrderID = ref.OrderID
 		}
 		if err != nil {
 			out[i].Invalid = err
@@ -79,28 +81,6 @@ func handle(ctx context.Context, tx worker.Tx, cmds []worker.Command) ([]worker.
 		}
 	}
 	return out, save(ctx, tx, ships)
-}
-
-func decodePrepare(cmd worker.Command) (contract.PrepareRequest, error) {
-	var req contract.PrepareRequest
-	if err := cmd.Decode(&req); err != nil {
-		return req, err
-	}
-	if req.OrderID == "" || req.ShippingAddress.Country == "" {
-		return req, worker.Invalid(errors.New("order_id and shipping_address.country are required"))
-	}
-	return req, nil
-}
-
-func decodeRef(cmd worker.Command) (string, error) {
-	var ref contract.OrderRef
-	if err := cmd.Decode(&ref); err != nil {
-		return "", err
-	}
-	if ref.OrderID == "" {
-		return "", worker.Invalid(errors.New("order_id is required"))
-	}
-	return ref.OrderID, nil
 }
 
 // lockShipments loads and locks the shipments of orders, in order id order.
