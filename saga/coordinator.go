@@ -543,22 +543,6 @@ func decodeReply(body []byte) (Input, error) {
 	}}, nil
 }
 
-// apply queues an input for the batch loop and waits for its commit.
-func (c *Coordinator) apply(ctx context.Context, inp Input) error {
-	q := &queued{input: inp, done: make(chan error, 1)}
-	select {
-	case c.inputs <- q:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	select {
-	case err := <-q.done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
 // Replay re-drives a saga that is not terminal from where it stands, with a
 // fresh attempt budget. It returns ErrConflict for a terminal saga.
 func (c *Coordinator) Replay(ctx context.Context, id uuid.UUID) (Instance, error) {
