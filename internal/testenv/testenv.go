@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -188,13 +189,34 @@ func StartT(t testing.TB, opts Options) *System {
 	return s
 }
 
+// Ports handed to services, never twice in one test binary.
+var (
+	portsMu sync.Mutex
+	ports   = map[int]bool{}
+)
+
+// freePort returns a port a service can listen on. It is picked below
+// Linux's ephemeral range (32768 and up): a port the kernel handed out and
+// took back can be reused at once as the source port of any outgoing
+// connection (there are hundreds, to PostgreSQL and RabbitMQ), taking it
+// before the service that was meant to bind it starts.
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for range 1000 {
+		p := 20000 + rand.IntN(12000)
+		if ports[p] {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue // taken by someone else
+		}
+		l.Close()
+		ports[p] = true
+		return p, nil
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, errors.New("testenv: no free port between 20000 and 32000")
 }
 
 // StartService starts (or restarts) one binary with extra environment.
