@@ -41,8 +41,9 @@ type Config struct {
 
 	// BatchSize is the most replies applied in one transaction (default 256).
 	BatchSize int `env:"BATCH_SIZE" envDefault:"256"`
-	// BatchWorkers is how many batches commit concurrently (default 4).
-	BatchWorkers int `env:"BATCH_WORKERS" envDefault:"4"`
+	// BatchWorkers is how many batches commit concurrently (default 1:
+	// batches commit in delivery order, so priority holds).
+	BatchWorkers int `env:"BATCH_WORKERS" envDefault:"1"`
 	// TimerInterval is how often due sagas are looked for (default 200ms).
 	TimerInterval time.Duration `env:"TIMER_INTERVAL" envDefault:"200ms"`
 	// ReplyPrefetch is how many unacked replies the broker hands over

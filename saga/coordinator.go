@@ -39,7 +39,10 @@ type Config struct {
 	// CreateLinger is Linger for new sagas (default 1ms): a client waits on
 	// each, and under load they arrive in crowds anyway.
 	CreateLinger time.Duration
-	// Workers is how many batches are applied concurrently (default 4).
+	// Workers is how many batches are applied concurrently (default 1).
+	// With one, batches commit in the order their inputs arrived, so inputs
+	// delivered first (higher priority) take effect first; with more, a
+	// large batch can commit after smaller ones gathered behind it.
 	Workers int
 	// QueueSize is how many inputs may wait for a batch (default 4096).
 	QueueSize int
@@ -97,7 +100,7 @@ func (c Config) withDefaults() Config {
 	defInt(&c.BatchSize, 256)
 	defDur(&c.Linger, 3*time.Millisecond)
 	defDur(&c.CreateLinger, time.Millisecond)
-	defInt(&c.Workers, 4)
+	defInt(&c.Workers, 1)
 	defInt(&c.QueueSize, 4096)
 	defDur(&c.TimerInterval, 200*time.Millisecond)
 	defInt(&c.TimerBatch, 512)
@@ -184,9 +187,14 @@ type creation struct {
 	done chan CreateResult
 }
 
+// queued is inputs that go to the batch loop together: the replies of one
+// delivered batch stay in one transaction, in their order, so that
+// concurrent batch loops cannot interleave them (and high-priority sagas,
+// delivered first, keep their lead).
 type queued struct {
-	input Input
-	done  chan error // nil when nobody waits
+	inputs []Input
+	errs   []error    // per input, set before done is signalled
+	done   chan error // the transaction's error, nil once committed
 }
 
 // NewCoordinator validates the definitions and returns a coordinator; call
@@ -487,7 +495,7 @@ type ReplyWait func(ctx context.Context) (unknown []int, err error)
 // deliveries after wait.
 func (c *Coordinator) HandleReplies(ctx context.Context, bodies [][]byte) (poison []error, wait ReplyWait) {
 	poison = make([]error, len(bodies))
-	var waiting []*queued
+	q := &queued{done: make(chan error, 1)}
 	var index []int
 	for i, body := range bodies {
 		inp, err := decodeReply(body)
@@ -495,28 +503,32 @@ func (c *Coordinator) HandleReplies(ctx context.Context, bodies [][]byte) (poiso
 			poison[i] = err
 			continue
 		}
-		q := &queued{input: inp, done: make(chan error, 1)}
-		select {
-		case c.inputs <- q:
-			waiting, index = append(waiting, q), append(index, i)
-		case <-ctx.Done():
-			return poison, func(context.Context) ([]int, error) { return nil, ctx.Err() }
-		}
+		q.inputs, index = append(q.inputs, inp), append(index, i)
+	}
+	if len(q.inputs) == 0 {
+		return poison, func(context.Context) ([]int, error) { return nil, nil }
+	}
+	select {
+	case c.inputs <- q:
+	case <-ctx.Done():
+		return poison, func(context.Context) ([]int, error) { return nil, ctx.Err() }
 	}
 	return poison, func(ctx context.Context) ([]int, error) {
+		select {
+		case err := <-q.done:
+			if err != nil {
+				return nil, err
+			}
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 		var unknown []int
-		for k, q := range waiting {
-			select {
-			case err := <-q.done:
-				if errors.Is(err, ErrNotFound) {
-					unknown = append(unknown, index[k])
-					continue
-				}
-				if err != nil {
-					return nil, err
-				}
-			case <-ctx.Done():
-				return nil, ctx.Err()
+		for k, err := range q.errs {
+			switch {
+			case errors.Is(err, ErrNotFound):
+				unknown = append(unknown, index[k])
+			case err != nil:
+				return nil, err
 			}
 		}
 		return unknown, nil
@@ -727,13 +739,13 @@ func (c *Coordinator) batchLoop(ctx context.Context) {
 	linger := time.NewTimer(c.cfg.Linger)
 	defer linger.Stop()
 	for {
-		batch := gather(ctx, c.inputs, c.cfg.BatchSize, linger, c.cfg.Linger, nil)
+		batch := gather(ctx, c.inputs, c.cfg.BatchSize, linger, c.cfg.Linger, func(q *queued) int { return len(q.inputs) })
 		if batch == nil {
 			return
 		}
 		inputs = inputs[:0]
 		for _, q := range batch {
-			inputs = append(inputs, q.input)
+			inputs = append(inputs, q.inputs...)
 		}
 		// Finish a batch already taken even while stopping: its callers
 		// are waiting to ack their deliveries.
@@ -747,21 +759,21 @@ func (c *Coordinator) batchLoop(ctx context.Context) {
 		}
 		// Committed: the callers may ack their deliveries now, before the
 		// relay has room for the messages (the outbox has them).
-		for i, q := range batch {
-			if q.done == nil {
-				continue
-			}
-			switch {
-			case err != nil:
-				q.done <- err
-			default:
-				if oe := outs[i].Err; oe != nil && !errors.Is(oe, ErrNotFound) {
-					in := outs[i].Instance
-					c.sagaFields(c.log.Error().Err(oe), c.defs[in.Definition], &in).
-						Str("input", q.input.Kind.String()).Msg("input not applied")
+		i := 0
+		for _, q := range batch {
+			if err == nil {
+				q.errs = make([]error, len(q.inputs))
+				for k, inp := range q.inputs {
+					o := outs[i+k]
+					if o.Err != nil && !errors.Is(o.Err, ErrNotFound) {
+						c.sagaFields(c.log.Error().Err(o.Err), c.defs[o.Instance.Definition], &o.Instance).
+							Str("input", inp.Kind.String()).Msg("input not applied")
+					}
+					q.errs[k] = o.Err
 				}
-				q.done <- outs[i].Err
 			}
+			i += len(q.inputs)
+			q.done <- err
 		}
 		if err == nil {
 			c.observe(outs)
