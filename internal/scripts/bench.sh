@@ -13,6 +13,9 @@ export AMQP_URL="amqp://guest:guest@127.0.0.1:5672/"
 export ADMIN_TOKEN=bench-token LOG_LEVEL="${LOG_LEVEL:-warn}" HTTP_ADDR="127.0.0.1:${PORT}"
 LOGS=tmp/bench/logs
 mkdir -p "$LOGS"
+# One run at a time: a second one would drop the database under the first.
+exec 9>tmp/bench/lock
+flock -n 9 || { echo "bench: another make bench is running" >&2; exit 1; }
 
 internal/scripts/services.sh
 go run ./internal/cmd/createdb -fresh
