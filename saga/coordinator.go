@@ -391,6 +391,39 @@ func gather[T any](ctx context.Context, ch <-chan T, limit int, linger *time.Tim
 	return items
 }
 
+// gatherWithin is gather for items that must neither be split nor pass
+// limit together: the item that would pass it comes back as next, to open
+// the following batch (carry: the next of the previous call, if any). An
+// item larger than limit makes a batch of its own.
+func gatherWithin[T any](ctx context.Context, ch <-chan T, carry []T, limit int, linger *time.Timer, wait time.Duration, size func(T) int) (items, next []T) {
+	if len(carry) == 0 {
+		select {
+		case it := <-ch:
+			carry = []T{it}
+		case <-ctx.Done():
+			return nil, nil
+		}
+	}
+	items = carry
+	n := size(items[0])
+	linger.Reset(wait)
+	for n < limit {
+		select {
+		case it := <-ch:
+			if n+size(it) > limit {
+				linger.Stop()
+				return items, []T{it}
+			}
+			items = append(items, it)
+			n += size(it)
+		case <-linger.C:
+			return items, nil
+		}
+	}
+	linger.Stop()
+	return items, nil
+}
+
 func (c *Coordinator) wakeStarter() {
 	select {
 	case c.wake <- struct{}{}:
@@ -738,8 +771,10 @@ func (c *Coordinator) batchLoop(ctx context.Context) {
 	inputs := make([]Input, 0, c.cfg.BatchSize)
 	linger := time.NewTimer(c.cfg.Linger)
 	defer linger.Stop()
+	var next []*queued
 	for {
-		batch := gather(ctx, c.inputs, c.cfg.BatchSize, linger, c.cfg.Linger, func(q *queued) int { return len(q.inputs) })
+		var batch []*queued
+		batch, next = gatherWithin(ctx, c.inputs, next, c.cfg.BatchSize, linger, c.cfg.Linger, func(q *queued) int { return len(q.inputs) })
 		if batch == nil {
 			return
 		}

@@ -50,3 +50,45 @@ func TestGather(t *testing.T) {
 		t.Errorf("gather after cancel = %v, want nil", got)
 	}
 }
+
+func TestGatherWithin(t *testing.T) {
+	t.Parallel()
+	linger := time.NewTimer(time.Hour)
+	defer linger.Stop()
+	ctx := context.Background()
+	size := func(s []int) int { return len(s) }
+
+	ch := make(chan []int, 10)
+	ch <- []int{1, 2}
+	ch <- []int{3, 4, 5}
+	ch <- []int{6, 7, 8, 9, 10, 11}
+	ch <- []int{12}
+	// {3,4,5} would pass 4: it opens the next batch instead.
+	items, next := gatherWithin(ctx, ch, nil, 4, linger, time.Hour, size)
+	if diff := cmp.Diff([][]int{{1, 2}}, items); diff != "" {
+		t.Errorf("first batch (-want +got):\n%s", diff)
+	}
+	// An item larger than the limit goes alone; the carried one first.
+	items, next = gatherWithin(ctx, ch, next, 4, linger, time.Hour, size)
+	if diff := cmp.Diff([][]int{{3, 4, 5}}, items); diff != "" {
+		t.Errorf("carried batch (-want +got):\n%s", diff)
+	}
+	items, next = gatherWithin(ctx, ch, next, 4, linger, time.Hour, size)
+	if diff := cmp.Diff([][]int{{6, 7, 8, 9, 10, 11}}, items); diff != "" {
+		t.Errorf("oversized batch (-want +got):\n%s", diff)
+	}
+	items, next = gatherWithin(ctx, ch, next, 4, linger, 10*time.Millisecond, size)
+	if diff := cmp.Diff([][]int{{12}}, items); diff != "" || next != nil {
+		t.Errorf("last batch (-want +got):\n%s, next %v", diff, next)
+	}
+
+	// Stopping: a carried item is still handed out, then nil.
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if items, _ := gatherWithin(cctx, make(chan []int), [][]int{{1}}, 4, linger, time.Millisecond, size); len(items) != 1 {
+		t.Errorf("carried item after cancel: %v", items)
+	}
+	if items, _ := gatherWithin(cctx, make(chan []int), nil, 4, linger, time.Hour, size); items != nil {
+		t.Errorf("gather after cancel = %v, want nil", items)
+	}
+}
