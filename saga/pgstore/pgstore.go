@@ -58,13 +58,15 @@ func scan(row pgx.Row) (saga.Instance, error) {
 		deadline *time.Time
 		prio     int16
 		history  []byte
+		data     []byte // a json.RawMessage would go through encoding/json's validation
 	)
 	err := row.Scan(&in.ID, &in.Definition, &phase, &in.State, &in.Step, &in.Attempt, &in.Waiting,
-		&deadline, &stuckIn, &in.Reason, &in.StuckReason, &prio, &in.Data, &history, &in.Seq,
+		&deadline, &stuckIn, &in.Reason, &in.StuckReason, &prio, &data, &history, &in.Seq,
 		&in.TraceParent, &in.CreatedAt, &in.UpdatedAt)
 	if err != nil {
 		return saga.Instance{}, err
 	}
+	in.Data = data
 	in.Phase, in.StuckIn, in.Priority = saga.Phase(phase), saga.Phase(stuckIn), saga.Priority(prio)
 	if deadline != nil {
 		in.Deadline = deadline.UTC()
