@@ -27,8 +27,10 @@ func register(rt *worker.Runtime, db *pgxpool.Pool) {
 func appendEvents(ctx context.Context, tx worker.Tx, events []worker.Event) error {
 	n := len(events)
 	var (
-		ids     = make([]uuid.UUID, 0, n)
-		sagas   = make([]uuid.UUID, 0, n)
+		// [16]byte, not uuid.UUID: pgx would encode a uuid.UUID through its
+		// driver.Valuer, as a string parsed back (17% of audit's CPU).
+		ids     = make([][16]byte, 0, n)
+		sagas   = make([][16]byte, 0, n)
 		seqs    = make([]int32, 0, n)
 		types   = make([]string, 0, n)
 		ats     = make([]time.Time, 0, n)
