@@ -276,8 +276,9 @@ func (c *Coordinator) Submit(ctx context.Context, s Submission) (in Instance, cr
 func (c *Coordinator) createLoop(ctx context.Context) {
 	linger := time.NewTimer(c.cfg.CreateLinger)
 	defer linger.Stop()
+	var batch, next []*creation
 	for {
-		batch := gather(ctx, c.creates, c.cfg.BatchSize, linger, c.cfg.CreateLinger, nil)
+		batch, next = gather(ctx, c.creates, next, c.cfg.BatchSize, linger, c.cfg.CreateLinger, nil)
 		if batch == nil {
 			return
 		}
@@ -361,41 +362,17 @@ func (c *Coordinator) startAtOnce(ctx context.Context, batch []*creation) []*Dec
 	return starts
 }
 
-// gather takes the next item from ch, then whatever else arrives within
-// wait, until the items' total size (size of each; nil counts 1 each)
-// reaches limit: a batch of what is waiting, taken without waiting long.
-// It returns nil once ctx is done.
-func gather[T any](ctx context.Context, ch <-chan T, limit int, linger *time.Timer, wait time.Duration, size func(T) int) []T {
+// gather takes the next item from ch (or carry, the next of the previous
+// call), then whatever else arrives within wait while the items' total size
+// (size of each; nil counts 1 each) stays within limit: a batch of what is
+// waiting, taken without waiting long. Items are never split: the one that
+// would pass limit comes back as next, to open the following batch, and
+// one larger than limit makes a batch of its own. It returns nil once ctx
+// is done and nothing is carried.
+func gather[T any](ctx context.Context, ch <-chan T, carry []T, limit int, linger *time.Timer, wait time.Duration, size func(T) int) (items, next []T) {
 	if size == nil {
 		size = func(T) int { return 1 }
 	}
-	var items []T
-	select {
-	case it := <-ch:
-		items = append(items, it)
-	case <-ctx.Done():
-		return nil
-	}
-	n := size(items[0])
-	linger.Reset(wait)
-	for n < limit {
-		select {
-		case it := <-ch:
-			items = append(items, it)
-			n += size(it)
-		case <-linger.C:
-			return items
-		}
-	}
-	linger.Stop() // since Go 1.23 a stopped timer delivers no stale value
-	return items
-}
-
-// gatherWithin is gather for items that must neither be split nor pass
-// limit together: the item that would pass it comes back as next, to open
-// the following batch (carry: the next of the previous call, if any). An
-// item larger than limit makes a batch of its own.
-func gatherWithin[T any](ctx context.Context, ch <-chan T, carry []T, limit int, linger *time.Timer, wait time.Duration, size func(T) int) (items, next []T) {
 	if len(carry) == 0 {
 		select {
 		case it := <-ch:
@@ -771,10 +748,9 @@ func (c *Coordinator) batchLoop(ctx context.Context) {
 	inputs := make([]Input, 0, c.cfg.BatchSize)
 	linger := time.NewTimer(c.cfg.Linger)
 	defer linger.Stop()
-	var next []*queued
+	var batch, next []*queued
 	for {
-		var batch []*queued
-		batch, next = gatherWithin(ctx, c.inputs, next, c.cfg.BatchSize, linger, c.cfg.Linger, func(q *queued) int { return len(q.inputs) })
+		batch, next = gather(ctx, c.inputs, next, c.cfg.BatchSize, linger, c.cfg.Linger, func(q *queued) int { return len(q.inputs) })
 		if batch == nil {
 			return
 		}
@@ -839,8 +815,9 @@ func (c *Coordinator) relayLoop(ctx context.Context) {
 	sem := make(chan struct{}, c.cfg.RelayInFlight)
 	linger := time.NewTimer(c.cfg.Linger)
 	defer linger.Stop()
+	var parts, next [][]Message
 	for {
-		parts := gather(ctx, c.relayq, c.cfg.OutboxBatch, linger, c.cfg.Linger, func(m []Message) int { return len(m) })
+		parts, next = gather(ctx, c.relayq, next, c.cfg.OutboxBatch, linger, c.cfg.Linger, func(m []Message) int { return len(m) })
 		if parts == nil {
 			return
 		}
@@ -918,8 +895,9 @@ func (c *Coordinator) confirmed(ctx, wait context.Context, msgs []Message, confi
 func (c *Coordinator) deleteLoop(ctx context.Context) {
 	linger := time.NewTimer(c.cfg.Linger)
 	defer linger.Stop()
+	var parts, next [][]uuid.UUID
 	for {
-		parts := gather(ctx, c.deletes, 4*c.cfg.OutboxBatch, linger, 10*c.cfg.Linger, func(ids []uuid.UUID) int { return len(ids) })
+		parts, next = gather(ctx, c.deletes, next, 4*c.cfg.OutboxBatch, linger, 10*c.cfg.Linger, func(ids []uuid.UUID) int { return len(ids) })
 		if parts == nil {
 			return
 		}

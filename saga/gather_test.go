@@ -19,76 +19,56 @@ func TestGather(t *testing.T) {
 	for i := range 5 {
 		ch <- i
 	}
-	if diff := cmp.Diff([]int{0, 1, 2}, gather(ctx, ch, 3, linger, time.Hour, nil)); diff != "" {
-		t.Errorf("limited batch (-want +got):\n%s", diff)
+	items, next := gather(ctx, ch, nil, 3, linger, time.Hour, nil)
+	if diff := cmp.Diff([]int{0, 1, 2}, items); diff != "" || next != nil {
+		t.Errorf("limited batch (-want +got):\n%s, next %v", diff, next)
 	}
-	if diff := cmp.Diff([]int{3, 4}, gather(ctx, ch, 3, linger, 10*time.Millisecond, nil)); diff != "" {
+	items, _ = gather(ctx, ch, nil, 3, linger, 10*time.Millisecond, nil)
+	if diff := cmp.Diff([]int{3, 4}, items); diff != "" {
 		t.Errorf("batch cut by the linger (-want +got):\n%s", diff)
-	}
-
-	// Sizes add up: slices count by their length.
-	sl := make(chan []int, 10)
-	sl <- []int{1, 2}
-	sl <- []int{3, 4, 5}
-	sl <- []int{6}
-	got := gather(ctx, sl, 4, linger, time.Hour, func(s []int) int { return len(s) })
-	if diff := cmp.Diff([][]int{{1, 2}, {3, 4, 5}}, got); diff != "" {
-		t.Errorf("sized batch (-want +got):\n%s", diff)
 	}
 
 	// Something arriving during the linger joins the batch.
 	go func() { time.Sleep(5 * time.Millisecond); ch <- 7 }()
 	ch <- 6
-	if diff := cmp.Diff([]int{6, 7}, gather(ctx, ch, 10, linger, time.Second/2, nil)[:2]); diff != "" {
-		t.Errorf("lingering batch (-want +got):\n%s", diff)
+	if items, _ := gather(ctx, ch, nil, 10, linger, time.Second/2, nil); len(items) < 2 || items[0] != 6 || items[1] != 7 {
+		t.Errorf("lingering batch = %v, want 6, 7 first", items)
 	}
 
-	// Nothing, and ctx done: nil.
-	cctx, cancel := context.WithCancel(ctx)
-	cancel()
-	if got := gather(cctx, make(chan int), 3, linger, time.Hour, nil); got != nil {
-		t.Errorf("gather after cancel = %v, want nil", got)
-	}
-}
-
-func TestGatherWithin(t *testing.T) {
-	t.Parallel()
-	linger := time.NewTimer(time.Hour)
-	defer linger.Stop()
-	ctx := context.Background()
+	// Sizes add up; items are never split, and never pass the limit
+	// together: the one that would opens the next batch.
 	size := func(s []int) int { return len(s) }
-
-	ch := make(chan []int, 10)
-	ch <- []int{1, 2}
-	ch <- []int{3, 4, 5}
-	ch <- []int{6, 7, 8, 9, 10, 11}
-	ch <- []int{12}
-	// {3,4,5} would pass 4: it opens the next batch instead.
-	items, next := gatherWithin(ctx, ch, nil, 4, linger, time.Hour, size)
-	if diff := cmp.Diff([][]int{{1, 2}}, items); diff != "" {
-		t.Errorf("first batch (-want +got):\n%s", diff)
+	sl := make(chan []int, 10)
+	sl <- []int{1, 2}
+	sl <- []int{3}
+	sl <- []int{4, 5}
+	sl <- []int{6, 7, 8, 9, 10, 11}
+	sl <- []int{12}
+	sized, carry := gather(ctx, sl, nil, 4, linger, time.Hour, size)
+	if diff := cmp.Diff([][]int{{1, 2}, {3}}, sized); diff != "" {
+		t.Errorf("sized batch (-want +got):\n%s", diff)
 	}
-	// An item larger than the limit goes alone; the carried one first.
-	items, next = gatherWithin(ctx, ch, next, 4, linger, time.Hour, size)
-	if diff := cmp.Diff([][]int{{3, 4, 5}}, items); diff != "" {
+	// The carried one first; one larger than the limit goes alone.
+	sized, carry = gather(ctx, sl, carry, 4, linger, time.Hour, size)
+	if diff := cmp.Diff([][]int{{4, 5}}, sized); diff != "" {
 		t.Errorf("carried batch (-want +got):\n%s", diff)
 	}
-	items, next = gatherWithin(ctx, ch, next, 4, linger, time.Hour, size)
-	if diff := cmp.Diff([][]int{{6, 7, 8, 9, 10, 11}}, items); diff != "" {
+	sized, carry = gather(ctx, sl, carry, 4, linger, time.Hour, size)
+	if diff := cmp.Diff([][]int{{6, 7, 8, 9, 10, 11}}, sized); diff != "" {
 		t.Errorf("oversized batch (-want +got):\n%s", diff)
 	}
-	items, next = gatherWithin(ctx, ch, next, 4, linger, 10*time.Millisecond, size)
-	if diff := cmp.Diff([][]int{{12}}, items); diff != "" || next != nil {
-		t.Errorf("last batch (-want +got):\n%s, next %v", diff, next)
+	sized, carry = gather(ctx, sl, carry, 4, linger, 10*time.Millisecond, size)
+	if diff := cmp.Diff([][]int{{12}}, sized); diff != "" || carry != nil {
+		t.Errorf("last batch (-want +got):\n%s, next %v", diff, carry)
 	}
 
 	// Stopping: a carried item is still handed out, then nil.
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
-	if items, _ := gatherWithin(cctx, make(chan []int), [][]int{{1}}, 4, linger, time.Millisecond, size); len(items) != 1 {
+	if items, _ := gather(cctx, make(chan int), []int{1}, 3, linger, time.Millisecond, nil); len(items) != 1 {
 		t.Errorf("carried item after cancel: %v", items)
 	}
-	if items, _ := gatherWithin(cctx, make(chan []int), nil, 4, linger, time.Hour, size); items != nil {
+	if items, _ := gather(cctx, make(chan int), nil, 3, linger, time.Hour, nil); items != nil {
 		t.Errorf("gather after cancel = %v, want nil", items)
 	}
 }
