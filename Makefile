@@ -17,7 +17,7 @@ run: ## start PostgreSQL and RabbitMQ if needed, create the database, run every 
 services: ## start PostgreSQL and RabbitMQ if they are not running
 	internal/scripts/services.sh
 
-bench: ## the standard benchmark (steady, 300 orders/s for 60 s) on a fresh deployment (BENCH_ARGS="-scenario burst -orders 50000" for others)
+bench: ## the standard benchmark (steady, 500 orders/s for 60 s) on a fresh deployment (BENCH_ARGS="-scenario burst -orders 50000" for others)
 	internal/scripts/bench.sh
 
 bench-go: ## the hot-path micro-benchmarks (go test -bench): decisions, envelopes, outbox codec, store batch write

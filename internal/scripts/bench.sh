@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-BENCH_ARGS="${BENCH_ARGS:--scenario steady -rate 300 -duration 60s}"
+BENCH_ARGS="${BENCH_ARGS:--scenario steady -rate 500 -duration 60s}"
 NAME=sagaflow_bench
 PORT="${BENCH_PORT:-18080}"
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/${NAME}?sslmode=disable"
