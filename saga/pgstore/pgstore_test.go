@@ -2,6 +2,7 @@ package pgstore_test
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -1016,5 +1017,61 @@ func BenchmarkApplyBatch(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.StartTimer()
+	}
+}
+
+// TestOutboxRowsOfAnOlderRelease checks the upgrade path: rows staged
+// before payloads were compressed (codec version 1) are still claimed and
+// published, and new rows are written compressed (version 2).
+func TestOutboxRowsOfAnOlderRelease(t *testing.T) {
+	t.Parallel()
+	store, pool := newStore(t, pgstore.Config{OutboxLease: time.Hour})
+	ctx := testContext(t)
+
+	// A version 1 payload, framed by hand: one event with a body and no
+	// properties beyond its names.
+	str := func(b []byte, s string) []byte { return append(binary.AppendUvarint(b, uint64(len(s))), s...) }
+	old := []byte{1}
+	old = binary.AppendUvarint(old, 1)
+	for _, s := range []string{"saga.events", "trip.created", "ev-old", "corr-old", "", "trip.created"} {
+		old = str(old, s)
+	}
+	old = append(old, 0)                 // priority
+	old = binary.AppendVarint(old, 0)    // expiration
+	old = binary.AppendVarint(old, 0)    // timestamp: none
+	old = binary.AppendUvarint(old, 0)   // headers
+	old = str(old, `{"staged_by":"v1"}`) // body
+	id := uuid.Must(uuid.NewV7())
+	if _, err := pool.Exec(ctx, `INSERT INTO outbox (id, messages, payload, created_at, leased_until)
+		VALUES ($1, 1, $2, now(), now() - interval '1 second')`, id, old); err != nil {
+		t.Fatalf("insert a version 1 row: %v", err)
+	}
+	claimed, err := store.ClaimOutbox(ctx, 10)
+	if err != nil {
+		t.Fatalf("ClaimOutbox: %v", err)
+	}
+	if len(claimed) != 1 {
+		t.Fatalf("ClaimOutbox = %d messages, want the version 1 row's one", len(claimed))
+	}
+	m := claimed[0]
+	if m.OutboxID != id || m.Exchange != "saga.events" || m.RoutingKey != "trip.created" || m.MessageID != "ev-old" ||
+		m.CorrelationID != "corr-old" || string(m.Body) != `{"staged_by":"v1"}` {
+		t.Errorf("claimed %+v, want the version 1 row's event", m)
+	}
+
+	def := tripDefinition(t)
+	in := newSaga(t, def, now(), now())
+	body := []byte(strings.Repeat(`{"order_id":"`+in.ID.String()+`","note":"repetitive"}`, 20))
+	if _, _, _, err := store.Create(ctx, saga.NewSaga{Instance: in, Messages: []saga.Message{
+		{Exchange: "saga.events", RoutingKey: "trip.created", MessageID: "ev-new", Body: body},
+	}}); err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	var version, size int
+	if err := pool.QueryRow(ctx, `SELECT get_byte(payload, 0), length(payload) FROM outbox WHERE id <> $1`, id).Scan(&version, &size); err != nil {
+		t.Fatalf("read the new row: %v", err)
+	}
+	if version != 2 || size >= len(body) {
+		t.Errorf("new outbox row: version %d, %d bytes for a %d-byte body; want version 2, compressed", version, size, len(body))
 	}
 }
