@@ -35,11 +35,20 @@ const maxFrame = 64 << 20
 
 var errCorrupt = errors.New("corrupt outbox payload")
 
+// zenc and zdec are safe for concurrent EncodeAll and DecodeAll. Their
+// options are constants: an error here is a programming error.
 var (
-	zenc, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithLowerEncoderMem(true))
-	zdec, _ = zstd.NewReader(nil, zstd.WithDecoderMaxMemory(maxFrame), zstd.WithDecoderLowmem(true))
-	frames  = sync.Pool{New: func() any { return new([]byte) }}
+	zenc   = must(zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithLowerEncoderMem(true)))
+	zdec   = must(zstd.NewReader(nil, zstd.WithDecoderMaxMemory(maxFrame), zstd.WithDecoderLowmem(true)))
+	frames = sync.Pool{New: func() any { return new([]byte) }}
 )
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
 
 func encodeMessages(msgs []saga.Message) []byte {
 	buf := frames.Get().(*[]byte)
