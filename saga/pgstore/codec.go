@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -38,9 +37,8 @@ var errCorrupt = errors.New("corrupt outbox payload")
 // zenc and zdec are safe for concurrent EncodeAll and DecodeAll. Their
 // options are constants: an error here is a programming error.
 var (
-	zenc   = must(zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithLowerEncoderMem(true)))
-	zdec   = must(zstd.NewReader(nil, zstd.WithDecoderMaxMemory(maxFrame), zstd.WithDecoderLowmem(true)))
-	frames = sync.Pool{New: func() any { return new([]byte) }}
+	zenc = must(zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithLowerEncoderMem(true)))
+	zdec = must(zstd.NewReader(nil, zstd.WithDecoderMaxMemory(maxFrame), zstd.WithDecoderLowmem(true)))
 )
 
 func must[T any](v T, err error) T {
@@ -51,14 +49,8 @@ func must[T any](v T, err error) T {
 }
 
 func encodeMessages(msgs []saga.Message) []byte {
-	buf := frames.Get().(*[]byte)
-	f := appendFrame((*buf)[:0], msgs)
-	out := zenc.EncodeAll(f, append(make([]byte, 0, 1+len(f)/4), codecZstd))
-	if cap(f) <= 1<<20 {
-		*buf = f
-		frames.Put(buf)
-	}
-	return out
+	f := appendFrame(nil, msgs)
+	return zenc.EncodeAll(f, append(make([]byte, 0, 1+len(f)/4), codecZstd))
 }
 
 func decodeMessages(b []byte) ([]saga.Message, error) {

@@ -16,11 +16,11 @@ import (
 	json "github.com/goccy/go-json"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sagaflow/sagaflow/saga"
+	"github.com/sagaflow/sagaflow/saga/internal/pgtx"
 )
 
 // Config tunes a Store.
@@ -294,26 +294,11 @@ func (t *txn) query(ctx context.Context, each func(pgx.Rows) error, sql string, 
 // commit sends b's statements and COMMIT.
 func (t *txn) commit(ctx context.Context, b *pgx.Batch) error {
 	b.Queue("COMMIT")
-	sent := t.queue(b)
-	br := t.conn.SendBatch(ctx, sent)
-	var tag pgconn.CommandTag
-	var err error
-	for range sent.QueuedQueries {
-		if tag, err = br.Exec(); err != nil {
-			break
-		}
+	err := pgtx.SendCommit(ctx, t.conn, t.queue(b))
+	if err == nil || errors.Is(err, pgtx.ErrRolledBack) {
+		t.open = false
 	}
-	if cerr := br.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	t.open = false
-	if tag.String() != "COMMIT" {
-		return errors.New("transaction rolled back")
-	}
-	return nil
+	return err
 }
 
 // close rolls back a transaction left open and releases its connection.

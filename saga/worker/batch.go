@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -10,7 +9,6 @@ import (
 
 	json "github.com/goccy/go-json"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/rs/zerolog"
@@ -20,6 +18,7 @@ import (
 
 	"github.com/sagaflow/sagaflow/saga"
 	"github.com/sagaflow/sagaflow/saga/amqpbus"
+	"github.com/sagaflow/sagaflow/saga/internal/pgtx"
 )
 
 // job is one delivery of a batch on its way to a reply.
@@ -233,7 +232,7 @@ func (r *Runtime) tryBatch(ctx context.Context, jobs []*job) (err error) {
 			SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])`, done, types, bodies)
 	}
 	b.Queue("COMMIT")
-	if err := commit(ctx, conn, b); err != nil {
+	if err := pgtx.SendCommit(ctx, conn, b); err != nil {
 		return fmt.Errorf("worker: record replies and commit: %w", err)
 	}
 	committed = true
@@ -243,27 +242,6 @@ func (r *Runtime) tryBatch(ctx context.Context, jobs []*job) (err error) {
 		}
 	}
 	return nil
-}
-
-// commit sends a batch that ends with COMMIT and checks that the
-// transaction committed (COMMIT of an aborted transaction answers
-// ROLLBACK, without an error).
-func commit(ctx context.Context, conn *pgxpool.Conn, b *pgx.Batch) error {
-	br := conn.SendBatch(ctx, b)
-	var tag pgconn.CommandTag
-	var err error
-	for range b.Len() {
-		if tag, err = br.Exec(); err != nil {
-			break
-		}
-	}
-	if cerr := br.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil && tag.String() != "COMMIT" {
-		err = errors.New("transaction rolled back")
-	}
-	return err
 }
 
 // beginWithReplies begins a transaction on conn and, in the same round
