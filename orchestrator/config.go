@@ -13,47 +13,47 @@ import (
 type Config struct {
 	service.Base
 	// HTTPAddr is where the REST API listens (default :8080).
-	HTTPAddr string `env:"HTTP_ADDR" envDefault:":8080"`
+	HTTPAddr string `env:"HTTP_ADDR" envDefault:":8080" help:"address of the REST API"`
 	// AdminToken guards /admin routes; empty disables them (default empty).
-	AdminToken string `env:"ADMIN_TOKEN"`
+	AdminToken string `env:"ADMIN_TOKEN" help:"bearer token of the /admin routes; unset: the admin API is off"`
 	// RPCTimeout bounds requests relayed to workers (default 5s).
-	RPCTimeout time.Duration `env:"RPC_TIMEOUT" envDefault:"5s"`
+	RPCTimeout time.Duration `env:"RPC_TIMEOUT" envDefault:"5s" help:"bound on a request relayed to a worker"`
 	// MaxBodyBytes bounds request bodies (default 1048576).
-	MaxBodyBytes int64 `env:"MAX_BODY_BYTES" envDefault:"1048576"`
+	MaxBodyBytes int64 `env:"MAX_BODY_BYTES" envDefault:"1048576" help:"largest request body"`
 
 	// StepTimeout is how long a step's first attempt waits for its reply
 	// (default 10s); later attempts wait longer, up to StepMaxTimeout.
-	StepTimeout time.Duration `env:"STEP_TIMEOUT" envDefault:"10s"`
+	StepTimeout time.Duration `env:"STEP_TIMEOUT" envDefault:"10s" help:"wait for a step's first reply; doubles per attempt"`
 	// StepMaxTimeout caps one attempt's wait (default 2m).
-	StepMaxTimeout time.Duration `env:"STEP_MAX_TIMEOUT" envDefault:"2m"`
+	StepMaxTimeout time.Duration `env:"STEP_MAX_TIMEOUT" envDefault:"2m" help:"cap on one attempt's wait"`
 	// RetryBackoff is the first pause after a transient failure (default 200ms).
-	RetryBackoff time.Duration `env:"RETRY_BACKOFF" envDefault:"200ms"`
+	RetryBackoff time.Duration `env:"RETRY_BACKOFF" envDefault:"200ms" help:"first pause after a transient failure"`
 	// RetryMaxBackoff caps that pause (default 30s).
-	RetryMaxBackoff time.Duration `env:"RETRY_MAX_BACKOFF" envDefault:"30s"`
+	RetryMaxBackoff time.Duration `env:"RETRY_MAX_BACKOFF" envDefault:"30s" help:"cap on that pause"`
 	// StepAttempts is the budget of a step before the saga compensates (default 5).
-	StepAttempts int `env:"STEP_ATTEMPTS" envDefault:"5"`
+	StepAttempts int `env:"STEP_ATTEMPTS" envDefault:"5" help:"attempts of a step before the saga compensates"`
 	// CompensationAttempts is the budget of a compensation before the saga
 	// is stuck (default 10).
-	CompensationAttempts int `env:"COMPENSATION_ATTEMPTS" envDefault:"10"`
+	CompensationAttempts int `env:"COMPENSATION_ATTEMPTS" envDefault:"10" help:"attempts of a compensation before the saga is stuck"`
 	// RetriableAttempts is the budget of a step after the pivot before the
 	// saga is stuck (default 20).
-	RetriableAttempts int `env:"RETRIABLE_ATTEMPTS" envDefault:"20"`
+	RetriableAttempts int `env:"RETRIABLE_ATTEMPTS" envDefault:"20" help:"attempts of a step after the pivot before the saga is stuck"`
 
 	// BatchSize is the most replies applied in one transaction (default 256).
-	BatchSize int `env:"BATCH_SIZE" envDefault:"256"`
+	BatchSize int `env:"BATCH_SIZE" envDefault:"256" help:"replies applied per transaction"`
 	// BatchWorkers is how many batches commit concurrently (default 1:
 	// batches commit in delivery order, so priority holds).
-	BatchWorkers int `env:"BATCH_WORKERS" envDefault:"1"`
+	BatchWorkers int `env:"BATCH_WORKERS" envDefault:"1" help:"transactions of replies committing at once"`
 	// TimerInterval is how often due sagas are looked for (default 200ms).
-	TimerInterval time.Duration `env:"TIMER_INTERVAL" envDefault:"200ms"`
+	TimerInterval time.Duration `env:"TIMER_INTERVAL" envDefault:"200ms" help:"how often due sagas are looked for"`
 	// ReplyPrefetch is how many unacked replies the broker hands over
 	// (default 2048): replies are acked once their transitions commit, so
 	// this bounds the replies being applied at once.
-	ReplyPrefetch int `env:"REPLY_PREFETCH" envDefault:"2048"`
+	ReplyPrefetch int `env:"REPLY_PREFETCH" envDefault:"2048" help:"replies being applied at once"`
 	// OutboxLease is how long a staged message belongs to the relay of the
 	// orchestrator that wrote it before any orchestrator's outbox scan may
 	// publish it (default 15s).
-	OutboxLease time.Duration `env:"OUTBOX_LEASE" envDefault:"15s"`
+	OutboxLease time.Duration `env:"OUTBOX_LEASE" envDefault:"15s" help:"time a relay owns its staged messages before any orchestrator's scan publishes them"`
 	// MaxActiveSagas bounds the orders in flight (a command outstanding)
 	// across every orchestrator; the others wait as pending, high priority
 	// first (default 2000). Little's law sizes it: in flight = throughput ×
@@ -61,7 +61,7 @@ type Config struct {
 	// past STEP_TIMEOUT, time out and are sent again; too low, and batches
 	// stay small. 2000 is five seconds of the 2-core development machine's
 	// throughput (docs/benchmarks.md).
-	MaxActiveSagas int `env:"MAX_ACTIVE_SAGAS" envDefault:"2000"`
+	MaxActiveSagas int `env:"MAX_ACTIVE_SAGAS" envDefault:"2000" help:"sagas in flight across orchestrators; the rest wait as pending"`
 }
 
 // Validate reports every problem at once.

@@ -14,8 +14,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/rs/zerolog"
 
@@ -30,7 +28,8 @@ import (
 )
 
 func main() {
-	var cfg Config
+	cfg := Config{Base: service.Base{DBMaxConns: 16}}
+	service.HandleFlags("orchestrator", "the REST API and the coordinator of the order saga", &cfg)
 	if err := service.LoadConfig(&cfg); err != nil {
 		fmt.Fprintf(os.Stderr, "orchestrator: %v\n", err)
 		os.Exit(1)
@@ -63,7 +62,7 @@ func run(cfg *Config, log zerolog.Logger) error {
 	}
 	sctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
 	defer cancel()
-	db, err := service.OpenDB(sctx, &cfg.Base, "orchestrator", 16)
+	db, err := service.OpenDB(sctx, &cfg.Base, "orchestrator")
 	if err != nil {
 		return err
 	}
@@ -75,8 +74,7 @@ func run(cfg *Config, log zerolog.Logger) error {
 	defer bus.Close()
 
 	store := pgstore.New(db, pgstore.Config{OutboxLease: cfg.OutboxLease})
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := service.NewRegistry()
 	metrics.RegisterOrchestrator(reg, store)
 	coord, err := saga.NewCoordinator(saga.Config{
 		BatchSize: cfg.BatchSize, Workers: cfg.BatchWorkers, TimerInterval: cfg.TimerInterval,

@@ -71,7 +71,7 @@ const (
 	CodeNotFound        = "not_found"
 )
 
-// Simulation rules (DESIGN.md).
+// Simulation rules (docs/api.md).
 const (
 	DeclineToken   = "tok_decline" // the payment gateway declines it
 	RefusedCountry = "ZZ"          // the carrier refuses to ship there

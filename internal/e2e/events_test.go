@@ -3,7 +3,7 @@ package e2e
 import (
 	"context"
 	"net/http"
-	"os/exec"
+	"net/url"
 	"strings"
 	"sync"
 	"syscall"
@@ -241,22 +241,26 @@ func TestHighPriorityOrdersOvertake(t *testing.T) {
 	high := placeMany(t, s, 20, func(int) testenv.OrderSpec {
 		return testenv.OrderSpec{Items: testenv.Items("prio-a", 1), Priority: "high"}
 	})
-	// Every order waits for payment: its charge command is queued.
-	db := s.Pool(t, "orchestrator")
+	// Every order's charge command is in the payment queue. (A saga's state
+	// says charging_payment once the command is staged in the outbox, not
+	// once it is queued: a high-priority command still in the outbox when
+	// payment starts cannot overtake anything.)
+	b := dialBroker(t, s)
 	deadline := time.Now().Add(2 * waitFor)
 	for {
-		var n int
-		if err := db.QueryRow(context.Background(), `SELECT count(*) FROM sagas WHERE state = 'charging_payment'`).Scan(&n); err != nil {
+		q, err := b.ch.QueueDeclarePassive(contract.PaymentQueue, true, false, false, false, nil)
+		if err != nil {
 			t.Fatal(err)
 		}
-		if n == len(normal)+len(high) {
+		if q.Messages == len(normal)+len(high) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d orders waiting for payment", n, len(normal)+len(high))
+			t.Fatalf("%d of %d charge commands queued for payment", q.Messages, len(normal)+len(high))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	db := s.Pool(t, "orchestrator")
 	if err := s.StartService("payment", nil); err != nil {
 		t.Fatal(err)
 	}
@@ -423,13 +427,16 @@ func TestQuorumQueues(t *testing.T) {
 	if v := s.WaitTerminal(t, []string{id}, waitFor)[id]; v.State != order.StateCompleted {
 		t.Fatalf("state %s (%s), want completed", v.State, v.Reason)
 	}
-	out, err := exec.Command("rabbitmqctl", "-q", "list_queues", "-p", s.Name, "name", "type").CombinedOutput()
-	if err != nil {
-		t.Fatalf("list queues: %v %s", err, out)
-	}
 	for _, q := range []string{contract.InventoryQueue, amqpbus.ReplyQueue, contract.AuditEventsQueue} {
-		if !strings.Contains(string(out), q+"\tquorum") {
-			t.Errorf("%s is not a quorum queue:\n%s", q, out)
+		var info struct {
+			Type string `json:"type"`
+		}
+		path := "/queues/" + url.PathEscape(s.Name) + "/" + url.PathEscape(q)
+		if err := s.Servers().ManagementAPI(context.Background(), http.MethodGet, path, nil, &info); err != nil {
+			t.Fatal(err)
+		}
+		if info.Type != "quorum" {
+			t.Errorf("%s is a %s queue, want quorum", q, info.Type)
 		}
 	}
 }

@@ -12,7 +12,6 @@ import (
 	"testing"
 
 	"github.com/sagaflow/sagaflow/internal/testenv"
-	"github.com/sagaflow/sagaflow/saga/sagatest"
 )
 
 // shared is one deployment for the tests that do not kill processes. They
@@ -45,10 +44,7 @@ func system(t *testing.T) *testenv.System {
 		t.Skip("end-to-end test: skipped with -short")
 	}
 	if startErr != nil {
-		if strings.HasPrefix(startErr.Error(), "postgres:") || strings.HasPrefix(startErr.Error(), "rabbitmq:") {
-			sagatest.Unavailable(t, "PostgreSQL or RabbitMQ", startErr)
-		}
-		t.Fatalf("start the deployment: %v", startErr)
+		testenv.CheckStart(t, startErr)
 	}
 	t.Cleanup(func() {
 		if t.Failed() {

@@ -3,10 +3,22 @@
 package metrics
 
 import (
+	"runtime"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
+
+// BuildInfo is sagaflow_build_info: always 1, labelled with the version of
+// the binary and the Go release that built it.
+func BuildInfo(version string) prometheus.Collector {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "sagaflow_build_info",
+		Help: "Always 1; the labels say which sagaflow version and Go release this process runs.",
+	}, []string{"version", "goversion"})
+	g.WithLabelValues(version, runtime.Version()).Set(1)
+	return g
+}
 
 // Worker metrics.
 var (

@@ -9,7 +9,7 @@ import (
 	"github.com/sagaflow/sagaflow/saga"
 )
 
-// Orchestrator metrics (DESIGN.md names them).
+// Orchestrator metrics (docs/operations.md lists them).
 var (
 	SagasStarted = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "sagaflow_sagas_started_total",

@@ -8,8 +8,9 @@ cd "$(dirname "$0")/../.."
 BENCH_ARGS="${BENCH_ARGS:--scenario steady -rate 500 -duration 60s}"
 NAME=sagaflow_bench
 PORT="${BENCH_PORT:-18080}"
-export DATABASE_URL="postgres://postgres@127.0.0.1:5432/${NAME}?sslmode=disable"
-export AMQP_URL="amqp://guest:guest@127.0.0.1:5672/"
+# shellcheck source=defaults.sh
+source internal/scripts/defaults.sh
+export DATABASE_URL="postgres://${PG_USER}:${PG_PASSWORD}@${PG_HOST}:${PG_PORT}/${NAME}?sslmode=disable"
 export ADMIN_TOKEN=bench-token LOG_LEVEL="${LOG_LEVEL:-warn}" HTTP_ADDR="127.0.0.1:${PORT}"
 LOGS=tmp/bench/logs
 mkdir -p "$LOGS"
@@ -18,16 +19,14 @@ exec 9>tmp/bench/lock
 flock -n 9 || { echo "bench: another make bench is running" >&2; exit 1; }
 
 internal/scripts/services.sh
-go run ./internal/cmd/createdb -fresh
+go build -o bin/createdb ./internal/cmd/createdb
+bin/createdb -fresh
 # A vhost of its own for each run, removed at the end: re-creating one of
 # the same name at once can find its queues' processes still shutting down.
-VHOST=""
-if command -v rabbitmqctl >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-	VHOST="${NAME}_$(date +%s)_$$"
-	rabbitmqctl -q add_vhost "$VHOST"
-	rabbitmqctl -q set_permissions -p "$VHOST" guest '.*' '.*' '.*'
-	export AMQP_URL="amqp://guest:guest@127.0.0.1:5672/${VHOST}"
-fi
+VHOST="${NAME}_$(date +%s)_$$"
+rabbitmq_api PUT "/vhosts/$VHOST" >/dev/null
+rabbitmq_api PUT "/permissions/$VHOST/$SAGAFLOW_AMQP_USER" '{"configure":".*","write":".*","read":".*"}' >/dev/null
+export AMQP_URL="${AMQP_URL%/}/${VHOST}"
 make --no-print-directory build >/dev/null
 
 pids=()
@@ -35,7 +34,7 @@ stop() {
 	trap - INT TERM EXIT
 	kill -TERM "${pids[@]}" 2>/dev/null || true
 	wait "${pids[@]}" 2>/dev/null || true
-	[ -z "$VHOST" ] || rabbitmqctl -q delete_vhost "$VHOST" >/dev/null 2>&1 || true
+	rabbitmq_api DELETE "/vhosts/$VHOST" >/dev/null 2>&1 || true
 }
 trap stop INT TERM EXIT
 port=19100

@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/sagaflow?sslmode=disable}"
-export AMQP_URL="${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/}"
+# shellcheck source=defaults.sh
+source internal/scripts/defaults.sh
 export HTTP_ADDR="${HTTP_ADDR:-:8080}"
 export ADMIN_TOKEN="${ADMIN_TOKEN:-dev-admin-token}"
 export LOG_LEVEL="${LOG_LEVEL:-info}"
@@ -14,8 +14,8 @@ export LOG_FORMAT="${LOG_FORMAT:-console}"
 LOGS="${LOGS:-tmp/logs}"
 
 internal/scripts/services.sh
-go run ./internal/cmd/createdb
 make --no-print-directory build >/dev/null
+bin/createdb
 
 mkdir -p "$LOGS"
 pids=()
@@ -29,7 +29,7 @@ stop() {
 trap stop INT TERM EXIT
 
 for svc in $(ls bin); do
-	case "$svc" in bench | brokerbench) continue ;; esac
+	case "$svc" in orchestrator | inventory | payment | shipping | notification | audit) ;; *) continue ;; esac
 	"bin/$svc" >>"$LOGS/$svc.log" 2>&1 &
 	pids+=($!)
 done

@@ -26,31 +26,35 @@ import (
 	"github.com/sagaflow/sagaflow/saga/amqpbus"
 )
 
-// Base is the configuration every service shares.
+// Base is the configuration every service shares. The defaults of
+// DATABASE_URL and AMQP_URL come from the repository's .env (see
+// sagaflow.Default); the others are in the tags.
 type Base struct {
-	// DatabaseURL is the PostgreSQL URL
-	// (default postgres://postgres@127.0.0.1:5432/sagaflow?sslmode=disable).
-	DatabaseURL string `env:"DATABASE_URL" envDefault:"postgres://postgres@127.0.0.1:5432/sagaflow?sslmode=disable"`
-	// AMQPURL is the RabbitMQ URL (default amqp://guest:guest@127.0.0.1:5672/).
-	AMQPURL string `env:"AMQP_URL" envDefault:"amqp://guest:guest@127.0.0.1:5672/"`
+	// DatabaseURL is the PostgreSQL URL (default: DATABASE_URL of .env,
+	// postgres://sagaflow:sagaflow@127.0.0.1:5432/sagaflow?sslmode=disable).
+	DatabaseURL string `env:"DATABASE_URL" help:"PostgreSQL URL; each service keeps its tables in its own schema"`
+	// AMQPURL is the RabbitMQ URL (default: AMQP_URL of .env,
+	// amqp://guest:guest@127.0.0.1:5672/).
+	AMQPURL string `env:"AMQP_URL" help:"RabbitMQ URL"`
 	// LogLevel is debug, info, warn or error (default info).
-	LogLevel string `env:"LOG_LEVEL" envDefault:"info"`
+	LogLevel string `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
 	// LogFormat is json or console (default json).
-	LogFormat string `env:"LOG_FORMAT" envDefault:"json"`
+	LogFormat string `env:"LOG_FORMAT" envDefault:"json" help:"json, or console for humans"`
 	// QueueType is classic or quorum for every queue (default classic).
-	QueueType string `env:"AMQP_QUEUE_TYPE" envDefault:"classic"`
+	QueueType string `env:"AMQP_QUEUE_TYPE" envDefault:"classic" help:"classic, or quorum for clusters (no priorities then)"`
 	// DBMaxConns is the pool size (default per binary: orchestrator 16,
 	// inventory, payment and shipping 10, notification and audit 4; a whole
-	// deployment fits PostgreSQL's default max_connections of 100).
-	DBMaxConns int32 `env:"DB_MAX_CONNS"`
+	// deployment fits PostgreSQL's default max_connections of 100). Each
+	// binary sets its default in the field before the environment is read.
+	DBMaxConns int32 `env:"DB_MAX_CONNS" help:"PostgreSQL connections in the pool"`
 	// StartTimeout bounds connecting to PostgreSQL and RabbitMQ at start
 	// (default 15s).
-	StartTimeout time.Duration `env:"START_TIMEOUT" envDefault:"15s"`
+	StartTimeout time.Duration `env:"START_TIMEOUT" envDefault:"15s" help:"bound on connecting to PostgreSQL and RabbitMQ at start"`
 	// ShutdownTimeout bounds the graceful stop (default 20s).
-	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"20s"`
+	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"20s" help:"bound on the graceful stop"`
 	// PprofAddr serves Go's profiler (net/http/pprof) when set (default
 	// off); keep it on a private address.
-	PprofAddr string `env:"PPROF_ADDR"`
+	PprofAddr string `env:"PPROF_ADDR" help:"serve Go's profiler (/debug/pprof/) on this address; unset: off"`
 }
 
 // Validate reports every problem of the shared settings.
@@ -71,7 +75,7 @@ func (b *Base) Validate() []error {
 	if b.QueueType != string(amqpbus.Classic) && b.QueueType != string(amqpbus.Quorum) {
 		errs = append(errs, fmt.Errorf("AMQP_QUEUE_TYPE: want classic or quorum, got %q", b.QueueType))
 	}
-	if b.DBMaxConns < 0 {
+	if b.DBMaxConns < 1 {
 		errs = append(errs, fmt.Errorf("DB_MAX_CONNS: want at least 1, got %d", b.DBMaxConns))
 	}
 	return errs
@@ -96,9 +100,11 @@ func TuneGC(limitMiB int64) {
 type Validator interface{ Validate() []error }
 
 // LoadConfig parses the environment into cfg (a pointer to a struct whose
-// fields carry env tags) and validates it, reporting every problem at once.
+// fields carry env tags; a field already set keeps its value when the
+// environment does not name it) and validates it, reporting every problem
+// at once. DATABASE_URL and AMQP_URL default to the values of .env.
 func LoadConfig(cfg Validator) error {
-	if err := env.Parse(cfg); err != nil {
+	if err := env.ParseWithOptions(cfg, env.Options{Environment: environment()}); err != nil {
 		return fmt.Errorf("configuration: %w", err)
 	}
 	if errs := cfg.Validate(); len(errs) > 0 {
@@ -122,16 +128,13 @@ func Logger(service string, b *Base) zerolog.Logger {
 
 // OpenDB connects to PostgreSQL with search_path set to schema, checks the
 // connection, and applies the service's section of schema.sql. The pool
-// holds DB_MAX_CONNS connections, or defConns when it is not set.
-func OpenDB(ctx context.Context, b *Base, schema string, defConns int32) (*pgxpool.Pool, error) {
+// holds DB_MAX_CONNS connections.
+func OpenDB(ctx context.Context, b *Base, schema string) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(b.DatabaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("DATABASE_URL: %w", err)
 	}
-	cfg.MaxConns = defConns
-	if b.DBMaxConns > 0 {
-		cfg.MaxConns = b.DBMaxConns
-	}
+	cfg.MaxConns = b.DBMaxConns
 	cfg.ConnConfig.RuntimeParams["search_path"] = schema
 	cfg.ConnConfig.RuntimeParams["application_name"] = "sagaflow-" + schema
 	// Every query of these services is an index lookup. A prepared

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 
+	"github.com/sagaflow/sagaflow"
 	"github.com/sagaflow/sagaflow/internal/metrics"
 	"github.com/sagaflow/sagaflow/internal/telemetry"
 	"github.com/sagaflow/sagaflow/saga/amqpbus"
@@ -29,26 +30,26 @@ type WorkerConfig struct {
 	// MetricsAddr serves /metrics, /healthz and /readyz (default per worker:
 	// inventory :9101, payment :9102, shipping :9103, notification :9104,
 	// audit :9105).
-	MetricsAddr string `env:"METRICS_ADDR"`
+	MetricsAddr string `env:"METRICS_ADDR" help:"address of /metrics, /healthz and /readyz"`
 	// Prefetch is how many unacked commands the broker hands over: commands
 	// being handled plus those whose replies await their confirm (default
 	// 1024). It must cover throughput × confirm latency, which reaches a
 	// second or more on a busy broker.
-	Prefetch int `env:"WORKER_PREFETCH" envDefault:"1024"`
+	Prefetch int `env:"WORKER_PREFETCH" envDefault:"1024" help:"commands in hand, including those whose replies await confirms"`
 	// Batch is the most commands applied in one transaction (default 32).
-	Batch int `env:"WORKER_BATCH" envDefault:"32"`
+	Batch int `env:"WORKER_BATCH" envDefault:"32" help:"commands applied per transaction"`
 	// EventPrefetch is how many events a subscriber takes at once, and its
 	// largest batch per transaction (default 256).
-	EventPrefetch int `env:"EVENT_PREFETCH" envDefault:"256"`
+	EventPrefetch int `env:"EVENT_PREFETCH" envDefault:"256" help:"events per batch, one transaction each (notification, audit)"`
 	// SimLatency is added before each command (default 0s).
-	SimLatency time.Duration `env:"SIM_LATENCY" envDefault:"0s"`
+	SimLatency time.Duration `env:"SIM_LATENCY" envDefault:"0s" help:"simulation: latency added before each command"`
 	// SimFailureRate is the probability of a transient failure (default 0).
-	SimFailureRate float64 `env:"SIM_FAILURE_RATE" envDefault:"0"`
+	SimFailureRate float64 `env:"SIM_FAILURE_RATE" envDefault:"0" help:"simulation: probability of a transient failure before the effect"`
 	// SimDropReplyRate is the probability a reply is lost after the effect
 	// committed (default 0).
-	SimDropReplyRate float64 `env:"SIM_DROP_REPLY_RATE" envDefault:"0"`
+	SimDropReplyRate float64 `env:"SIM_DROP_REPLY_RATE" envDefault:"0" help:"simulation: probability a reply is lost after the effect committed"`
 	// SimDropFirstReply loses the first reply to each command (default false).
-	SimDropFirstReply bool `env:"SIM_DROP_FIRST_REPLY" envDefault:"false"`
+	SimDropFirstReply bool `env:"SIM_DROP_FIRST_REPLY" envDefault:"false" help:"simulation: lose the first reply to each command"`
 }
 
 // Validate reports every problem at once.
@@ -78,6 +79,8 @@ func (c *WorkerConfig) Validate() []error {
 type WorkerSpec struct {
 	// Name is the service name, its PostgreSQL schema and its log name.
 	Name string
+	// Summary says what the worker does, for -help.
+	Summary string
 	// Queue is its command queue.
 	Queue string
 	// MetricsAddr is the default of METRICS_ADDR.
@@ -91,7 +94,8 @@ type WorkerSpec struct {
 // RunWorker runs a command worker until SIGINT or SIGTERM and returns the
 // process exit code: 0 after a graceful stop, 1 on a start or run error.
 func RunWorker(spec WorkerSpec) int {
-	cfg := WorkerConfig{MetricsAddr: spec.MetricsAddr}
+	cfg := WorkerConfig{MetricsAddr: spec.MetricsAddr, Base: Base{DBMaxConns: spec.DBConns}}
+	HandleFlags(spec.Name, spec.Summary, &cfg)
 	if err := LoadConfig(&cfg); err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", spec.Name, err)
 		return 1
@@ -125,7 +129,7 @@ func runWorker(spec WorkerSpec, cfg *WorkerConfig, log zerolog.Logger) error {
 	}
 	sctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
 	defer cancel()
-	db, err := OpenDB(sctx, &cfg.Base, spec.Name, spec.DBConns)
+	db, err := OpenDB(sctx, &cfg.Base, spec.Name)
 	if err != nil {
 		return err
 	}
@@ -136,8 +140,7 @@ func runWorker(spec WorkerSpec, cfg *WorkerConfig, log zerolog.Logger) error {
 	}
 	defer bus.Close()
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := NewRegistry()
 	metrics.RegisterWorker(reg)
 
 	rt := worker.New(worker.Config{
@@ -190,8 +193,18 @@ func HealthMux(reg *prometheus.Registry, db *pgxpool.Pool, bus *amqpbus.Bus) *ht
 // Status is the state of a process's dependencies.
 type Status struct {
 	Status   string `json:"status"`
+	Version  string `json:"version"`
 	Postgres string `json:"postgres"`
 	RabbitMQ string `json:"rabbitmq"`
+}
+
+// NewRegistry returns a Prometheus registry with Go's runtime and process
+// collectors and sagaflow_build_info.
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		metrics.BuildInfo(sagaflow.Version()))
+	return reg
 }
 
 // OK reports whether both dependencies are reachable.
@@ -199,7 +212,7 @@ func (s Status) OK() bool { return s.Status == "ok" }
 
 // Check pings PostgreSQL (bounded at 2s) and asks the bus for its state.
 func Check(ctx context.Context, db *pgxpool.Pool, bus *amqpbus.Bus) Status {
-	st := Status{Status: "ok", Postgres: "ok", RabbitMQ: "ok"}
+	st := Status{Status: "ok", Version: sagaflow.Version(), Postgres: "ok", RabbitMQ: "ok"}
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if err := db.Ping(pctx); err != nil {

@@ -79,7 +79,20 @@ type Options struct {
 	Env map[string]string
 	// ServiceEnv is added to one service's environment.
 	ServiceEnv map[string]map[string]string
+	// Servers are the PostgreSQL and RabbitMQ to use (default
+	// sagatest.DefaultServers(): the machine's); fault tests pass their
+	// private ones (PrivateServers).
+	Servers *sagatest.Servers
 }
+
+// serverError is a failure to set up the deployment's database or vhost.
+type serverError struct {
+	what string
+	err  error
+}
+
+func (e *serverError) Error() string { return e.what + ": " + e.err.Error() }
+func (e *serverError) Unwrap() error { return e.err }
 
 // System is one running deployment with its own database, vhost, ports
 // and processes.
@@ -117,6 +130,10 @@ func Start(opts Options) (*System, error) {
 	if len(opts.Services) == 0 {
 		opts.Services = Services
 	}
+	if opts.Servers == nil {
+		srv := sagatest.DefaultServers()
+		opts.Servers = &srv
+	}
 	bin, err := Binaries()
 	if err != nil {
 		return nil, err
@@ -133,12 +150,12 @@ func Start(opts Options) (*System, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if s.DBURL, err = sagatest.CreateDatabase(ctx, s.Name); err != nil {
-		return nil, fmt.Errorf("postgres: %w", err)
+	if s.DBURL, err = opts.Servers.CreateDatabase(ctx, s.Name); err != nil {
+		return nil, &serverError{"PostgreSQL", err}
 	}
-	if s.AMQPURL, err = sagatest.CreateVhost(s.Name); err != nil {
-		_ = sagatest.DropDatabase(ctx, s.Name)
-		return nil, fmt.Errorf("rabbitmq: %w", err)
+	if s.AMQPURL, err = opts.Servers.CreateVhost(ctx, s.Name); err != nil {
+		_ = opts.Servers.DropDatabase(ctx, s.Name)
+		return nil, &serverError{"RabbitMQ", err}
 	}
 	port, err := freePort()
 	if err != nil {
@@ -169,16 +186,25 @@ func Start(opts Options) (*System, error) {
 	return s, nil
 }
 
+// CheckStart stops a test whose deployment did not start: skipped (failed
+// under CI=true) when PostgreSQL or RabbitMQ cannot be reached, failed with
+// the reason otherwise.
+func CheckStart(t testing.TB, err error) {
+	t.Helper()
+	var se *serverError
+	if errors.As(err, &se) {
+		sagatest.Unavailable(t, se.what, se.err)
+	}
+	t.Fatal(err)
+}
+
 // StartT starts a deployment for one test, stopped at cleanup; it skips
 // (or fails under CI=true) when the services are unreachable.
 func StartT(t testing.TB, opts Options) *System {
 	t.Helper()
 	s, err := Start(opts)
 	if err != nil {
-		if strings.HasPrefix(err.Error(), "postgres:") || strings.HasPrefix(err.Error(), "rabbitmq:") {
-			sagatest.Unavailable(t, "PostgreSQL or RabbitMQ", err)
-		}
-		t.Fatal(err)
+		CheckStart(t, err)
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -318,6 +344,9 @@ func (s *System) Running(name string) bool {
 	}
 }
 
+// Servers are the PostgreSQL and RabbitMQ the deployment runs on.
+func (s *System) Servers() sagatest.Servers { return *s.opts.Servers }
+
 // API is the base URL of an orchestrator instance ("orchestrator",
 // "orchestrator-2").
 func (s *System) API(name string) string {
@@ -413,7 +442,7 @@ func (s *System) Stop() {
 	wg.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	_ = sagatest.DeleteVhost(s.Name)
-	_ = sagatest.DropDatabase(ctx, s.Name)
+	_ = s.opts.Servers.DeleteVhost(ctx, s.Name)
+	_ = s.opts.Servers.DropDatabase(ctx, s.Name)
 	_ = os.RemoveAll(s.logDir)
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,6 +26,7 @@ import (
 
 // One vhost for the whole package; every test uses queues of its own.
 var (
+	servers   = sagatest.DefaultServers()
 	vhostName string
 	vhostURL  string
 	vhostErr  error
@@ -34,10 +34,14 @@ var (
 
 func TestMain(m *testing.M) {
 	vhostName = sagatest.Name("sf_test_")
-	vhostURL, vhostErr = sagatest.CreateVhost(vhostName)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	vhostURL, vhostErr = servers.CreateVhost(ctx, vhostName)
+	cancel()
 	code := m.Run()
 	if vhostErr == nil {
-		if err := sagatest.DeleteVhost(vhostName); err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := servers.DeleteVhost(ctx, vhostName); err != nil {
 			fmt.Fprintf(os.Stderr, "delete vhost %s: %v\n", vhostName, err)
 		}
 	}
@@ -712,10 +716,7 @@ func TestReconnect(t *testing.T) {
 
 	ctl := make(chan error, 1)
 	go func() {
-		out, err := exec.Command("rabbitmqctl", "-q", "close_all_connections", "-p", vhostName, "sagaflow reconnect test").CombinedOutput()
-		if err != nil {
-			err = fmt.Errorf("rabbitmqctl close_all_connections: %w: %s", err, out)
-		}
+		_, err := servers.CloseConnections(testContext(t), vhostName)
 		ctl <- err
 	}()
 	var outage error

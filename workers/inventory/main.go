@@ -13,6 +13,7 @@ import (
 func main() {
 	os.Exit(service.RunWorker(service.WorkerSpec{
 		Name:        "inventory",
+		Summary:     "the inventory worker: catalog and stock (reserve, release, commit), product queries",
 		Queue:       contract.InventoryQueue,
 		MetricsAddr: ":9101",
 		Register:    register,

@@ -14,6 +14,7 @@ import (
 func main() {
 	os.Exit(service.RunWorker(service.WorkerSpec{
 		Name:        "notification",
+		Summary:     "the notification service: one email and one SMS per order outcome (simulated)",
 		Queue:       contract.NotificationQueue,
 		MetricsAddr: ":9104",
 		Register:    register,

@@ -13,6 +13,7 @@ import (
 func main() {
 	os.Exit(service.RunWorker(service.WorkerSpec{
 		Name:        "payment",
+		Summary:     "the payment worker: charges and refunds against a simulated gateway",
 		Queue:       contract.PaymentQueue,
 		MetricsAddr: ":9102",
 		Register:    register,

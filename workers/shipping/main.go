@@ -13,6 +13,7 @@ import (
 func main() {
 	os.Exit(service.RunWorker(service.WorkerSpec{
 		Name:        "shipping",
+		Summary:     "the shipping worker: prepares and cancels shipments with a simulated carrier",
 		Queue:       contract.ShippingQueue,
 		MetricsAddr: ":9103",
 		Register:    register,

@@ -1,0 +1,109 @@
+package service
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"reflect"
+	"runtime"
+	"strings"
+
+	"github.com/sagaflow/sagaflow"
+)
+
+// environment is the process environment, with the development defaults of
+// .env for DATABASE_URL and AMQP_URL where it does not set them.
+func environment() map[string]string {
+	m := map[string]string{}
+	for _, kv := range os.Environ() {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			m[k] = v
+		}
+	}
+	for _, k := range []string{"DATABASE_URL", "AMQP_URL"} {
+		if _, ok := m[k]; !ok {
+			m[k] = sagaflow.Default(k)
+		}
+	}
+	return m
+}
+
+// HandleFlags reads the command line every binary shares: -version prints
+// the version and -help the environment variables cfg reads, with their
+// defaults; both exit 0. Configuration itself comes from the environment
+// only, so any other argument is an error (exit 2). cfg is the binary's
+// configuration struct with its per-binary defaults already set.
+func HandleFlags(name, summary string, cfg any) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	err := fs.Parse(os.Args[1:])
+	switch {
+	case err == flag.ErrHelp:
+		PrintHelp(os.Stdout, name, summary, cfg)
+		os.Exit(0)
+	case err != nil:
+		fmt.Fprintf(os.Stderr, "%s: %v (configuration comes from the environment; %s -help lists it)\n", name, err, name)
+		os.Exit(2)
+	case fs.NArg() > 0:
+		fmt.Fprintf(os.Stderr, "%s: unexpected argument %q (configuration comes from the environment; %s -help lists it)\n", name, fs.Arg(0), name)
+		os.Exit(2)
+	case *showVersion:
+		fmt.Printf("%s %s (%s)\n", name, sagaflow.Version(), runtime.Version())
+		os.Exit(0)
+	}
+}
+
+// EnvVar is one environment variable a configuration reads.
+type EnvVar struct {
+	Name, Default, Help string
+}
+
+// EnvVars lists the environment variables of a configuration struct (a
+// pointer), in field order, embedded structs first where they come first.
+// A field's default is its envDefault tag, else the value already in the
+// field (a per-binary default), else the value of .env.
+func EnvVars(cfg any) []EnvVar {
+	var out []EnvVar
+	var walk func(v reflect.Value)
+	walk = func(v reflect.Value) {
+		t := v.Type()
+		for i := range t.NumField() {
+			f, fv := t.Field(i), v.Field(i)
+			if f.Anonymous && f.Type.Kind() == reflect.Struct {
+				walk(fv)
+				continue
+			}
+			name, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+			if name == "" {
+				continue
+			}
+			def, ok := f.Tag.Lookup("envDefault")
+			if !ok && !fv.IsZero() {
+				def = fmt.Sprint(fv.Interface())
+			}
+			if def == "" {
+				def = sagaflow.Default(name)
+			}
+			out = append(out, EnvVar{Name: name, Default: def, Help: f.Tag.Get("help")})
+		}
+	}
+	walk(reflect.ValueOf(cfg).Elem())
+	return out
+}
+
+// PrintHelp writes what -help prints.
+func PrintHelp(w io.Writer, name, summary string, cfg any) {
+	fmt.Fprintf(w, "%s %s: %s\n\n", name, sagaflow.Version(), summary)
+	fmt.Fprintf(w, "Usage: %s [-version | -help]\n\n", name)
+	fmt.Fprintf(w, "Configuration is read from these environment variables:\n\n")
+	for _, v := range EnvVars(cfg) {
+		def := v.Default
+		if def == "" {
+			def = "unset"
+		}
+		fmt.Fprintf(w, "  %s\n    \t%s (default %s)\n", v.Name, v.Help, def)
+	}
+}
