@@ -3,9 +3,10 @@
 // PostgreSQL goes away, then a reconciliation of the saga's view against
 // every service's own books.
 //
-// These tests stop the machine's PostgreSQL and RabbitMQ, so `make test`
-// runs this package alone, after the others. `make chaos` runs the long
-// form (CHAOS_ORDERS=3000).
+// The servers these tests stop and restart are their own: each test starts
+// a private PostgreSQL and RabbitMQ (testenv.StartPrivateServers) and
+// removes them at the end; the machine's servers are never touched.
+// `make chaos` runs the long form (CHAOS_ORDERS=3000).
 package chaos
 
 import (
@@ -29,7 +30,6 @@ import (
 	"github.com/sagaflow/sagaflow/internal/contract"
 	"github.com/sagaflow/sagaflow/internal/testenv"
 	"github.com/sagaflow/sagaflow/orchestrator/order"
-	"github.com/sagaflow/sagaflow/saga/sagatest"
 )
 
 func envInt(name string, def int) int {
@@ -39,14 +39,13 @@ func envInt(name string, def int) int {
 	return def
 }
 
-func requireControl(t *testing.T) {
+// privateServers starts the test's own PostgreSQL and RabbitMQ.
+func privateServers(t *testing.T) *testenv.PrivateServers {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("fault-injection test: skipped with -short")
 	}
-	if err := testenv.CanControlServices(); err != nil {
-		sagatest.Unavailable(t, "control of PostgreSQL and RabbitMQ", err)
-	}
+	return testenv.StartPrivateServers(t)
 }
 
 // faultEnv makes recovery quick: short step deadlines and leases, and
@@ -108,11 +107,11 @@ type figures struct {
 }
 
 func TestChaos(t *testing.T) {
-	requireControl(t)
+	priv := privateServers(t)
 	orders := envInt("CHAOS_ORDERS", 400)
 	concurrency := envInt("CHAOS_CONCURRENCY", 16)
 	services := append([]string{"orchestrator", "orchestrator-2"}, testenv.Workers...)
-	s := testenv.StartT(t, testenv.Options{Services: services, Env: faultEnv})
+	s := testenv.StartT(t, testenv.Options{Services: services, Env: faultEnv, Servers: priv.Servers()})
 	c := &client{s: s, apis: []string{s.API("orchestrator"), s.API("orchestrator-2")},
 		http: &http.Client{Timeout: 10 * time.Second}}
 
@@ -189,7 +188,11 @@ func TestChaos(t *testing.T) {
 			time.Sleep(time.Duration(200+rand.IntN(600)) * time.Millisecond)
 			if i == rounds/2 {
 				t.Logf("chaos: restarting RabbitMQ (%d orders placed)", placed.Load())
-				if err := testenv.RestartRabbitMQ(); err != nil {
+				err := priv.RabbitMQ.Stop()
+				if err == nil {
+					err = priv.RabbitMQ.Start()
+				}
+				if err != nil {
 					monkeyDone <- err
 					return
 				}

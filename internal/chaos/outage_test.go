@@ -17,23 +17,17 @@ import (
 // JSON error and /readyz says why; nobody crashes, and once it is back
 // orders flow again, including the ones accepted just before.
 func TestPostgresOutage(t *testing.T) {
-	requireControl(t)
-	s := testenv.StartT(t, testenv.Options{Env: faultEnv})
+	priv := privateServers(t)
+	s := testenv.StartT(t, testenv.Options{Env: faultEnv, Servers: priv.Servers()})
 	s.PutProduct(t, "pg-a", "Mug", 800, 100)
 	var before []string
 	for range 20 {
 		before = append(before, s.Place(t, testenv.OrderSpec{Items: testenv.Items("pg-a", 1)}))
 	}
 
-	if err := testenv.StopPostgres(); err != nil {
+	if err := priv.Postgres.Stop("fast"); err != nil {
 		t.Fatal(err)
 	}
-	restarted := false
-	t.Cleanup(func() {
-		if !restarted {
-			_ = testenv.StartPostgres()
-		}
-	})
 	for _, req := range []struct{ method, path string }{
 		{http.MethodPost, "/orders"},
 		{http.MethodGet, "/orders/" + before[0]},
@@ -58,10 +52,9 @@ func TestPostgresOutage(t *testing.T) {
 		}
 	}
 
-	if err := testenv.StartPostgres(); err != nil {
+	if err := priv.Postgres.Start(); err != nil {
 		t.Fatal(err)
 	}
-	restarted = true
 	if err := s.WaitReady(time.Minute); err != nil {
 		t.Fatal(err)
 	}
@@ -81,19 +74,13 @@ func TestPostgresOutage(t *testing.T) {
 // TestBrokerOutage: while RabbitMQ is down the API keeps accepting orders;
 // they wait in the outbox and complete once the broker is back.
 func TestBrokerOutage(t *testing.T) {
-	requireControl(t)
-	s := testenv.StartT(t, testenv.Options{Env: faultEnv})
+	priv := privateServers(t)
+	s := testenv.StartT(t, testenv.Options{Env: faultEnv, Servers: priv.Servers()})
 	s.PutProduct(t, "mq-a", "Kettle", 2500, 100)
 
-	if err := testenv.StopRabbitMQ(); err != nil {
+	if err := priv.RabbitMQ.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	restarted := false
-	t.Cleanup(func() {
-		if !restarted {
-			_ = testenv.StartRabbitMQ()
-		}
-	})
 	var ids []string
 	for range 25 {
 		ids = append(ids, s.Place(t, testenv.OrderSpec{Items: testenv.Items("mq-a", 2)}))
@@ -117,10 +104,9 @@ func TestBrokerOutage(t *testing.T) {
 		t.Errorf("sagaflow_outbox_backlog = %v, want at least %d messages waiting", backlog, len(ids))
 	}
 
-	if err := testenv.StartRabbitMQ(); err != nil {
+	if err := priv.RabbitMQ.Start(); err != nil {
 		t.Fatal(err)
 	}
-	restarted = true
 	if err := s.WaitReady(time.Minute); err != nil {
 		t.Fatal(err)
 	}
