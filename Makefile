@@ -1,15 +1,18 @@
 # sagaflow: `make help` lists the targets.
+SHELL    := bash
 GO       ?= go
 BIN      := bin
 WORKERS  := inventory payment shipping notification audit
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+LDFLAGS  := -X github.com/sagaflow/sagaflow.version=$(VERSION)
 
 .PHONY: help build run services test test-short chaos bench bench-go vet clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-build: ## build every binary into bin/ (the services and the load generator bench)
-	$(GO) build -o $(BIN)/ ./orchestrator $(addprefix ./workers/,$(WORKERS)) ./internal/cmd/bench ./internal/cmd/brokerbench
+build: ## build every binary into bin/ (the services, the load generator bench, createdb), stamped with VERSION
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./orchestrator $(addprefix ./workers/,$(WORKERS)) ./internal/cmd/bench ./internal/cmd/brokerbench ./internal/cmd/createdb
 
 run: ## start PostgreSQL and RabbitMQ if needed, create the database, run every service
 	internal/scripts/run.sh
@@ -27,16 +30,14 @@ vet: ## go vet and gofmt
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt needed"; exit 1; }
 
-test: services vet ## the whole suite, against real PostgreSQL and RabbitMQ
-	$(GO) test -count=1 -timeout 10m $$($(GO) list ./... | grep -v /internal/chaos)
-	@echo "fault suite (stops and starts PostgreSQL and RabbitMQ, so it runs alone):"
-	$(GO) test -count=1 -timeout 10m -v ./internal/chaos
+test: services vet ## the whole suite against real PostgreSQL and RabbitMQ, ending with one line of passed, skipped and failed tests
+	set -o pipefail; $(GO) test -count=1 -timeout 12m -json ./... | $(GO) run ./internal/cmd/testreport -log '^TestChaos$$'
 
-chaos: services ## the long fault-injection run: 3000 orders, every process killed 6 times, a RabbitMQ restart
+chaos: services ## the long fault-injection run on private servers: 3000 orders, every process killed 6 times, a RabbitMQ restart
 	CHAOS_ORDERS=3000 CHAOS_KILLS=6 $(GO) test -count=1 -timeout 30m -v -run TestChaos ./internal/chaos
 
-test-short: services ## the suite without the slow end-to-end packages
-	$(GO) test -count=1 -short ./...
+test-short: services ## the suite without the end-to-end and fault-injection packages
+	set -o pipefail; $(GO) test -count=1 -short -json ./... | $(GO) run ./internal/cmd/testreport
 
 clean: ## remove bin/ and tmp/
 	rm -rf $(BIN) tmp
