@@ -1,5 +1,6 @@
 // Package api is the orchestrator's REST API (gin): orders, products,
-// admin routes, health and metrics. DESIGN.md is its contract.
+// admin routes, health and metrics. docs/api.md and docs/openapi.yaml are
+// its contract.
 package api
 
 import (
@@ -71,6 +72,8 @@ func New(d Deps) http.Handler {
 	r.GET("/orders/:id", s.getOrder)
 	r.GET("/orders/:id/events", s.orderEvents)
 	r.GET("/products/:sku", s.getProduct)
+	r.GET("/openapi.json", openAPIJSON)
+	r.GET("/openapi.yaml", openAPIYAML)
 
 	admin := r.Group("/admin", s.requireAdmin)
 	admin.PUT("/products/:sku", s.putProduct)
