@@ -107,3 +107,26 @@ func PrintHelp(w io.Writer, name, summary string, cfg any) {
 		fmt.Fprintf(w, "  %s\n    \t%s (default %s)\n", v.Name, v.Help, def)
 	}
 }
+
+// UndocumentedVars returns the environment variables of cfg that no table
+// row of the Markdown file at path names (a row starts with "| `"); the
+// tests keep README.md true to the code with it.
+func UndocumentedVars(path string, cfg any) ([]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var rows strings.Builder
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "| `") {
+			rows.WriteString(line + "\n")
+		}
+	}
+	var missing []string
+	for _, v := range EnvVars(cfg) {
+		if !strings.Contains(rows.String(), "`"+v.Name+"`") {
+			missing = append(missing, v.Name)
+		}
+	}
+	return missing, nil
+}
