@@ -421,3 +421,9 @@ func placeAt(hc *http.Client, base string, body map[string]any, key string) (int
 	}
 	return r.Status, acc.OrderID, nil
 }
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testenv.RemoveBinaries()
+	os.Exit(code)
+}

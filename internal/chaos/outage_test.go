@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"encoding/json"
+	"maps"
 	"net/http"
 	"strings"
 	"testing"
@@ -75,7 +76,11 @@ func TestPostgresOutage(t *testing.T) {
 // they wait in the outbox and complete once the broker is back.
 func TestBrokerOutage(t *testing.T) {
 	priv := privateServers(t)
-	s := testenv.StartT(t, testenv.Options{Env: faultEnv, Servers: priv.Servers()})
+	// Sagas keep retrying while the broker is away; the budget must outlast
+	// a slow broker start (STEP_MAX_TIMEOUT × attempts: several minutes).
+	env := maps.Clone(faultEnv)
+	env["STEP_ATTEMPTS"], env["RETRIABLE_ATTEMPTS"] = "60", "60"
+	s := testenv.StartT(t, testenv.Options{Env: env, Servers: priv.Servers()})
 	s.PutProduct(t, "mq-a", "Kettle", 2500, 100)
 
 	if err := priv.RabbitMQ.Stop(); err != nil {

@@ -241,26 +241,32 @@ func TestHighPriorityOrdersOvertake(t *testing.T) {
 	high := placeMany(t, s, 20, func(int) testenv.OrderSpec {
 		return testenv.OrderSpec{Items: testenv.Items("prio-a", 1), Priority: "high"}
 	})
-	// Every order's charge command is in the payment queue. (A saga's state
-	// says charging_payment once the command is staged in the outbox, not
-	// once it is queued: a high-priority command still in the outbox when
-	// payment starts cannot overtake anything.)
+	// Every order's charge command is in the payment queue: the outbox is
+	// empty (a row goes once the broker confirmed all its messages, that is
+	// once they are queued) and the queue holds at least one per order. (A
+	// saga's state says charging_payment once the command is staged in the
+	// outbox, not once it is queued: a high-priority command still in the
+	// outbox when payment starts cannot overtake anything.)
 	b := dialBroker(t, s)
+	db := s.Pool(t, "orchestrator")
 	deadline := time.Now().Add(2 * waitFor)
 	for {
+		var staged int
+		if err := db.QueryRow(context.Background(), `SELECT count(*) FROM outbox`).Scan(&staged); err != nil {
+			t.Fatal(err)
+		}
 		q, err := b.ch.QueueDeclarePassive(contract.PaymentQueue, true, false, false, false, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if q.Messages == len(normal)+len(high) {
+		if staged == 0 && q.Messages >= len(normal)+len(high) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d charge commands queued for payment", q.Messages, len(normal)+len(high))
+			t.Fatalf("%d of %d charge commands queued for payment, %d outbox rows left", q.Messages, len(normal)+len(high), staged)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	db := s.Pool(t, "orchestrator")
 	if err := s.StartService("payment", nil); err != nil {
 		t.Fatal(err)
 	}
@@ -347,6 +353,7 @@ func TestMetricsMoveWhenOrdersFlow(t *testing.T) {
 		}
 		return parseMetrics(r.Body)
 	}
+	waitQuiet(t, s) // earlier tests' sagas and messages are done and counted
 	before, wBefore := metricValues(t, s), workerMetrics()
 	ids := []string{
 		s.Place(t, testenv.OrderSpec{Items: testenv.Items(sk, 1)}),
@@ -354,8 +361,7 @@ func TestMetricsMoveWhenOrdersFlow(t *testing.T) {
 		s.Place(t, testenv.OrderSpec{Items: testenv.Items(sk, 1), Token: contract.DeclineToken}),
 	}
 	s.WaitTerminal(t, ids, waitFor)
-	after, wAfter := metricValues(t, s), workerMetrics()
-	for name, want := range map[string]float64{
+	wants := map[string]float64{
 		"sagaflow_sagas_started_total":                               3,
 		`sagaflow_sagas_finished_total{outcome="completed"}`:         2,
 		`sagaflow_sagas_finished_total{outcome="cancelled"}`:         1,
@@ -363,7 +369,21 @@ func TestMetricsMoveWhenOrdersFlow(t *testing.T) {
 		`sagaflow_step_duration_seconds_count{step="release_stock"}`: 1,
 		"sagaflow_compensations_total":                               1,
 		`sagaflow_messages_published_total{result="confirmed"}`:      3 * 2, // at least: commands and events
-	} {
+	}
+	// Metrics move just after the commit that WaitTerminal sees: wait until
+	// they all got there (then check they did not go further).
+	var after, wAfter map[string]float64
+	for deadline := time.Now().Add(waitFor); ; time.Sleep(50 * time.Millisecond) {
+		after, wAfter = metricValues(t, s), workerMetrics()
+		reached := true
+		for name, want := range wants {
+			reached = reached && after[name]-before[name] >= want
+		}
+		if reached || time.Now().After(deadline) {
+			break
+		}
+	}
+	for name, want := range wants {
 		if got := after[name] - before[name]; got < want || (!strings.Contains(name, "published") && got != want) {
 			t.Errorf("%s moved by %v, want %v", name, got, want)
 		}

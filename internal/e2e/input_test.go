@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sagaflow/sagaflow/internal/testenv"
 	"github.com/sagaflow/sagaflow/orchestrator/api"
@@ -19,8 +20,12 @@ type footprint struct {
 	sagas, published, started float64
 }
 
+// measure waits until the deployment is quiet (no saga with a command in
+// flight, nothing left in the outbox: earlier tests' messages are all
+// published and counted), then reads its footprint.
 func measure(t *testing.T, s *testenv.System) footprint {
 	t.Helper()
+	waitQuiet(t, s)
 	var f footprint
 	var n int64
 	if err := s.Pool(t, "orchestrator").QueryRow(context.Background(), `SELECT count(*) FROM sagas`).Scan(&n); err != nil {
@@ -31,6 +36,24 @@ func measure(t *testing.T, s *testenv.System) footprint {
 	f.published = m[`sagaflow_messages_published_total{result="confirmed"}`]
 	f.started = m["sagaflow_sagas_started_total"]
 	return f
+}
+
+// waitQuiet waits until no saga has a command in flight or a retry
+// waiting, and the outbox is empty.
+func waitQuiet(t *testing.T, s *testenv.System) {
+	t.Helper()
+	db := s.Pool(t, "orchestrator")
+	var busy int64
+	for deadline := time.Now().Add(waitFor); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if err := db.QueryRow(context.Background(), `SELECT (SELECT count(*) FROM sagas WHERE deadline IS NOT NULL)
+			+ (SELECT count(*) FROM outbox)`).Scan(&busy); err != nil {
+			t.Fatal(err)
+		}
+		if busy == 0 {
+			return
+		}
+	}
+	t.Fatalf("the deployment never went quiet: %d sagas in flight and outbox rows", busy)
 }
 
 // metricValues scrapes the orchestrator's /metrics into name{labels} -> value.

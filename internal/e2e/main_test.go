@@ -33,6 +33,7 @@ func TestMain(m *testing.M) {
 	if shared != nil {
 		shared.Stop()
 	}
+	testenv.RemoveBinaries()
 	os.Exit(code)
 }
 

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -57,6 +58,14 @@ func Binaries() (string, error) {
 		}
 	})
 	return binDir, buildErr
+}
+
+// RemoveBinaries deletes what Binaries built; call it from TestMain once
+// the package's tests are done.
+func RemoveBinaries() {
+	if binDir != "" {
+		_ = os.RemoveAll(binDir)
+	}
 }
 
 func moduleRoot() (string, error) {
@@ -217,8 +226,9 @@ func StartT(t testing.TB, opts Options) *System {
 
 // Ports handed to services, never twice in one test binary.
 var (
-	portsMu sync.Mutex
-	ports   = map[int]bool{}
+	portsMu   sync.Mutex
+	ports     = map[int]bool{}
+	portLocks []*os.File
 )
 
 // freePort returns a port a service can listen on. It is picked below
@@ -226,20 +236,39 @@ var (
 // took back can be reused at once as the source port of any outgoing
 // connection (there are hundreds, to PostgreSQL and RabbitMQ), taking it
 // before the service that was meant to bind it starts.
+//
+// A port is also reserved across test binaries (go test runs several at
+// once): its lock file, held until this process exits, tells the others to
+// pick another, even while the port is unbound (a private server that is
+// restarting, a service between two lives).
 func freePort() (int, error) {
 	portsMu.Lock()
 	defer portsMu.Unlock()
+	dir := filepath.Join(os.TempDir(), "sagaflow-test-ports")
+	if err := os.MkdirAll(dir, 0o777); err != nil {
+		return 0, err
+	}
 	for range 1000 {
 		p := 20000 + rand.IntN(12000)
 		if ports[p] {
 			continue
 		}
+		f, err := os.OpenFile(filepath.Join(dir, strconv.Itoa(p)), os.O_CREATE|os.O_RDWR, 0o666)
+		if err != nil {
+			return 0, err
+		}
+		if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
+			f.Close() // another test binary holds it
+			continue
+		}
 		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
 		if err != nil {
+			f.Close()
 			continue // taken by someone else
 		}
 		l.Close()
 		ports[p] = true
+		portLocks = append(portLocks, f) // held, open, until the process exits
 		return p, nil
 	}
 	return 0, errors.New("testenv: no free port between 20000 and 32000")
@@ -292,7 +321,8 @@ func (s *System) StartService(name string, extra map[string]string) error {
 	}
 	cmd := exec.Command(filepath.Join(s.bin, binaryOf(name)))
 	cmd.Env, cmd.Stdout, cmd.Stderr = env, logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Killed with the test binary, even when it dies without cleaning up.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return fmt.Errorf("start %s: %w", name, err)

@@ -48,7 +48,7 @@ func (b *Bus) Call(ctx context.Context, m saga.Message) (*amqp.Delivery, error) 
 func (r *rpcClient) call(ctx context.Context, m saga.Message) (*amqp.Delivery, error) {
 	ch, err := r.channel(ctx)
 	if err != nil {
-		return nil, err
+		return nil, noReply(ctx, m, err)
 	}
 	if m.CorrelationID == "" {
 		m.CorrelationID = uuid.NewString()
@@ -76,7 +76,7 @@ func (r *rpcClient) call(ctx context.Context, m saga.Message) (*amqp.Delivery, e
 		false, // mandatory
 		false, // immediate
 		Publishing(&m)); err != nil {
-		return nil, fmt.Errorf("amqpbus: call %s: %w", m.RoutingKey, err)
+		return nil, noReply(ctx, m, err)
 	}
 	select {
 	case d, ok := <-wait:
@@ -87,6 +87,15 @@ func (r *rpcClient) call(ctx context.Context, m saga.Message) (*amqp.Delivery, e
 	case <-ctx.Done():
 		return nil, fmt.Errorf("%w to %s: %w", ErrNoReply, m.RoutingKey, ctx.Err())
 	}
+}
+
+// noReply is the error of a call that failed before its request left: one
+// whose time ran out meanwhile wraps ErrNoReply, like one that waited in vain.
+func noReply(ctx context.Context, m saga.Message, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%w to %s: %w", ErrNoReply, m.RoutingKey, ctx.Err())
+	}
+	return fmt.Errorf("amqpbus: call %s: %w", m.RoutingKey, err)
 }
 
 // channel returns the RPC channel, opening it (and its reply consumer) on
