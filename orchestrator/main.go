@@ -96,7 +96,7 @@ func run(cfg *Config, log zerolog.Logger) error {
 		// Replies are taken in batches, in queue order, and acked once their
 		// transitions committed.
 		consumerDone <- bus.ConsumeBatchAsync(ctx, amqpbus.ConsumerConfig{
-			Queue: amqpbus.ReplyQueue, Prefetch: cfg.ReplyPrefetch,
+			Queue: amqpbus.ReplyQueue, Prefetch: cfg.ReplyPrefetch, Transient: pgstore.Transient,
 		}, cfg.BatchSize, func(hctx context.Context, ds []*amqp.Delivery) (amqpbus.Settle, error) {
 			bodies := make([][]byte, len(ds))
 			for i, d := range ds {

@@ -371,13 +371,25 @@ func deadLetterTap(t *testing.T, b *amqpbus.Bus) string {
 // getMessage polls queue until it yields message id, acking what it takes.
 func getMessage(t *testing.T, b *amqpbus.Bus, queue, id string) amqp.Delivery {
 	t.Helper()
+	return getMessages(t, b, queue, id)[id]
+}
+
+// getMessages polls queue until it yielded every message id, acking what
+// it takes, and returns them by id.
+func getMessages(t *testing.T, b *amqpbus.Bus, queue string, ids ...string) map[string]amqp.Delivery {
+	t.Helper()
 	ch, err := b.Channel(testContext(t))
 	if err != nil {
 		t.Fatalf("Channel: %v", err)
 	}
 	defer ch.Close()
+	out := map[string]amqp.Delivery{}
+	want := map[string]bool{}
+	for _, id := range ids {
+		want[id] = true
+	}
 	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
+	for len(out) < len(want) && time.Now().Before(deadline) {
 		d, ok, err := ch.Get(queue, true /* auto-ack */)
 		if err != nil {
 			t.Fatalf("get from %s: %v", queue, err)
@@ -386,12 +398,16 @@ func getMessage(t *testing.T, b *amqpbus.Bus, queue, id string) amqp.Delivery {
 			time.Sleep(5 * time.Millisecond) // polling: the copy is on its way
 			continue
 		}
-		if d.MessageId == id {
-			return d
+		if want[d.MessageId] {
+			out[d.MessageId] = d
 		}
 	}
-	t.Fatalf("no message %s in %s within 10s", id, queue)
-	return amqp.Delivery{}
+	for _, id := range ids {
+		if _, ok := out[id]; !ok {
+			t.Fatalf("no message %s in %s within 10s", id, queue)
+		}
+	}
+	return out
 }
 
 func TestConsumePoisonDeadLetters(t *testing.T) {
@@ -439,7 +455,7 @@ func TestConsumePoisonDeadLetters(t *testing.T) {
 					ContentType: "application/json", DeliveryMode: amqp.Persistent, Body: `{"not":"valid"}`,
 					Headers: map[string]any{
 						"traceparent": "tp-1", "x-sagaflow-reason": tc.wantReason, "x-sagaflow-queue": q,
-						"x-sagaflow-exchange": "", "x-sagaflow-routing-key": q,
+						"x-sagaflow-exchange": "", "x-sagaflow-routing-key": q, "x-sagaflow-deliveries": int32(1),
 					},
 				}
 				ignoreDeadAt := cmpopts.IgnoreMapEntries(func(k string, _ any) bool { return k == "x-sagaflow-dead-at" })
@@ -503,11 +519,13 @@ func TestConsumeTransientErrorRequeues(t *testing.T) {
 	}
 	calls := make(chan call, 10)
 	var n atomic.Int32
-	stop := startConsumer(t, b, amqpbus.ConsumerConfig{Queue: q, RequeueDelay: delay},
+	unavailable := errors.New("database unavailable")
+	stop := startConsumer(t, b, amqpbus.ConsumerConfig{Queue: q, RequeueDelay: delay,
+		Transient: func(err error) bool { return errors.Is(err, unavailable) }},
 		func(_ context.Context, d *amqp.Delivery) error {
 			calls <- call{time.Now(), d.Redelivered}
 			if n.Add(1) == 1 {
-				return errors.New("database unavailable")
+				return unavailable
 			}
 			return nil
 		})
@@ -534,6 +552,122 @@ func TestConsumeTransientErrorRequeues(t *testing.T) {
 	}
 	if d := queueDepth(t, b, q); d != 0 {
 		t.Errorf("queue holds %d messages, want 0", d)
+	}
+}
+
+// TestConsumeFailingMessageIsRetriedAtTheTailThenDeadLettered: a message
+// whose handler keeps failing (neither poison nor transient) goes to the
+// back of its queue, counted, so the message behind it is handled; after
+// MaxDeliveries failures it is dead-lettered with the reason, its source
+// queue and the count.
+func TestConsumeFailingMessageIsRetriedAtTheTailThenDeadLettered(t *testing.T) {
+	t.Parallel()
+	b := newBus(t, amqpbus.Config{})
+	tap := deadLetterTap(t, b)
+	q := declareQueue(t, b, amqpbus.QueueOptions{DeadLetter: true})
+	bad, good := sagatest.Name("bad_"), sagatest.Name("good_")
+	var badCalls atomic.Int32
+	handled := make(chan amqp.Delivery, 10)
+	stop := startConsumer(t, b, amqpbus.ConsumerConfig{Queue: q, Prefetch: 1, Concurrency: 1, MaxDeliveries: 3, RequeueDelay: 10 * time.Millisecond},
+		func(_ context.Context, d *amqp.Delivery) error {
+			if d.MessageId == bad {
+				badCalls.Add(1)
+				return errors.New(`insert notification: invalid byte sequence for encoding "UTF8": 0x00`)
+			}
+			handled <- *d
+			return nil
+		})
+	defer stop()
+	publish(t, b, saga.Message{RoutingKey: q, MessageID: bad, Body: []byte("x")},
+		saga.Message{RoutingKey: q, MessageID: good, Body: []byte("y")})
+	if d := receive(t, handled, 10*time.Second, "the message behind the failing one"); d.MessageId != good {
+		t.Errorf("handled %s, want %s", d.MessageId, good)
+	}
+	d := getMessage(t, b, tap, bad)
+	if n := badCalls.Load(); n != 3 {
+		t.Errorf("the failing message was handled %d times, want MaxDeliveries = 3", n)
+	}
+	reason, _ := d.Headers["x-sagaflow-reason"].(string)
+	if !strings.Contains(reason, "failed 3 deliveries") || !strings.Contains(reason, "0x00") {
+		t.Errorf("x-sagaflow-reason = %q, want the count and the handler's error", reason)
+	}
+	if got, _ := d.Headers["x-sagaflow-queue"].(string); got != q {
+		t.Errorf("x-sagaflow-queue = %q, want %q", got, q)
+	}
+	if got := d.Headers["x-sagaflow-deliveries"]; got != int32(3) {
+		t.Errorf("x-sagaflow-deliveries = %v, want 3", got)
+	}
+	waitFor(t, 10*time.Second, "the queue to be empty", func() bool { return queueDepth(t, b, q) == 0 })
+}
+
+// TestConsumeBatchIsolatesAFailingMessage: a batch that fails is retried
+// message by message; the good ones of the batch are handled, the bad one
+// alone is counted and, in the end, dead-lettered; a poison one goes at
+// once.
+func TestConsumeBatchIsolatesAFailingMessage(t *testing.T) {
+	t.Parallel()
+	b := newBus(t, amqpbus.Config{})
+	tap := deadLetterTap(t, b)
+	q := declareQueue(t, b, amqpbus.QueueOptions{DeadLetter: true})
+	bad, poison := sagatest.Name("bad_"), sagatest.Name("poison_")
+	goods := []string{sagatest.Name("good_"), sagatest.Name("good_"), sagatest.Name("good_")}
+	var msgs []saga.Message
+	for _, id := range []string{goods[0], bad, goods[1], poison, goods[2]} {
+		msgs = append(msgs, saga.Message{RoutingKey: q, MessageID: id, Body: []byte(id)})
+	}
+	publish(t, b, msgs...) // before the consumer: one batch
+	var (
+		mu      sync.Mutex
+		done    = map[string]int{}
+		batches []int
+	)
+	ctx, cancel := context.WithCancel(context.Background())
+	consumed := make(chan error, 1)
+	go func() {
+		consumed <- b.ConsumeBatch(ctx, amqpbus.ConsumerConfig{Queue: q, Prefetch: 16, MaxDeliveries: 2, RequeueDelay: 10 * time.Millisecond},
+			func(_ context.Context, ds []*amqp.Delivery) error {
+				mu.Lock()
+				defer mu.Unlock()
+				batches = append(batches, len(ds))
+				for _, d := range ds {
+					switch d.MessageId {
+					case bad:
+						return errors.New("row refused")
+					case poison:
+						return amqpbus.Poison(errors.New("not an event"))
+					}
+				}
+				for _, d := range ds {
+					done[d.MessageId]++
+				}
+				return nil
+			})
+	}()
+	defer func() { cancel(); <-consumed }()
+	dead := getMessages(t, b, tap, bad, poison)
+	if got := dead[poison].Headers["x-sagaflow-deliveries"]; got != int32(1) {
+		t.Errorf("poison dead-lettered after %v deliveries, want 1 (at once)", got)
+	}
+	if got := dead[bad].Headers["x-sagaflow-deliveries"]; got != int32(2) {
+		t.Errorf("failing message dead-lettered after %v deliveries, want MaxDeliveries = 2", got)
+	}
+	waitFor(t, 10*time.Second, "the good messages to be handled", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return done[goods[0]] > 0 && done[goods[1]] > 0 && done[goods[2]] > 0
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	for _, id := range goods {
+		if done[id] != 1 {
+			t.Errorf("good message handled %d times, want once", done[id])
+		}
+	}
+	if batches[0] != len(msgs) {
+		t.Logf("first batch held %d of %d messages", batches[0], len(msgs))
+	}
+	if n := queueDepth(t, b, q); n != 0 {
+		t.Errorf("queue holds %d messages, want 0", n)
 	}
 }
 

@@ -3,6 +3,9 @@ package amqpbus
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"net"
 	"sync"
 	"time"
 
@@ -14,8 +17,11 @@ import (
 
 // Handler processes one delivery. Returning nil acks it. An error for which
 // IsPoison is true dead-letters the delivery (with the error as reason) and
-// acks it. Any other error is transient: the delivery is requeued after
-// ConsumerConfig.RequeueDelay.
+// acks it. An error for which ConsumerConfig.Transient is true (a
+// dependency is away) requeues it after RequeueDelay, uncounted. Any other
+// error counts as a failed delivery: the message goes back to the tail of
+// its queue, and after ConsumerConfig.MaxDeliveries failures it is
+// dead-lettered with the error as reason. Nothing is requeued forever.
 type Handler func(ctx context.Context, d *amqp.Delivery) error
 
 // Settle finishes a delivery after its handler returned: the delivery is
@@ -44,12 +50,46 @@ type ConsumerConfig struct {
 	// StopGrace is how long in-flight handlers may run after ctx is done
 	// (default 10s).
 	StopGrace time.Duration
+	// MaxDeliveries is how many times a message may fail (with an error
+	// that is neither poison nor transient) before it is dead-lettered
+	// (default 5). Between failures it goes back to the tail of its queue,
+	// with the count in the x-sagaflow-deliveries header, so that the
+	// messages behind it flow on.
+	MaxDeliveries int
+	// Transient reports whether a handler's error means a dependency is
+	// away (a database restarting): such a failure is requeued after
+	// RequeueDelay without counting against MaxDeliveries, and a failed
+	// batch is retried whole. Context, network and broker errors always are.
+	Transient func(error) bool
 	// Linger is how long a batch consumer waits for more deliveries after
 	// the first before it handles the batch (default 5ms). amqp091 hands
 	// deliveries over one at a time, so without a linger a busy queue would
 	// still be consumed in batches of one; the broker, too, spends less per
 	// message on larger batches of acks and replies.
 	Linger time.Duration
+}
+
+func (cfg *ConsumerConfig) defaults(prefetch int) {
+	if cfg.Prefetch <= 0 {
+		cfg.Prefetch = prefetch
+	}
+	if cfg.RequeueDelay <= 0 {
+		cfg.RequeueDelay = time.Second
+	}
+	if cfg.MaxDeliveries <= 0 {
+		cfg.MaxDeliveries = 5
+	}
+}
+
+// transient reports whether err is a transient failure for cfg.
+func (cfg *ConsumerConfig) transient(err error) bool {
+	var amqpErr *amqp.Error
+	var netErr net.Error
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrClosed) ||
+		errors.Is(err, amqp.ErrClosed) || errors.As(err, &amqpErr) || errors.As(err, &netErr) || errors.Is(err, io.EOF) {
+		return true // the broker, or a connection, is away
+	}
+	return cfg.Transient != nil && cfg.Transient(err)
 }
 
 // IsPoison reports whether err means the message can never be processed:
@@ -82,14 +122,9 @@ func (b *Bus) Consume(ctx context.Context, cfg ConsumerConfig, h Handler) error 
 // ConsumeAsync is Consume with handlers that may settle their deliveries
 // later. Deliveries in hand (prefetch) bound what is outstanding.
 func (b *Bus) ConsumeAsync(ctx context.Context, cfg ConsumerConfig, h AsyncHandler) error {
-	if cfg.Prefetch <= 0 {
-		cfg.Prefetch = 64
-	}
+	cfg.defaults(64)
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = cfg.Prefetch
-	}
-	if cfg.RequeueDelay <= 0 {
-		cfg.RequeueDelay = time.Second
 	}
 	if cfg.StopGrace <= 0 {
 		cfg.StopGrace = 10 * time.Second
@@ -183,24 +218,32 @@ func (b *Bus) handle(ctx context.Context, cfg ConsumerConfig, h AsyncHandler, d 
 		settling.Add(1)
 		go func() {
 			defer settling.Done()
-			if err := settle(ctx); err != nil {
-				b.log.Warn().Err(err).Str("queue", cfg.Queue).Str("message_id", d.MessageId).
-					Msg("could not settle; requeueing")
-				select {
-				case <-time.After(cfg.RequeueDelay):
-				case <-ctx.Done():
-				}
-				_ = d.Nack(false, true /* requeue */)
-				return
-			}
-			_ = d.Ack(false)
+			b.settleOne(ctx, cfg, d, settle(ctx))
 		}()
+	default:
+		b.settleOne(ctx, cfg, d, err)
+	}
+}
+
+// settleOne finishes one delivery after its handler: ack on success,
+// otherwise dead-letter (poison, or out of deliveries), requeue after a
+// pause (transient), or send it to the tail of its queue, counted.
+func (b *Bus) settleOne(ctx context.Context, cfg ConsumerConfig, d *amqp.Delivery, err error) {
+	log := func(msg string) {
+		b.log.Warn().Err(err).Str("queue", cfg.Queue).Str("message_id", d.MessageId).
+			Str("routing_key", d.RoutingKey).Int("deliveries", Deliveries(d)).Msg(msg)
+	}
+	switch {
 	case err == nil:
 		_ = d.Ack(false)
-	case IsPoison(err):
-		b.log.Warn().Err(err).Str("queue", cfg.Queue).Str("message_id", d.MessageId).
-			Str("routing_key", d.RoutingKey).Msg("dead-lettering poison message")
-		if dlErr := b.DeadLetter(ctx, d, cfg.Queue, err.Error()); dlErr != nil {
+		return
+	case IsPoison(err) || Deliveries(d) >= cfg.MaxDeliveries:
+		reason := err.Error()
+		if !IsPoison(err) {
+			reason = fmt.Sprintf("failed %d deliveries: %s", Deliveries(d), reason)
+		}
+		log("dead-lettering the message")
+		if dlErr := b.DeadLetter(ctx, d, cfg.Queue, reason); dlErr != nil {
 			// Could not keep a copy: let the broker dead-letter it itself
 			// (the queue's x-dead-letter-exchange), without our reason.
 			b.log.Error().Err(dlErr).Msg("dead-letter publish failed; rejecting instead")
@@ -208,15 +251,21 @@ func (b *Bus) handle(ctx context.Context, cfg ConsumerConfig, h AsyncHandler, d 
 			return
 		}
 		_ = d.Ack(false)
-	default:
-		b.log.Warn().Err(err).Str("queue", cfg.Queue).Str("message_id", d.MessageId).
-			Msg("transient failure; requeueing")
-		select {
-		case <-time.After(cfg.RequeueDelay):
-		case <-ctx.Done():
+		return
+	case !cfg.transient(err):
+		log("handler failed; the message goes to the tail of its queue")
+		if rerr := b.retryLater(ctx, d, cfg.Queue); rerr == nil {
+			_ = d.Ack(false)
+			return
 		}
-		_ = d.Nack(false, true /* requeue */)
+	default:
+		log("transient failure; requeueing")
 	}
+	select {
+	case <-time.After(cfg.RequeueDelay):
+	case <-ctx.Done():
+	}
+	_ = d.Nack(false, true /* requeue */)
 }
 
 // BatchHandler processes a batch of deliveries. Returning nil acks them
@@ -245,14 +294,9 @@ func (b *Bus) ConsumeBatch(ctx context.Context, cfg ConsumerConfig, h BatchHandl
 // frame (multiple ack up to its last delivery) once it and every batch
 // before it have settled.
 func (b *Bus) ConsumeBatchAsync(ctx context.Context, cfg ConsumerConfig, maxBatch int, h AsyncBatchHandler) error {
-	if cfg.Prefetch <= 0 {
-		cfg.Prefetch = 256
-	}
+	cfg.defaults(256)
 	if maxBatch <= 0 || maxBatch > cfg.Prefetch {
 		maxBatch = cfg.Prefetch
-	}
-	if cfg.RequeueDelay <= 0 {
-		cfg.RequeueDelay = time.Second
 	}
 	if cfg.Linger <= 0 {
 		cfg.Linger = 5 * time.Millisecond
@@ -294,7 +338,11 @@ func (b *Bus) consumeBatchOnce(ctx context.Context, cfg ConsumerConfig, maxBatch
 		defer close(ackerDone)
 		for p := range queue {
 			last := p.batch[len(p.batch)-1]
-			if err := <-p.done; err != nil {
+			err := <-p.done
+			switch {
+			case err == nil:
+				_ = last.Ack(true /* multiple */)
+			case cfg.transient(err):
 				b.log.Warn().Err(err).Str("queue", cfg.Queue).Int("messages", len(p.batch)).
 					Msg("transient failure; requeueing the batch")
 				select {
@@ -302,9 +350,9 @@ func (b *Bus) consumeBatchOnce(ctx context.Context, cfg ConsumerConfig, maxBatch
 				case <-ctx.Done():
 				}
 				_ = last.Nack(true /* multiple */, true /* requeue */)
-				continue
+			default:
+				b.isolate(work, cfg, h, p.batch, err)
 			}
-			_ = last.Ack(true /* multiple */)
 		}
 	}()
 	defer func() {
@@ -348,5 +396,24 @@ func (b *Bus) consumeBatchOnce(ctx context.Context, cfg ConsumerConfig, maxBatch
 			go func() { p.done <- settle(work) }()
 		}
 		queue <- p
+	}
+}
+
+// isolate handles a batch that failed, message by message: the ones that
+// succeed alone are acked, each failing one is settled by itself
+// (settleOne), so that one bad message fails nobody else's.
+func (b *Bus) isolate(ctx context.Context, cfg ConsumerConfig, h AsyncBatchHandler, batch []*amqp.Delivery, batchErr error) {
+	if len(batch) == 1 {
+		b.settleOne(ctx, cfg, batch[0], batchErr)
+		return
+	}
+	b.log.Warn().Err(batchErr).Str("queue", cfg.Queue).Int("messages", len(batch)).
+		Msg("batch failed; handling its messages one by one")
+	for _, d := range batch {
+		settle, err := h(ctx, []*amqp.Delivery{d})
+		if err == nil && settle != nil {
+			err = settle(ctx)
+		}
+		b.settleOne(ctx, cfg, d, err)
 	}
 }

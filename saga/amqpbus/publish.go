@@ -182,31 +182,73 @@ func (b *Bus) DeadLetter(ctx context.Context, d *amqp.Delivery, queue, reason st
 	h["x-sagaflow-exchange"] = d.Exchange
 	h["x-sagaflow-routing-key"] = d.RoutingKey
 	h["x-sagaflow-dead-at"] = time.Now().UTC().Format(time.RFC3339Nano)
+	h[DeliveriesHeader] = int32(Deliveries(d))
+	kept := *d
+	kept.Expiration = "" // kept for an operator: it must not expire in saga.dead
+	if err := b.publishCopy(ctx, DeadLetterExchange, d.RoutingKey, &kept, h); err != nil {
+		return fmt.Errorf("amqpbus: dead-letter: %w", err)
+	}
+	if b.cfg.OnDeadLetter != nil {
+		b.cfg.OnDeadLetter(queue, reason)
+	}
+	return nil
+}
+
+// DeliveriesHeader counts the failed deliveries of a message that a
+// consumer handed back to its queue's tail (see ConsumerConfig.MaxDeliveries).
+const DeliveriesHeader = "x-sagaflow-deliveries"
+
+// Deliveries is how many times d was delivered to a handler that failed
+// it, this delivery included: 1 on a first delivery.
+func Deliveries(d *amqp.Delivery) int {
+	n := 0
+	switch v := d.Headers[DeliveriesHeader].(type) {
+	case int32:
+		n = int(v)
+	case int64:
+		n = int(v)
+	case int:
+		n = v
+	}
+	return n + 1
+}
+
+// retryLater puts a copy of d at the tail of queue with its failed
+// deliveries counted; the caller acks d once it returns nil.
+func (b *Bus) retryLater(ctx context.Context, d *amqp.Delivery, queue string) error {
+	h := amqp.Table{}
+	for k, v := range d.Headers {
+		h[k] = v
+	}
+	h[DeliveriesHeader] = int32(Deliveries(d))
+	return b.publishCopy(ctx, "", queue, d, h)
+}
+
+// publishCopy publishes d's body and properties with headers h, and waits
+// for the broker's confirm.
+func (b *Bus) publishCopy(ctx context.Context, exchange, key string, d *amqp.Delivery, h amqp.Table) error {
 	ch, err := b.publishChannel(ctx)
 	if err != nil {
 		return err
 	}
-	dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, DeadLetterExchange, d.RoutingKey,
+	dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key,
 		false, // mandatory
 		false, // immediate
 		amqp.Publishing{
 			Headers: h, ContentType: d.ContentType, DeliveryMode: amqp.Persistent,
 			MessageId: d.MessageId, CorrelationId: d.CorrelationId, ReplyTo: d.ReplyTo,
-			Type: d.Type, Timestamp: d.Timestamp, Body: d.Body,
+			Type: d.Type, Timestamp: d.Timestamp, Priority: d.Priority, Expiration: d.Expiration, Body: d.Body,
 		})
 	if err != nil {
 		b.dropPublishChannel(ch)
-		return fmt.Errorf("amqpbus: dead-letter: %w", err)
+		return err
 	}
 	acked, err := dc.WaitContext(ctx)
 	if err != nil || !acked {
 		if err == nil {
 			err = errors.New("nacked")
 		}
-		return fmt.Errorf("amqpbus: dead-letter confirm: %w", err)
-	}
-	if b.cfg.OnDeadLetter != nil {
-		b.cfg.OnDeadLetter(queue, reason)
+		return fmt.Errorf("confirm: %w", err)
 	}
 	return nil
 }

@@ -31,6 +31,12 @@ type Config struct {
 	OutboxLease time.Duration
 }
 
+// Transient reports whether err says PostgreSQL is away or busy (a lost
+// connection, a restart, a deadlock) rather than that the work can never
+// succeed; consumers retry the former later and count the latter
+// (amqpbus.ConsumerConfig.Transient).
+func Transient(err error) bool { return pgtx.Transient(err) }
+
 // Store implements saga.Store on a pgx pool.
 type Store struct {
 	pool  *pgxpool.Pool

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sagaflow/sagaflow/saga"
 	"github.com/sagaflow/sagaflow/saga/amqpbus"
+	"github.com/sagaflow/sagaflow/saga/internal/pgtx"
 )
 
 // Event is a domain event as a subscriber sees it.
@@ -21,6 +22,12 @@ type Event struct {
 	// TraceParent is the W3C trace context the event carried, if any.
 	TraceParent string
 }
+
+// Poison marks an error as permanent: the event or command that caused it
+// can never be handled, and is dead-lettered at once with err as reason.
+// A handler that returns it for a batch has the batch retried message by
+// message, so only the culprit goes.
+func Poison(err error) error { return amqpbus.Poison(err) }
 
 // EventHandlerFunc applies a batch of new events with tx. For Subscribe,
 // tx is a transaction the runtime commits together with the inbox records
@@ -52,7 +59,7 @@ func (r *Runtime) SubscribeIdempotent(queue string, h EventHandlerFunc) {
 }
 
 func (r *Runtime) consumeEvents(ctx context.Context, sub subscription) error {
-	return r.bus.ConsumeBatch(ctx, amqpbus.ConsumerConfig{Queue: sub.queue, Prefetch: r.cfg.EventPrefetch},
+	return r.bus.ConsumeBatch(ctx, amqpbus.ConsumerConfig{Queue: sub.queue, Prefetch: r.cfg.EventPrefetch, Transient: pgtx.Transient},
 		func(ctx context.Context, ds []*amqp.Delivery) error { return r.deliverEvents(ctx, sub, ds) })
 }
 
@@ -64,12 +71,10 @@ func (r *Runtime) deliverEvents(ctx context.Context, sub subscription, ds []*amq
 	for _, d := range ds {
 		env, err := saga.Decode(d.Body)
 		if err != nil {
-			r.log.Warn().Err(err).Str("queue", sub.queue).Str("message_id", d.MessageId).Msg("dead-lettering poison event")
-			if err := r.bus.DeadLetter(ctx, d, sub.queue, err.Error()); err != nil {
-				return err
-			}
+			// The consumer takes the batch apart and dead-letters this one
+			// alone, once (amqpbus isolates failed batches).
 			r.observer.Handled(d.RoutingKey, "poison", 0)
-			continue
+			return Poison(fmt.Errorf("event %s: %w", d.MessageId, err))
 		}
 		ev := Event{Envelope: env}
 		ev.TraceParent, _ = d.Headers["traceparent"].(string)

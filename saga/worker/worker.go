@@ -32,6 +32,7 @@ import (
 
 	"github.com/sagaflow/sagaflow/saga"
 	"github.com/sagaflow/sagaflow/saga/amqpbus"
+	"github.com/sagaflow/sagaflow/saga/internal/pgtx"
 )
 
 // Command is a decoded command as a handler sees it.
@@ -296,7 +297,7 @@ func (r *Runtime) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	if len(r.handlers)+len(r.queries) > 0 {
 		g.Go(func() error {
-			return r.bus.ConsumeBatchAsync(ctx, amqpbus.ConsumerConfig{Queue: r.cfg.Queue, Prefetch: r.cfg.Prefetch},
+			return r.bus.ConsumeBatchAsync(ctx, amqpbus.ConsumerConfig{Queue: r.cfg.Queue, Prefetch: r.cfg.Prefetch, Transient: pgtx.Transient},
 				r.cfg.Batch, r.deliverBatch)
 		})
 	}

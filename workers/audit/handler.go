@@ -44,7 +44,7 @@ func appendEvents(ctx context.Context, tx worker.Tx, events []worker.Event) erro
 		err3 := json.Unmarshal(ev.Payload, &p)
 		if err := errors.Join(err1, err2, err3); err != nil {
 			// Recorded as it came: an audit log keeps what it was sent.
-			return fmt.Errorf("audit: event %q (%s) does not carry a uuid id, saga_id and payload: %w", ev.ID, ev.Type, err)
+			return worker.Poison(fmt.Errorf("audit: event %q (%s) does not carry a uuid id, saga_id and payload: %w", ev.ID, ev.Type, err))
 		}
 		ids, sagas, seqs = append(ids, id), append(sagas, sagaID), append(seqs, int32(p.Seq))
 		types, ats = append(types, ev.Type), append(ats, ev.At)

@@ -15,6 +15,7 @@ import (
 	"github.com/sagaflow/sagaflow/internal/contract"
 	"github.com/sagaflow/sagaflow/internal/workertest"
 	"github.com/sagaflow/sagaflow/saga"
+	"github.com/sagaflow/sagaflow/saga/amqpbus"
 	"github.com/sagaflow/sagaflow/saga/worker"
 )
 
@@ -366,8 +367,8 @@ func TestAppendEventsRejectsEventsWithoutUUIDs(t *testing.T) {
 
 			err := appendBatch(t, pool, good, bad)
 
-			if err == nil {
-				t.Fatal("appendEvents: got no error, want one")
+			if !amqpbus.IsPoison(err) {
+				t.Fatalf("appendEvents: got %v, want a poison error (the consumer isolates and dead-letters it)", err)
 			}
 			if !strings.Contains(err.Error(), "audit") {
 				t.Errorf("error %q does not name the audit service", err)

@@ -49,11 +49,11 @@ func sender(channel string) worker.EventHandlerFunc {
 			var p contract.EventPayload
 			var o contract.OrderEventData
 			if err := errors.Join(json.Unmarshal(ev.Payload, &p), json.Unmarshal(p.Data, &o)); err != nil || o.OrderID == "" {
-				return fmt.Errorf("notification: event %s (%s) carries no order: %v", ev.ID, ev.Type, err)
+				return worker.Poison(fmt.Errorf("notification: event %s (%s) carries no order: %v", ev.ID, ev.Type, err))
 			}
 			eventID, err := uuid.Parse(ev.ID)
 			if err != nil {
-				return fmt.Errorf("notification: event id %q: %w", ev.ID, err)
+				return worker.Poison(fmt.Errorf("notification: event id %q: %w", ev.ID, err))
 			}
 			body := fmt.Sprintf("Your order %s %s.", o.OrderID, what)
 			if p.Reason != "" {

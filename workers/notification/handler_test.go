@@ -14,6 +14,7 @@ import (
 	"github.com/sagaflow/sagaflow/internal/contract"
 	"github.com/sagaflow/sagaflow/internal/workertest"
 	"github.com/sagaflow/sagaflow/saga"
+	"github.com/sagaflow/sagaflow/saga/amqpbus"
 	"github.com/sagaflow/sagaflow/saga/worker"
 )
 
@@ -262,7 +263,10 @@ func TestSecondOutcomeOfAnOrderSendsNothingMore(t *testing.T) {
 	}
 }
 
-func TestOutcomeWithoutOrderFails(t *testing.T) {
+// TestOutcomeWithoutOrderIsPoison: an outcome event that names no order
+// fails its batch as poison, so the consumer retries the batch message by
+// message and dead-letters only this one (amqpbus isolates it).
+func TestOutcomeWithoutOrderIsPoison(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name  string
@@ -299,8 +303,8 @@ func TestOutcomeWithoutOrderFails(t *testing.T) {
 			good := orderEvent(t, "o-1", "cust-42", contract.EventOrderCompleted, "")
 
 			for _, channel := range []string{email, sms} {
-				if err := send(t, pool, channel, good, tt.event(t)); err == nil {
-					t.Errorf("sender(%s): got no error, want one", channel)
+				if err := send(t, pool, channel, good, tt.event(t)); !amqpbus.IsPoison(err) {
+					t.Errorf("sender(%s): got %v, want a poison error", channel, err)
 				}
 			}
 
