@@ -46,6 +46,8 @@ ALTER TABLE orchestrator.sagas SET (autovacuum_vacuum_scale_factor = 0.02, autov
 CREATE INDEX IF NOT EXISTS sagas_due ON orchestrator.sagas (deadline) WHERE deadline IS NOT NULL;
 -- Admission: pending sagas, highest priority and oldest first.
 CREATE INDEX IF NOT EXISTS sagas_pending ON orchestrator.sagas (priority DESC, id) WHERE phase = 'pending';
+-- Admission's share for the oldest pending sagas, whatever their priority.
+CREATE INDEX IF NOT EXISTS sagas_pending_age ON orchestrator.sagas (id) WHERE phase = 'pending';
 -- Listing by state, newest first (ids are time-ordered).
 CREATE INDEX IF NOT EXISTS sagas_state ON orchestrator.sagas (state, id DESC);
 
@@ -55,10 +57,13 @@ CREATE INDEX IF NOT EXISTS sagas_state ON orchestrator.sagas (state, id DESC);
 CREATE TABLE IF NOT EXISTS orchestrator.outbox (
     id           uuid PRIMARY KEY,               -- UUIDv7
     messages     integer NOT NULL,               -- how many messages payload holds
-    payload      bytea NOT NULL,                 -- JSON array: exchange, routing key, properties, headers, body
+    payload      bytea NOT NULL,                 -- the messages, encoded by saga/pgstore/codec.go (zstd-compressed)
     created_at   timestamptz NOT NULL,
     leased_until timestamptz NOT NULL            -- the writer's relay owns it until then; then the scan does
 );
+-- A row whose payload does not decode is set aside (leased until
+-- 'infinity') with the reason, for an operator.
+ALTER TABLE orchestrator.outbox ADD COLUMN IF NOT EXISTS quarantine_reason text;
 CREATE INDEX IF NOT EXISTS outbox_lease ON orchestrator.outbox (leased_until);
 -- A row is written once and read only after a crash: keep payloads of up
 -- to 8 kB inline and uncompressed (compressing every one cost more CPU than

@@ -62,6 +62,10 @@ type Config struct {
 	// stay small. 2000 is five seconds of the 2-core development machine's
 	// throughput (docs/benchmarks.md).
 	MaxActiveSagas int `env:"MAX_ACTIVE_SAGAS" envDefault:"2000" help:"sagas in flight across orchestrators; the rest wait as pending"`
+	// OldestShare is the share of each admission that goes to the oldest
+	// pending orders whatever their priority (default 0.2): high priority
+	// goes first, but cannot hold normal orders back without bound.
+	OldestShare float64 `env:"ADMISSION_OLDEST_SHARE" envDefault:"0.2" help:"share of each admission for the oldest pending orders, whatever their priority (0: strict priority)"`
 }
 
 // Validate reports every problem at once.
@@ -87,6 +91,9 @@ func (c *Config) Validate() []error {
 			errs = append(errs, fmt.Errorf("%s: want at least 1, got %d", name, n))
 		}
 	}
+	if c.OldestShare < 0 || c.OldestShare > 1 {
+		errs = append(errs, fmt.Errorf("ADMISSION_OLDEST_SHARE: want a share in [0,1], got %g", c.OldestShare))
+	}
 	if c.MaxBodyBytes < 1024 {
 		errs = append(errs, fmt.Errorf("MAX_BODY_BYTES: want at least 1024, got %d", c.MaxBodyBytes))
 	}
@@ -100,4 +107,13 @@ func (c *Config) Retry() saga.Retry {
 		MaxBackoff: c.RetryMaxBackoff, MaxAttempts: c.StepAttempts,
 		CompensationAttempts: c.CompensationAttempts, RetriableAttempts: c.RetriableAttempts,
 	}
+}
+
+// OldestShareOrStrict is OldestShare for saga.Config, where 0 means the
+// default: strict priority is a negative share there.
+func (c *Config) OldestShareOrStrict() float64 {
+	if c.OldestShare == 0 {
+		return -1
+	}
+	return c.OldestShare
 }

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/google/uuid"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/rs/zerolog"
 
@@ -73,12 +74,24 @@ func run(cfg *Config, log zerolog.Logger) error {
 	}
 	defer bus.Close()
 
-	store := pgstore.New(db, pgstore.Config{OutboxLease: cfg.OutboxLease})
+	store := pgstore.New(db, pgstore.Config{OutboxLease: cfg.OutboxLease,
+		OnQuarantine: func(kind string, id uuid.UUID, why error) {
+			log.Error().Err(why).Str("kind", kind).Str("id", id.String()).Msg("quarantined: set aside for an operator (GET /admin/quarantine)")
+			metrics.Quarantined.WithLabelValues(kind).Inc()
+		}})
+	// Deadlines follow the database's clock, whatever this host's says.
+	clock := pgstore.NewClock(db)
+	if err := clock.Sync(sctx); err != nil {
+		return err
+	}
+	if off := clock.Offset(); off > time.Second || off < -time.Second {
+		log.Warn().Dur("offset", off).Msg("this host's clock differs from the database's; deadlines follow the database")
+	}
 	reg := service.NewRegistry()
 	metrics.RegisterOrchestrator(reg, store)
 	coord, err := saga.NewCoordinator(saga.Config{
 		BatchSize: cfg.BatchSize, Workers: cfg.BatchWorkers, TimerInterval: cfg.TimerInterval,
-		MaxActive: cfg.MaxActiveSagas, Observer: metrics.SagaObserver{},
+		MaxActive: cfg.MaxActiveSagas, OldestShare: cfg.OldestShareOrStrict(), Observer: metrics.SagaObserver{}, Clock: clock,
 	}, store, bus, log, order.Definition(cfg.Retry()))
 	if err != nil {
 		return err
@@ -90,6 +103,7 @@ func run(cfg *Config, log zerolog.Logger) error {
 	defer stopCoord()
 	coordDone := make(chan struct{})
 	go func() { defer close(coordDone); _ = coord.Run(coordCtx) }()
+	go clock.Run(coordCtx, time.Minute, func(err error) { log.Warn().Err(err).Msg("clock sync failed") })
 
 	consumerDone := make(chan error, 1)
 	go func() {
@@ -103,23 +117,31 @@ func run(cfg *Config, log zerolog.Logger) error {
 				bodies[i] = d.Body
 			}
 			poison, wait := coord.HandleReplies(hctx, bodies)
-			for i, err := range poison {
-				if err == nil {
-					continue
-				}
-				log.Warn().Err(err).Str("message_id", ds[i].MessageId).Msg("dead-lettering poison reply")
-				if err := bus.DeadLetter(hctx, ds[i], amqpbus.ReplyQueue, err.Error()); err != nil {
-					return nil, err
-				}
+			if len(ds) == 1 && poison[0] != nil {
+				return nil, amqpbus.Poison(poison[0]) // the consumer dead-letters it
 			}
+			// Dead letters go once the batch committed: a batch that fails is
+			// taken apart by the consumer, and each reply handled again alone.
 			return func(sctx context.Context) error {
-				unknown, err := wait(sctx)
-				for _, i := range unknown {
-					if err == nil {
-						err = bus.DeadLetter(sctx, ds[i], amqpbus.ReplyQueue, "reply for a saga this orchestrator's store does not have")
+				dead, err := wait(sctx)
+				if err != nil {
+					return err
+				}
+				if dead == nil {
+					dead = map[int]error{}
+				}
+				for i, why := range poison {
+					if why != nil {
+						dead[i] = why
 					}
 				}
-				return err
+				for i, why := range dead {
+					log.Warn().Err(why).Str("message_id", ds[i].MessageId).Msg("dead-lettering a reply")
+					if err := bus.DeadLetter(sctx, ds[i], amqpbus.ReplyQueue, why.Error()); err != nil {
+						return err
+					}
+				}
+				return nil
 			}, nil
 		})
 	}()

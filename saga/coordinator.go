@@ -51,6 +51,11 @@ type Config struct {
 	TimerInterval time.Duration
 	// TimerBatch is the most due sagas claimed per transaction (default 512).
 	TimerBatch int
+	// OldestShare is the share of each admission batch that goes to the
+	// oldest pending sagas whatever their priority (default 0.2; negative:
+	// none, strict priority). High priority keeps its head start, but a
+	// steady stream of it cannot hold normal sagas back without bound.
+	OldestShare float64
 	// MaxActive bounds the sagas with a command in flight, across every
 	// coordinator sharing the store (default 2000). New sagas wait as
 	// pending, highest priority first, until there is room: a burst becomes
@@ -105,6 +110,9 @@ func (c Config) withDefaults() Config {
 	defDur(&c.TimerInterval, 200*time.Millisecond)
 	defInt(&c.TimerBatch, 512)
 	defInt(&c.MaxActive, 2000)
+	if c.OldestShare == 0 {
+		c.OldestShare = 0.2
+	}
 	defDur(&c.OutboxInterval, time.Second)
 	defInt(&c.OutboxBatch, 512)
 	defInt(&c.RelayInFlight, 256)
@@ -157,6 +165,7 @@ var ErrUnknownDefinition = errors.New("saga: unknown definition")
 type Coordinator struct {
 	cfg   Config
 	defs  map[string]*Definition
+	names []string // of defs, for the store's claims
 	store Store
 	pub   Publisher
 	log   zerolog.Logger
@@ -215,6 +224,7 @@ func NewCoordinator(cfg Config, store Store, pub Publisher, log zerolog.Logger, 
 			return nil, err
 		}
 		c.defs[d.Name] = d
+		c.names = append(c.names, d.Name)
 	}
 	return c, nil
 }
@@ -458,7 +468,11 @@ func (c *Coordinator) startLoop(ctx context.Context) {
 				break
 			}
 			began := time.Now()
-			outs, msgs, err := c.store.ApplyPending(ctx, room, c.transition)
+			oldest := 0
+			if c.cfg.OldestShare > 0 {
+				oldest = max(1, int(float64(room)*c.cfg.OldestShare))
+			}
+			outs, msgs, err := c.store.ApplyPending(ctx, Claim{Limit: room, Definitions: c.names, Oldest: oldest}, c.transition)
 			if err != nil {
 				if ctx.Err() == nil {
 					c.log.Error().Err(err).Msg("starter: start pending sagas failed")
@@ -486,18 +500,19 @@ func (c *Coordinator) HandleReply(ctx context.Context, body []byte) error {
 	if poison[0] != nil {
 		return poison[0]
 	}
-	unknown, err := wait(ctx)
-	if err == nil && len(unknown) > 0 {
-		return fmt.Errorf("%w: reply for a saga this store does not have", ErrMalformed)
+	dead, err := wait(ctx)
+	if err == nil && dead[0] != nil {
+		return fmt.Errorf("%w: %w", ErrMalformed, dead[0])
 	}
 	return err
 }
 
-// ReplyWait waits until queued replies are committed. It returns the
-// indices of replies for sagas the store does not have (another deployment
-// sharing the broker, a hand-made message: dead-letter them), or the first
-// error.
-type ReplyWait func(ctx context.Context) (unknown []int, err error)
+// ReplyWait waits until queued replies are committed. It returns, by
+// index, the replies to dead-letter and why: for a saga the store does not
+// have (another deployment sharing the broker, a hand-made message), or
+// one it quarantined. Any other failure of an input is the error (the
+// consumer retries it a bounded number of times).
+type ReplyWait func(ctx context.Context) (dead map[int]error, err error)
 
 // HandleReplies decodes replies and queues them, in order, for the batch
 // loop. It returns, index-aligned, why each poison reply cannot be applied
@@ -516,14 +531,14 @@ func (c *Coordinator) HandleReplies(ctx context.Context, bodies [][]byte) (poiso
 		q.inputs, index = append(q.inputs, inp), append(index, i)
 	}
 	if len(q.inputs) == 0 {
-		return poison, func(context.Context) ([]int, error) { return nil, nil }
+		return poison, func(context.Context) (map[int]error, error) { return nil, nil }
 	}
 	select {
 	case c.inputs <- q:
 	case <-ctx.Done():
-		return poison, func(context.Context) ([]int, error) { return nil, ctx.Err() }
+		return poison, func(context.Context) (map[int]error, error) { return nil, ctx.Err() }
 	}
-	return poison, func(ctx context.Context) ([]int, error) {
+	return poison, func(ctx context.Context) (map[int]error, error) {
 		select {
 		case err := <-q.done:
 			if err != nil {
@@ -532,16 +547,18 @@ func (c *Coordinator) HandleReplies(ctx context.Context, bodies [][]byte) (poiso
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
-		var unknown []int
+		dead := map[int]error{}
 		for k, err := range q.errs {
 			switch {
 			case errors.Is(err, ErrNotFound):
-				unknown = append(unknown, index[k])
+				dead[index[k]] = errors.New("reply for a saga this orchestrator's store does not have")
+			case errors.Is(err, ErrQuarantined):
+				dead[index[k]] = fmt.Errorf("reply for a quarantined saga: %w", err)
 			case err != nil:
 				return nil, err
 			}
 		}
-		return unknown, nil
+		return dead, nil
 	}
 }
 
@@ -776,7 +793,7 @@ func (c *Coordinator) batchLoop(ctx context.Context) {
 				q.errs = make([]error, len(q.inputs))
 				for k, inp := range q.inputs {
 					o := outs[i+k]
-					if o.Err != nil && !errors.Is(o.Err, ErrNotFound) {
+					if o.Err != nil && !errors.Is(o.Err, ErrNotFound) && !errors.Is(o.Err, ErrQuarantined) {
 						c.sagaFields(c.log.Error().Err(o.Err), c.defs[o.Instance.Definition], &o.Instance).
 							Str("input", inp.Kind.String()).Msg("input not applied")
 					}
@@ -924,7 +941,7 @@ func (c *Coordinator) timerLoop(ctx context.Context) {
 		}
 		for ctx.Err() == nil {
 			began := time.Now()
-			outs, msgs, err := c.store.ApplyDue(ctx, c.cfg.Clock.Now(), c.cfg.TimerBatch, c.transition)
+			outs, msgs, err := c.store.ApplyDue(ctx, Claim{Now: c.cfg.Clock.Now(), Limit: c.cfg.TimerBatch, Definitions: c.names}, c.transition)
 			if len(outs) > 0 {
 				c.cfg.Observer.Batch("timer", len(outs), time.Since(began))
 			}

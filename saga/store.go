@@ -14,7 +14,25 @@ var (
 	// ErrKeyReused is returned by Create when an idempotency key comes back
 	// with a different request.
 	ErrKeyReused = errors.New("saga: idempotency key reused with a different request")
+	// ErrQuarantined is the outcome of an input for a saga the store set
+	// aside: its row cannot be read, or its transition failed where a loop
+	// would meet it again and again. It waits, stuck, for an operator.
+	ErrQuarantined = errors.New("saga: quarantined")
 )
+
+// Claim says which sagas a loop claims from the store.
+type Claim struct {
+	// Now is the time deadlines are compared with (the timer).
+	Now time.Time
+	// Limit is the most sagas claimed.
+	Limit int
+	// Definitions are the saga types the claiming coordinator can drive;
+	// sagas of other types are left to coordinators that know them.
+	Definitions []string
+	// Oldest is how many of Limit go to the oldest pending sagas whatever
+	// their priority (the starter), so that no priority waits without bound.
+	Oldest int
+}
 
 // NewSaga is a saga to create, with the messages its creation causes.
 type NewSaga struct {
@@ -64,14 +82,17 @@ type Store interface {
 	// transaction. It returns one Outcome per input and the staged
 	// messages, each with its OutboxID.
 	Apply(ctx context.Context, inputs []Input, fn TransitionFunc) ([]Outcome, []Message, error)
-	// ApplyDue claims up to limit sagas whose deadline is at or before now,
-	// skipping sagas other transactions hold, and applies a timeout input to
-	// each, in one transaction. It returns the outcomes and staged messages.
-	ApplyDue(ctx context.Context, now time.Time, limit int, fn TransitionFunc) ([]Outcome, []Message, error)
-	// ApplyPending claims up to limit pending sagas, highest priority and
-	// oldest first, skipping those other transactions hold, and starts each
-	// with fn, in one transaction.
-	ApplyPending(ctx context.Context, limit int, fn TransitionFunc) ([]Outcome, []Message, error)
+	// ApplyDue claims up to c.Limit sagas of c.Definitions whose deadline
+	// is at or before c.Now, skipping sagas other transactions hold, and
+	// applies a timeout input to each, in one transaction. It returns the
+	// outcomes and staged messages. A saga it cannot read or transition is
+	// quarantined (its outcome's Err wraps ErrQuarantined).
+	ApplyDue(ctx context.Context, c Claim, fn TransitionFunc) ([]Outcome, []Message, error)
+	// ApplyPending claims up to c.Limit pending sagas of c.Definitions, the
+	// c.Oldest oldest first, then highest priority and oldest first,
+	// skipping those other transactions hold, and starts each with fn, in
+	// one transaction; like ApplyDue, it quarantines what it cannot start.
+	ApplyPending(ctx context.Context, c Claim, fn TransitionFunc) ([]Outcome, []Message, error)
 	// CountActive counts the sagas with a command in flight (running or
 	// compensating): what admission control bounds.
 	CountActive(ctx context.Context) (int, error)

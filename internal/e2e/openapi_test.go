@@ -1096,6 +1096,7 @@ func conformOrders(t *testing.T, s *testenv.System, c *conformance) {
 	cancel(map[string]any{"why": "x"}, nil, 400, true)
 	cancel(append(append([]byte(`{"reason":"`), bytes.Repeat([]byte("r"), 2<<20)...), `"}`...), nil, 413, false)
 	cancel(map[string]any{"reason": "x"}, map[string]string{"Content-Type": "text/plain"}, 415, true)
+	c.send(t, s, base, apiCall{op: "GET /admin/quarantine", header: auth, want: 200})
 	c.send(t, s, base, apiCall{op: "GET /admin/orders/{id}/ledger", path: id("not-a-uuid"), header: auth, want: 400, docRejects: true})
 	c.send(t, s, base, apiCall{op: "GET /admin/orders/{id}/ledger", path: id(uuid.NewString()), header: auth, want: 404})
 	for _, op := range adminCalls(done, sku(t, "a")) {
@@ -1116,6 +1117,7 @@ func adminCalls(orderID, sku string) []apiCall {
 		{op: "GET /admin/sagas"},
 		{op: "POST /admin/sagas/{id}/replay", path: id},
 		{op: "POST /admin/sagas/{id}/cancel", path: id},
+		{op: "GET /admin/quarantine"},
 	}
 }
 
@@ -1237,6 +1239,7 @@ func conformDegraded(t *testing.T, c *conformance) {
 	c.send(t, p, o3, apiCall{op: "GET /healthz", want: 200})
 	place(o3, 503)
 	c.send(t, p, o3, apiCall{op: "GET /orders", want: 503})
+	c.send(t, p, o3, apiCall{op: "GET /admin/quarantine", header: auth, want: 503})
 	c.send(t, p, o3, apiCall{op: "GET /orders/{id}", path: id(running), want: 503})
 	c.send(t, p, o3, apiCall{op: "GET /orders/{id}/events", path: id(running), want: 503})
 	c.send(t, p, o3, apiCall{op: "GET /admin/orders/{id}/ledger", path: id(running), header: auth, want: 503})

@@ -46,6 +46,10 @@ var (
 		Help:    "Time per batch: a transaction, a timer pass, or a publish with its confirms.",
 		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 	}, []string{"kind"})
+	Quarantined = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sagaflow_quarantined_total",
+		Help: "Rows set aside because they cannot be read or transitioned, by kind (saga, outbox); GET /admin/quarantine lists them.",
+	}, []string{"kind"})
 	MessagesPublished = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sagaflow_messages_published_total",
 		Help: "Outbox messages published, by result (confirmed, failed).",
@@ -140,5 +144,5 @@ func (c StoreCollector) Collect(ch chan<- prometheus.Metric) {
 // RegisterOrchestrator registers the orchestrator metrics with r.
 func RegisterOrchestrator(r prometheus.Registerer, stats StoreStats) {
 	r.MustRegister(SagasStarted, SagasFinished, StepDuration, StepRetries, Compensations, SagasStuck,
-		MessagesPublished, DeadLetters, BatchSize, BatchDuration, StoreCollector{Stats: stats})
+		MessagesPublished, Quarantined, DeadLetters, BatchSize, BatchDuration, StoreCollector{Stats: stats})
 }

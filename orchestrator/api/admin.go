@@ -10,6 +10,7 @@ import (
 	"github.com/sagaflow/sagaflow/internal/contract"
 	"github.com/sagaflow/sagaflow/orchestrator/order"
 	"github.com/sagaflow/sagaflow/saga"
+	"github.com/sagaflow/sagaflow/saga/pgstore"
 )
 
 // Ledger is what the workers themselves recorded for an order.
@@ -149,4 +150,18 @@ func (s *server) cancelSaga(c *gin.Context) {
 	}
 	logOf(c).Info().Str("saga_id", id.String()).Str("state", in.State).Msg("operator cancelled saga")
 	c.JSON(http.StatusOK, s.sagaView(&in))
+}
+
+// listQuarantined lists the rows set aside because they cannot be read or
+// transitioned: sagas (also listed as stuck) and outbox rows.
+func (s *server) listQuarantined(c *gin.Context) {
+	list, err := s.Store.ListQuarantined(c, maxPage)
+	if err != nil {
+		abort(c, err)
+		return
+	}
+	if list == nil {
+		list = []pgstore.Quarantined{}
+	}
+	c.JSON(http.StatusOK, gin.H{"quarantined": list})
 }

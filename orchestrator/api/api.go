@@ -81,6 +81,7 @@ func New(d Deps) http.Handler {
 	admin.GET("/sagas", s.listSagas)
 	admin.POST("/sagas/:id/replay", s.replaySaga)
 	admin.POST("/sagas/:id/cancel", s.cancelSaga)
+	admin.GET("/quarantine", s.listQuarantined)
 
 	r.GET("/healthz", func(c *gin.Context) { c.JSON(http.StatusOK, service.Check(c, d.DB, d.Bus)) })
 	r.GET("/readyz", func(c *gin.Context) {

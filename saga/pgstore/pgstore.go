@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -29,6 +30,11 @@ type Config struct {
 	// process that wrote it; after that the outbox scan of any process may
 	// publish it (default 15s).
 	OutboxLease time.Duration
+	// OnQuarantine, when set, is told about every row the store sets aside
+	// because it cannot be read or transitioned ("saga" or "outbox", its id,
+	// why): log it and count it. The row stays for an operator
+	// (ListQuarantined) and no loop claims it again.
+	OnQuarantine func(kind string, id uuid.UUID, reason error)
 }
 
 // Transient reports whether err says PostgreSQL is away or busy (a lost
@@ -39,8 +45,9 @@ func Transient(err error) bool { return pgtx.Transient(err) }
 
 // Store implements saga.Store on a pgx pool.
 type Store struct {
-	pool  *pgxpool.Pool
-	lease time.Duration
+	pool         *pgxpool.Pool
+	lease        time.Duration
+	onQuarantine func(kind string, id uuid.UUID, reason error)
 }
 
 var _ saga.Store = (*Store)(nil)
@@ -50,7 +57,10 @@ func New(pool *pgxpool.Pool, cfg Config) *Store {
 	if cfg.OutboxLease <= 0 {
 		cfg.OutboxLease = 15 * time.Second
 	}
-	return &Store{pool: pool, lease: cfg.OutboxLease}
+	if cfg.OnQuarantine == nil {
+		cfg.OnQuarantine = func(string, uuid.UUID, error) {}
+	}
+	return &Store{pool: pool, lease: cfg.OutboxLease, onQuarantine: cfg.OnQuarantine}
 }
 
 const columns = `id, definition, phase, state, step, attempt, waiting, deadline, stuck_in,
@@ -79,7 +89,7 @@ func scan(row pgx.Row) (saga.Instance, error) {
 	}
 	in.CreatedAt, in.UpdatedAt = in.CreatedAt.UTC(), in.UpdatedAt.UTC()
 	if err := json.Unmarshal(history, &in.History); err != nil {
-		return saga.Instance{}, fmt.Errorf("pgstore: saga %s: history: %w", in.ID, err)
+		return in, &CorruptError{ID: in.ID, Err: fmt.Errorf("history does not parse: %w", err)}
 	}
 	for i := range in.History {
 		r := &in.History[i]
@@ -91,6 +101,18 @@ func scan(row pgx.Row) (saga.Instance, error) {
 	}
 	return in, nil
 }
+
+// CorruptError is a saga row the store cannot read back (its history does
+// not parse). Such a saga is quarantined where a loop meets it: marked
+// stuck with the reason, so that no loop claims it again and operators see
+// it, and reported to Config.OnQuarantine.
+type CorruptError struct {
+	ID  uuid.UUID
+	Err error
+}
+
+func (e *CorruptError) Error() string { return fmt.Sprintf("pgstore: saga %s: %v", e.ID, e.Err) }
+func (e *CorruptError) Unwrap() error { return e.Err }
 
 func deadlineOf(in *saga.Instance) *time.Time {
 	if in.Deadline.IsZero() {
@@ -356,58 +378,82 @@ func (s *Store) Apply(ctx context.Context, inputs []saga.Input, fn saga.Transiti
 		return nil, nil, fmt.Errorf("pgstore: apply: %w", err)
 	}
 	defer t.close(ctx)
-	loaded, _, err := s.lock(ctx, t, `SELECT `+columns+` FROM sagas WHERE id = ANY($1) ORDER BY id FOR UPDATE`, pgUUIDs(ids))
+	loaded, _, bad, err := s.lock(ctx, t, `SELECT `+columns+` FROM sagas WHERE id = ANY($1) ORDER BY id FOR UPDATE`, pgUUIDs(ids))
 	if err != nil {
 		return nil, nil, err
 	}
-	return s.decide(ctx, t, loaded, inputs, fn)
+	return s.decide(ctx, t, loaded, bad, inputs, fn, false)
 }
 
-// ApplyDue claims due sagas, skipping those other transactions hold (so
-// several orchestrators share the timer work), and times them out.
-func (s *Store) ApplyDue(ctx context.Context, now time.Time, limit int, fn saga.TransitionFunc) ([]saga.Outcome, []saga.Message, error) {
+// ApplyDue claims due sagas of the claim's definitions, skipping those
+// other transactions hold (so several orchestrators share the timer work),
+// and times them out. A saga that cannot be read or transitioned is
+// quarantined.
+func (s *Store) ApplyDue(ctx context.Context, c saga.Claim, fn saga.TransitionFunc) ([]saga.Outcome, []saga.Message, error) {
 	t, err := s.begin(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("pgstore: apply due: %w", err)
 	}
 	defer t.close(ctx)
-	loaded, _, err := s.lock(ctx, t, `SELECT `+columns+` FROM sagas WHERE deadline <= $1
-		ORDER BY deadline LIMIT $2 FOR UPDATE SKIP LOCKED`, now, limit)
+	loaded, order, bad, err := s.lock(ctx, t, `SELECT `+columns+` FROM sagas WHERE deadline <= $1 AND definition = ANY($3)
+		ORDER BY deadline LIMIT $2 FOR UPDATE SKIP LOCKED`, c.Now, c.Limit, c.Definitions)
 	if err != nil {
 		return nil, nil, err
 	}
-	if len(loaded) == 0 {
+	if len(order) == 0 && len(bad) == 0 {
 		return nil, nil, nil
 	}
-	inputs := make([]saga.Input, 0, len(loaded))
-	for id := range loaded {
+	inputs := make([]saga.Input, 0, len(order))
+	for _, id := range order {
 		inputs = append(inputs, saga.Input{Kind: saga.InputTimeout, SagaID: id})
 	}
 	slices.SortFunc(inputs, func(a, b saga.Input) int { return compareUUID(a.SagaID, b.SagaID) })
-	return s.decide(ctx, t, loaded, inputs, fn)
+	return s.decide(ctx, t, loaded, bad, inputs, fn, true)
 }
 
-// ApplyPending claims pending sagas, highest priority and oldest first,
-// skipping those other transactions hold, and starts them.
-func (s *Store) ApplyPending(ctx context.Context, limit int, fn saga.TransitionFunc) ([]saga.Outcome, []saga.Message, error) {
+// ApplyPending claims pending sagas of the claim's definitions, skipping
+// those other transactions hold, and starts them: the c.Oldest oldest
+// whatever their priority (so that no priority waits without bound), then
+// the highest priority and oldest first.
+func (s *Store) ApplyPending(ctx context.Context, c saga.Claim, fn saga.TransitionFunc) ([]saga.Outcome, []saga.Message, error) {
 	t, err := s.begin(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("pgstore: apply pending: %w", err)
 	}
 	defer t.close(ctx)
-	loaded, order, err := s.lock(ctx, t, `SELECT `+columns+` FROM sagas WHERE phase = 'pending'
-		ORDER BY priority DESC, id LIMIT $1 FOR UPDATE SKIP LOCKED`, limit)
+	oldest := min(c.Oldest, c.Limit)
+	loaded, order, bad, err := s.lock(ctx, t, `SELECT `+columns+` FROM sagas WHERE phase = 'pending' AND definition = ANY($2)
+		ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED`, oldest, c.Definitions)
 	if err != nil {
 		return nil, nil, err
 	}
-	if len(order) == 0 {
+	more, moreOrder, moreBad, err := s.lock(ctx, t, `SELECT `+columns+` FROM sagas WHERE phase = 'pending' AND definition = ANY($2)
+		AND NOT id = ANY($3) ORDER BY priority DESC, id LIMIT $1 FOR UPDATE SKIP LOCKED`,
+		c.Limit-len(order)-len(bad), c.Definitions, pgUUIDs(append(slices.Clone(order), keys(bad)...)))
+	if err != nil {
+		return nil, nil, err
+	}
+	maps.Copy(loaded, more)
+	maps.Copy(bad, moreBad)
+	// High priority first within the batch: their commands leave first.
+	order = append(order, moreOrder...)
+	slices.SortStableFunc(order, func(a, b uuid.UUID) int { return int(loaded[b].Priority) - int(loaded[a].Priority) })
+	if len(order) == 0 && len(bad) == 0 {
 		return nil, nil, nil
 	}
 	inputs := make([]saga.Input, len(order))
 	for i, id := range order {
 		inputs[i] = saga.Input{Kind: saga.InputStart, SagaID: id}
 	}
-	return s.decide(ctx, t, loaded, inputs, fn)
+	return s.decide(ctx, t, loaded, bad, inputs, fn, true)
+}
+
+func keys(m map[uuid.UUID]error) []uuid.UUID {
+	out := make([]uuid.UUID, 0, len(m))
+	for id := range m {
+		out = append(out, id)
+	}
+	return out
 }
 
 // CountActive counts the sagas with a command in flight: exactly those
@@ -420,13 +466,20 @@ func (s *Store) CountActive(ctx context.Context) (int, error) {
 	return n, nil
 }
 
-// lock begins t with a query that locks sagas, and returns them by id and
-// in the query's order.
-func (s *Store) lock(ctx context.Context, t *txn, sql string, args ...any) (map[uuid.UUID]saga.Instance, []uuid.UUID, error) {
+// lock runs, in t, a query that locks sagas, and returns them by id and in
+// the query's order; the ones whose rows cannot be read come back in bad,
+// with why.
+func (s *Store) lock(ctx context.Context, t *txn, sql string, args ...any) (map[uuid.UUID]saga.Instance, []uuid.UUID, map[uuid.UUID]error, error) {
 	out := map[uuid.UUID]saga.Instance{}
+	bad := map[uuid.UUID]error{}
 	var order []uuid.UUID
 	err := t.query(ctx, func(rows pgx.Rows) error {
 		in, err := scan(rows)
+		var corrupt *CorruptError
+		if errors.As(err, &corrupt) {
+			bad[corrupt.ID] = corrupt.Err
+			return nil
+		}
 		if err != nil {
 			return err
 		}
@@ -435,14 +488,20 @@ func (s *Store) lock(ctx context.Context, t *txn, sql string, args ...any) (map[
 		return nil
 	}, sql, args...)
 	if err != nil {
-		return nil, nil, fmt.Errorf("pgstore: lock sagas: %w", err)
+		return nil, nil, nil, fmt.Errorf("pgstore: lock sagas: %w", err)
 	}
-	return out, order, nil
+	return out, order, bad, nil
 }
 
 // decide applies inputs to locked sagas, saves the changed ones in one
 // UPDATE, stages their messages, and commits.
-func (s *Store) decide(ctx context.Context, t *txn, sagas map[uuid.UUID]saga.Instance, inputs []saga.Input, fn saga.TransitionFunc) ([]saga.Outcome, []saga.Message, error) {
+//
+// Sagas in bad could not be read: they are quarantined in this transaction
+// and their inputs answered ErrQuarantined. With quarantineFailed (the
+// timer and the starter, which would meet the saga again on every pass),
+// so is a saga whose transition fails.
+func (s *Store) decide(ctx context.Context, t *txn, sagas map[uuid.UUID]saga.Instance, bad map[uuid.UUID]error,
+	inputs []saga.Input, fn saga.TransitionFunc, quarantineFailed bool) ([]saga.Outcome, []saga.Message, error) {
 	outs := make([]saga.Outcome, len(inputs))
 	var (
 		changed []uuid.UUID
@@ -461,6 +520,10 @@ func (s *Store) decide(ctx context.Context, t *txn, sagas map[uuid.UUID]saga.Ins
 	for _, i := range order {
 		inp := inputs[i]
 		in, ok := sagas[inp.SagaID]
+		if why, corrupt := bad[inp.SagaID]; corrupt {
+			outs[i] = saga.Outcome{Decision: saga.Decision{Instance: saga.Instance{ID: inp.SagaID}}, Err: fmt.Errorf("%w: %v", saga.ErrQuarantined, why)}
+			continue
+		}
 		if !ok {
 			outs[i].Err = saga.ErrNotFound
 			continue
@@ -468,6 +531,10 @@ func (s *Store) decide(ctx context.Context, t *txn, sagas map[uuid.UUID]saga.Ins
 		d, m, err := fn(in, inp)
 		if err != nil {
 			outs[i] = saga.Outcome{Decision: saga.Decision{Instance: in}, Err: err}
+			if quarantineFailed {
+				bad[inp.SagaID] = fmt.Errorf("%s does not apply: %w", inp.Kind, err)
+				outs[i].Err = fmt.Errorf("%w: %w", saga.ErrQuarantined, err)
+			}
 			continue
 		}
 		outs[i] = saga.Outcome{Decision: d}
@@ -491,10 +558,28 @@ func (s *Store) decide(ctx context.Context, t *txn, sagas map[uuid.UUID]saga.Ins
 	if err != nil {
 		return nil, nil, err
 	}
+	for id, why := range bad {
+		queueQuarantine(b, id, why)
+	}
 	if err := t.commit(ctx, b); err != nil {
 		return nil, nil, fmt.Errorf("pgstore: commit %d sagas: %w", len(changed), err)
 	}
+	for id, why := range bad {
+		s.onQuarantine("saga", id, why)
+	}
 	return outs, staged, nil
+}
+
+// QuarantinePrefix starts the stuck reason of a quarantined saga.
+const QuarantinePrefix = "quarantined: "
+
+// queueQuarantine sets a saga aside: stuck, with the reason, and no
+// deadline, so that no loop claims it again; an operator lists it with the
+// stuck sagas.
+func queueQuarantine(b *pgx.Batch, id uuid.UUID, why error) {
+	b.Queue(`UPDATE sagas SET stuck_in = CASE WHEN phase = 'stuck' THEN stuck_in ELSE phase END,
+		phase = 'stuck', state = 'stuck', stuck_reason = $2, deadline = NULL, waiting = false, updated_at = now()
+		WHERE id = $1`, pgtype.UUID{Bytes: id, Valid: true}, QuarantinePrefix+why.Error())
 }
 
 // save queues the UPDATE of the changed sagas, over unnested arrays.
@@ -572,6 +657,7 @@ func (s *Store) ClaimOutbox(ctx context.Context, limit int) ([]saga.Message, err
 	}
 	defer rows.Close()
 	var out []saga.Message
+	bad := map[uuid.UUID]error{}
 	for rows.Next() {
 		var (
 			id      uuid.UUID
@@ -583,7 +669,8 @@ func (s *Store) ClaimOutbox(ctx context.Context, limit int) ([]saga.Message, err
 		}
 		batch, err := decodeMessages(payload)
 		if err != nil {
-			return nil, fmt.Errorf("pgstore: outbox row %s: %w", id, err)
+			bad[id] = err
+			continue
 		}
 		for _, m := range batch {
 			m.OutboxID = id
@@ -596,8 +683,47 @@ func (s *Store) ClaimOutbox(ctx context.Context, limit int) ([]saga.Message, err
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("pgstore: claim outbox: %w", err)
 	}
+	rows.Close()
+	// A row that does not decode is set aside (its lease never ends) with
+	// the reason; the others are published.
+	for id, why := range bad {
+		if _, err := s.pool.Exec(ctx, `UPDATE outbox SET leased_until = 'infinity', quarantine_reason = $2 WHERE id = $1`,
+			pgtype.UUID{Bytes: id, Valid: true}, why.Error()); err != nil {
+			return nil, fmt.Errorf("pgstore: quarantine outbox row %s: %w", id, err)
+		}
+		s.onQuarantine("outbox", id, why)
+	}
 	slices.SortStableFunc(out, func(a, b saga.Message) int { return compareUUID(a.OutboxID, b.OutboxID) })
 	return out, nil
+}
+
+// Quarantined is a row set aside because it cannot be read or
+// transitioned.
+type Quarantined struct {
+	Kind   string    `json:"kind"` // saga, outbox
+	ID     uuid.UUID `json:"id"`
+	Reason string    `json:"reason"`
+	Since  time.Time `json:"since"`
+}
+
+// ListQuarantined lists the quarantined sagas and outbox rows, newest
+// first, at most limit of each.
+func (s *Store) ListQuarantined(ctx context.Context, limit int) ([]Quarantined, error) {
+	rows, err := s.pool.Query(ctx, `
+		(SELECT 'saga', id, stuck_reason, updated_at FROM sagas WHERE phase = 'stuck' AND starts_with(stuck_reason, $2)
+			ORDER BY id DESC LIMIT $1)
+		UNION ALL
+		(SELECT 'outbox', id, quarantine_reason, created_at FROM outbox WHERE quarantine_reason IS NOT NULL
+			ORDER BY id DESC LIMIT $1)`, limit, QuarantinePrefix)
+	if err != nil {
+		return nil, fmt.Errorf("pgstore: list quarantined: %w", err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Quarantined, error) {
+		var q Quarantined
+		err := r.Scan(&q.Kind, &q.ID, &q.Reason, &q.Since)
+		q.Since = q.Since.UTC()
+		return q, err
+	})
 }
 
 // DeleteOutbox removes outbox rows whose messages were all published. It
@@ -679,7 +805,8 @@ func (s *Store) List(ctx context.Context, f ListFilter) ([]saga.Instance, error)
 // the oldest.
 func (s *Store) OutboxStats(ctx context.Context) (count int64, oldest time.Duration, err error) {
 	var age *float64
-	err = s.pool.QueryRow(ctx, `SELECT coalesce(sum(messages), 0), extract(epoch FROM now() - min(created_at))::float8 FROM outbox`).
+	err = s.pool.QueryRow(ctx, `SELECT coalesce(sum(messages), 0), extract(epoch FROM now() - min(created_at))::float8
+		FROM outbox WHERE quarantine_reason IS NULL`).
 		Scan(&count, &age)
 	if err != nil {
 		return 0, 0, fmt.Errorf("pgstore: outbox stats: %w", err)

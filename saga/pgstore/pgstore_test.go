@@ -65,6 +65,11 @@ func testContext(t testing.TB) context.Context {
 
 // tripDefinition is a small saga: two compensatable steps, then a
 // retriable one.
+// dueClaim is the timer's claim of trip sagas due at now.
+func dueClaim(now time.Time, limit int) saga.Claim {
+	return saga.Claim{Now: now, Limit: limit, Definitions: []string{"trip"}}
+}
+
 func tripDefinition(t testing.TB) *saga.Definition {
 	t.Helper()
 	def := &saga.Definition{
@@ -775,7 +780,7 @@ func TestApplyDue(t *testing.T) {
 	fn := transition(def, t0)
 
 	// Oldest deadlines first, at most limit.
-	outs, msgs, err := s.ApplyDue(ctx, t0, 2, fn)
+	outs, msgs, err := s.ApplyDue(ctx, dueClaim(t0, 2), fn)
 	if err != nil {
 		t.Fatalf("ApplyDue: %v", err)
 	}
@@ -791,7 +796,7 @@ func TestApplyDue(t *testing.T) {
 		}
 	}
 
-	outs, _, err = s.ApplyDue(ctx, t0, 100, fn)
+	outs, _, err = s.ApplyDue(ctx, dueClaim(t0, 100), fn)
 	if err != nil {
 		t.Fatalf("ApplyDue: %v", err)
 	}
@@ -801,7 +806,7 @@ func TestApplyDue(t *testing.T) {
 	}
 
 	// Everything due was moved on: nothing left.
-	if outs, msgs, err := s.ApplyDue(ctx, t0, 100, fn); err != nil || len(outs) != 0 || len(msgs) != 0 {
+	if outs, msgs, err := s.ApplyDue(ctx, dueClaim(t0, 100), fn); err != nil || len(outs) != 0 || len(msgs) != 0 {
 		t.Errorf("third ApplyDue = %d outcomes, %d messages, %v; want none", len(outs), len(msgs), err)
 	}
 
@@ -856,7 +861,7 @@ func TestApplyDueSkipsLockedSagas(t *testing.T) {
 	}
 	first := make(chan result, 1)
 	go func() {
-		outs, _, err := s.ApplyDue(ctx, t0, 4, blocking)
+		outs, _, err := s.ApplyDue(ctx, dueClaim(t0, 4), blocking)
 		first <- result{outs, err}
 	}()
 	select {
@@ -867,7 +872,7 @@ func TestApplyDueSkipsLockedSagas(t *testing.T) {
 
 	// Must not wait for the first transaction's locks.
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	second, _, err := s.ApplyDue(sctx, t0, 100, fn)
+	second, _, err := s.ApplyDue(sctx, dueClaim(t0, 100), fn)
 	cancel()
 	close(release)
 	r := <-first
@@ -896,7 +901,7 @@ func TestApplyDueSkipsLockedSagas(t *testing.T) {
 	if diff := cmp.Diff(sortUUIDs(all[:4]), sortedIDs(r.outs)); diff != "" {
 		t.Errorf("first ApplyDue(limit 4) applied (-want +got):\n%s", diff)
 	}
-	if outs, _, err := s.ApplyDue(ctx, t0, 100, fn); err != nil || len(outs) != 0 {
+	if outs, _, err := s.ApplyDue(ctx, dueClaim(t0, 100), fn); err != nil || len(outs) != 0 {
 		t.Errorf("ApplyDue afterwards = %d outcomes, %v; want none", len(outs), err)
 	}
 }
