@@ -36,6 +36,7 @@ func main() {
 		os.Exit(1)
 	}
 	log := service.Logger("orchestrator", &cfg.Base)
+	service.SetCheckLog(log)
 	service.TuneGC(110)
 	if err := run(&cfg, log); err != nil {
 		log.Error().Err(err).Msg("stopped with an error")

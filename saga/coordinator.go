@@ -300,6 +300,20 @@ func (c *Coordinator) createLoop(ctx context.Context) {
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		began := time.Now()
 		res, err := c.store.CreateBatch(actx, sagas)
+		if err != nil && len(sagas) > 1 {
+			// One bad saga must not fail the others committed with it: each
+			// goes again alone, and only the culprit fails.
+			c.log.Warn().Err(err).Int("sagas", len(sagas)).Msg("create batch failed; creating its sagas one by one")
+			res, err = make([]CreateResult, len(sagas)), nil
+			for i := range sagas {
+				one, oneErr := c.store.CreateBatch(actx, sagas[i:i+1])
+				if oneErr != nil {
+					res[i] = CreateResult{Err: oneErr}
+					continue
+				}
+				res[i] = one[0]
+			}
+		}
 		cancel()
 		c.cfg.Observer.Batch("create", len(batch), time.Since(began))
 		var staged []Message
@@ -307,6 +321,10 @@ func (c *Coordinator) createLoop(ctx context.Context) {
 		for i, cr := range batch {
 			if err != nil {
 				cr.done <- CreateResult{Err: err}
+				continue
+			}
+			if res[i].Err != nil && !res[i].Created && res[i].Instance.ID == uuid.Nil {
+				cr.done <- res[i] // failed alone
 				continue
 			}
 			staged = append(staged, res[i].Messages...)

@@ -7,6 +7,8 @@ package contract
 import (
 	"errors"
 	"fmt"
+	"regexp"
+	"strings"
 	"time"
 
 	json "github.com/goccy/go-json"
@@ -31,6 +33,56 @@ const (
 	NotificationLedger = "notification.ledger"
 	AuditOrderEvents   = "audit.order_events"
 )
+
+// Step names of the order saga (steps[].name in the API), and the service
+// each one's command goes to.
+const (
+	StepReserveStock    = "reserve_stock"
+	StepChargePayment   = "charge_payment"
+	StepPrepareShipment = "prepare_shipment"
+	StepCommitStock     = "commit_stock"
+	StepReleaseStock    = "release_stock"
+	StepRefundPayment   = "refund_payment"
+	StepCancelShipment  = "cancel_shipment"
+)
+
+var stepService = map[string]string{
+	StepReserveStock: "inventory", StepReleaseStock: "inventory", StepCommitStock: "inventory",
+	StepChargePayment: "payment", StepRefundPayment: "payment",
+	StepPrepareShipment: "shipping", StepCancelShipment: "shipping",
+}
+
+// gaveUp is how the engine says a step ran out of attempts, and noReply
+// how it says one attempt timed out.
+var (
+	gaveUp  = regexp.MustCompile(`^(\w+): gave up after \d+ attempts: `)
+	noReply = regexp.MustCompile(`^no reply to attempt \d+$`)
+)
+
+// PublicReason is the reason of an order (or a step's error) as customers
+// see it: a stable code and a sentence. Business failures already are
+// ("card_declined: the card was declined"); a step that ran out of
+// attempts becomes "<service>_unavailable: the <service> service did not
+// answer"; a set-aside saga "needs_attention: ..."; workers' transient
+// failures arrive already worded ("payment_unavailable: ..."). What the
+// engine recorded in full stays for operators (the admin API, the logs).
+func PublicReason(reason string) string {
+	switch {
+	case reason == "":
+		return ""
+	case strings.HasPrefix(reason, "quarantined: "):
+		return "needs_attention: the order is waiting for an operator"
+	case noReply.MatchString(reason):
+		return "no_reply: the service did not answer in time; retrying"
+	}
+	if m := gaveUp.FindStringSubmatch(reason); m != nil {
+		if svc, ok := stepService[m[1]]; ok {
+			return fmt.Sprintf("%s_unavailable: the %s service did not answer", svc, svc)
+		}
+		return "unavailable: a service did not answer"
+	}
+	return reason
+}
 
 // Worker command queues.
 const (

@@ -101,6 +101,7 @@ func RunWorker(spec WorkerSpec) int {
 		return 1
 	}
 	log := Logger(spec.Name, &cfg.Base)
+	SetCheckLog(log)
 	TuneGC(40)
 	if err := runWorker(spec, &cfg, log); err != nil {
 		log.Error().Err(err).Msg("stopped with an error")
@@ -216,10 +217,20 @@ func Check(ctx context.Context, db *pgxpool.Pool, bus *amqpbus.Bus) Status {
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if err := db.Ping(pctx); err != nil {
-		st.Status, st.Postgres = "unavailable", err.Error()
+		st.Status, st.Postgres = "unavailable", "unavailable"
+		checkLog.Warn().Err(err).Msg("health check: PostgreSQL is unavailable")
 	}
 	if err := bus.Err(); err != nil {
-		st.Status, st.RabbitMQ = "unavailable", err.Error()
+		st.Status, st.RabbitMQ = "unavailable", "unavailable"
+		checkLog.Warn().Err(err).Msg("health check: RabbitMQ is unavailable")
 	}
 	return st
 }
+
+// checkLog is where Check reports why a dependency is unavailable: the
+// driver's text (users, hosts, databases) goes to the log, not into the
+// health answers anyone may read. SetCheckLog sets it.
+var checkLog = zerolog.Nop()
+
+// SetCheckLog sets the logger of Check.
+func SetCheckLog(l zerolog.Logger) { checkLog = l }

@@ -139,6 +139,10 @@ func (s *server) cancelSaga(c *gin.Context) {
 			return
 		}
 	}
+	if p := textProblem("reason", body.Reason, maxReasonLen, false); p != "" {
+		abort(c, invalid("%s", p))
+		return
+	}
 	reason := "cancelled by operator"
 	if body.Reason != "" {
 		reason += ": " + body.Reason

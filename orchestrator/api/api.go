@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -111,7 +112,14 @@ func logOf(c *gin.Context) *zerolog.Logger {
 // logging logs every request at debug level, and failures louder.
 func (s *server) logging(c *gin.Context) {
 	start := time.Now()
-	log := s.Log.With().Str("method", c.Request.Method).Str("path", c.Request.URL.Path).Logger()
+	// Every response names its request; the log lines about it carry the
+	// same id, so that a client's report finds the error behind a 5xx.
+	id := c.GetHeader("X-Request-ID")
+	if keyProblem(id) != "" || id == "" || len(id) > 64 {
+		id = uuid.NewString()
+	}
+	c.Header("X-Request-ID", id)
+	log := s.Log.With().Str("request_id", id).Str("method", c.Request.Method).Str("path", c.Request.URL.Path).Logger()
 	c.Set(logKey, &log)
 	c.Next()
 	status := c.Writer.Status()

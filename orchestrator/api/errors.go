@@ -53,6 +53,7 @@ func ErrorOf(err error) *Error {
 		maxErr  *http.MaxBytesError
 		connErr *pgconn.ConnectError
 		netErr  net.Error
+		noReply *noReplyError
 	)
 	switch {
 	case errors.As(err, &apiErr):
@@ -65,11 +66,13 @@ func ErrorOf(err error) *Error {
 		return errorf(http.StatusConflict, CodeIdempotencyKeyReused, "this Idempotency-Key was used for a different request")
 	case errors.Is(err, saga.ErrConflict):
 		return errorf(http.StatusConflict, CodeConflict, "%s", err.Error())
-	case errors.Is(err, errNoReply):
-		return errorf(http.StatusServiceUnavailable, CodeUnavailable, "%s", err.Error())
+	case errors.As(err, &noReply):
+		return errorf(http.StatusServiceUnavailable, CodeUnavailable, "the %s service did not answer in time, try again", noReply.service)
 	case errors.As(err, &connErr), errors.As(err, &netErr), errors.Is(err, io.EOF),
 		errors.Is(err, context.DeadlineExceeded), pgconn.SafeToRetry(err), isConnClosed(err):
-		return errorf(http.StatusServiceUnavailable, CodeUnavailable, "a backing service is unavailable, try again: %s", err.Error())
+		// The driver's text names users, hosts and databases: it goes to
+		// the log line (with the request id), not to the client.
+		return errorf(http.StatusServiceUnavailable, CodeUnavailable, "the database is unavailable, try again")
 	}
 	return errorf(http.StatusInternalServerError, CodeInternal, "internal error")
 }
@@ -89,6 +92,9 @@ func abort(c *gin.Context, err error) {
 	e := ErrorOf(err)
 	if e.Status >= 500 {
 		logOf(c).Error().Err(err).Int("status", e.Status).Msg("request failed")
+		if e.Status == http.StatusServiceUnavailable {
+			c.Header("Retry-After", "1")
+		}
 	}
 	c.AbortWithStatusJSON(e.Status, gin.H{"error": gin.H{"code": e.Code, "message": e.Message}})
 }

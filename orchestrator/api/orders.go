@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/gin-gonic/gin"
 	json "github.com/goccy/go-json"
@@ -30,6 +31,7 @@ const (
 	MaxQuantity    = 10_000
 	maxTextLen     = 200
 	maxKeyLen      = 255
+	maxReasonLen   = 500
 	defaultPage    = 20
 	maxPage        = 100
 	priorityNormal = "normal"
@@ -56,11 +58,8 @@ func (r *OrderRequest) validate() error {
 	var errs []string
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Sprintf(format, args...)) }
 	text := func(name, v string) {
-		switch {
-		case strings.TrimSpace(v) == "":
-			bad("%s is required", name)
-		case len(v) > maxTextLen:
-			bad("%s is longer than %d characters", name, maxTextLen)
+		if p := textProblem(name, v, maxTextLen, true); p != "" {
+			bad("%s", p)
 		}
 	}
 	text("customer_id", r.CustomerID)
@@ -113,6 +112,11 @@ func (s *server) readJSON(c *gin.Context, v any) error {
 	if err != nil {
 		return err // MaxBytesError maps to 413
 	}
+	if !utf8.Valid(body) {
+		// The decoder would turn the bad bytes into U+FFFD and store a
+		// text the client never sent.
+		return invalid("the body is not valid UTF-8")
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -133,8 +137,8 @@ type accepted struct {
 // It never waits on a worker.
 func (s *server) createOrder(c *gin.Context) {
 	key := c.GetHeader("Idempotency-Key")
-	if len(key) > maxKeyLen {
-		abort(c, invalid("Idempotency-Key is longer than %d characters", maxKeyLen))
+	if p := keyProblem(key); p != "" {
+		abort(c, invalid("%s", p))
 		return
 	}
 	var req OrderRequest

@@ -59,11 +59,10 @@ func (s *server) putProduct(c *gin.Context) {
 		return
 	}
 	var errs []string
-	switch {
-	case req.Name == nil || strings.TrimSpace(*req.Name) == "":
+	if req.Name == nil {
 		errs = append(errs, "name is required")
-	case len(*req.Name) > maxTextLen:
-		errs = append(errs, "name is too long")
+	} else if p := textProblem("name", *req.Name, maxTextLen, true); p != "" {
+		errs = append(errs, p)
 	}
 	if req.PriceCents == nil || *req.PriceCents < 0 || *req.PriceCents > maxPriceCents {
 		errs = append(errs, "price_cents is required, between 0 and 100000000")

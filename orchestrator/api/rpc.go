@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -20,7 +19,15 @@ import (
 // workers: a customer waiting on a stock check overtakes queued saga work.
 const QueryPriority saga.Priority = amqpbus.MaxPriority
 
-var errNoReply = errors.New("no reply")
+// noReplyError is a relayed request that got no answer in time (or an
+// answer that could not be read); its error text is for the log only.
+type noReplyError struct {
+	service string
+	err     error
+}
+
+func (e *noReplyError) Error() string { return "no reply from the " + e.service + " service: " + e.err.Error() }
+func (e *noReplyError) Unwrap() error { return e.err }
 
 // rpc relays API requests to workers over RabbitMQ.
 type rpc struct {
@@ -46,11 +53,11 @@ func (r rpc) call(ctx context.Context, typ string, req, out any) error {
 		Body: saga.Envelope{ID: id, CorrelationID: id, Type: typ, At: now, Payload: payload}.Encode(),
 	})
 	if err != nil {
-		return fmt.Errorf("%w from the %s service in %s: %w", errNoReply, serviceOf(typ), r.timeout, err)
+		return &noReplyError{serviceOf(typ), fmt.Errorf("within %s: %w", r.timeout, err)}
 	}
 	env, err := saga.Decode(d.Body)
 	if err != nil {
-		return fmt.Errorf("%w: bad reply from %s: %w", errNoReply, typ, err)
+		return &noReplyError{serviceOf(typ), fmt.Errorf("bad reply to %s: %w", typ, err)}
 	}
 	switch {
 	case env.Status == saga.ReplyOK:
@@ -63,7 +70,7 @@ func (r rpc) call(ctx context.Context, typ string, req, out any) error {
 	case env.Code == worker.CodeInvalidCommand:
 		return invalid("%s", env.Message)
 	case env.Status == saga.ReplyRetry:
-		return errorf(http.StatusServiceUnavailable, CodeUnavailable, "the %s service failed, try again: %s", serviceOf(typ), env.Message)
+		return errorf(http.StatusServiceUnavailable, CodeUnavailable, "the %s service failed temporarily, try again", serviceOf(typ))
 	}
 	return errorf(http.StatusConflict, CodeConflict, "%s: %s", env.Code, env.Message)
 }

@@ -31,15 +31,15 @@ const (
 	StateStuck             = "stuck"
 )
 
-// Step names (the API's steps[].name).
+// Step names (the API's steps[].name), from the contract.
 const (
-	StepReserveStock    = "reserve_stock"
-	StepChargePayment   = "charge_payment"
-	StepPrepareShipment = "prepare_shipment"
-	StepCommitStock     = "commit_stock"
-	StepReleaseStock    = "release_stock"
-	StepRefundPayment   = "refund_payment"
-	StepCancelShipment  = "cancel_shipment"
+	StepReserveStock    = contract.StepReserveStock
+	StepChargePayment   = contract.StepChargePayment
+	StepPrepareShipment = contract.StepPrepareShipment
+	StepCommitStock     = contract.StepCommitStock
+	StepReleaseStock    = contract.StepReleaseStock
+	StepRefundPayment   = contract.StepRefundPayment
+	StepCancelShipment  = contract.StepCancelShipment
 )
 
 // Priorities of orders, as message priorities on the command queues.
@@ -185,6 +185,7 @@ func ViewOf(in *saga.Instance) (View, error) {
 	if in.Phase == saga.Stuck {
 		reason = in.StuckReason
 	}
+	reason = contract.PublicReason(reason)
 	v := View{
 		OrderID: in.ID.String(), State: in.State, Reason: reason, CustomerID: d.CustomerID,
 		Items: d.Items, Lines: d.Lines, AmountCents: d.AmountCents, Priority: d.Priority,
@@ -194,7 +195,7 @@ func ViewOf(in *saga.Instance) (View, error) {
 	for _, r := range in.History {
 		v.Steps = append(v.Steps, Step{
 			Name: r.Name, Status: r.Status, Attempts: r.Attempts, StartedAt: r.StartedAt,
-			FinishedAt: r.FinishedAt, Error: r.Error,
+			FinishedAt: r.FinishedAt, Error: contract.PublicReason(r.Error),
 		})
 	}
 	return v, nil

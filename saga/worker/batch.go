@@ -75,7 +75,8 @@ func (r *Runtime) deliverBatch(ctx context.Context, ds []*amqp.Delivery) (amqpbu
 			case isInvalid(err):
 				j.invalid = err
 			case err != nil:
-				res = Result{Status: saga.ReplyRetry, Code: "transient", Message: err.Error()}
+				j.log.Warn().Err(err).Msg("query failed; replying retry")
+				res = r.unavailable()
 			}
 			j.res = res
 		}

@@ -192,6 +192,12 @@ type Config struct {
 	// IDName is the domain's name for a saga id ("order_id"); log lines
 	// about a command carry the saga id under this name too.
 	IDName string
+	// Service names the worker in the replies it sends when it cannot
+	// finish a command now: code "<Service>_unavailable", message "the
+	// <Service> service failed temporarily" (default: Queue up to its
+	// first dot). The error itself stays in this worker's log, never in a
+	// reply, where it would reach an order's reason and a customer.
+	Service string
 }
 
 // Simulation makes a worker slow or unreliable on purpose.
@@ -252,6 +258,9 @@ func New(cfg Config, pool *pgxpool.Pool, bus *amqpbus.Bus, log zerolog.Logger) *
 	}
 	if cfg.RetryBackoff <= 0 {
 		cfg.RetryBackoff = 50 * time.Millisecond
+	}
+	if cfg.Service == "" {
+		cfg.Service, _, _ = strings.Cut(cfg.Queue, ".")
 	}
 	return &Runtime{
 		cfg: cfg, pool: pool, bus: bus, log: log.With().Str("queue", cfg.Queue).Logger(),
@@ -348,7 +357,7 @@ func (r *Runtime) execute(ctx context.Context, log zerolog.Logger, h *handler, c
 		}
 		if attempt > r.cfg.Retries || ctx.Err() != nil {
 			log.Warn().Err(err).Int("attempts", attempt).Msg("transient failure; replying retry")
-			return Result{Status: saga.ReplyRetry, Code: "transient", Message: err.Error()}, nil
+			return r.unavailable(), nil
 		}
 		select {
 		case <-time.After(wait):
@@ -356,6 +365,13 @@ func (r *Runtime) execute(ctx context.Context, log zerolog.Logger, h *handler, c
 		}
 		wait *= 2
 	}
+}
+
+// unavailable is the reply to a command that failed transiently: a stable
+// code and a sentence, without the error (which the caller logs).
+func (r *Runtime) unavailable() Result {
+	return Result{Status: saga.ReplyRetry, Code: r.cfg.Service + "_unavailable",
+		Message: "the " + r.cfg.Service + " service failed temporarily"}
 }
 
 var tracer = otel.Tracer("github.com/sagaflow/sagaflow/saga/worker")

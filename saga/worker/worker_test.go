@@ -266,12 +266,13 @@ func TestExecuteRetriesTransientFailures(t *testing.T) {
 		runs      int
 	}{
 		{"recovers within the retries", 2, ok, 1, 1, 3},
-		{"out of retries", 3, Result{Status: saga.ReplyRetry, Code: "transient", Message: "boom"}, 0, 0, 3},
+		// The error stays in the log: a reply carries a code and a sentence.
+		{"out of retries", 3, Result{Status: saga.ReplyRetry, Code: "pay_unavailable", Message: "the pay service failed temporarily"}, 0, 0, 3},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			rt, pool := newRuntime(t, Config{Queue: "q", Retries: 2, RetryBackoff: time.Nanosecond})
+			rt, pool := newRuntime(t, Config{Queue: "pay.commands", Retries: 2, RetryBackoff: time.Nanosecond})
 			h := &effectHandler{}
 			h.result = func() (Result, error) {
 				if h.runs.Load() <= tt.failures {

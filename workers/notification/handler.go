@@ -56,8 +56,8 @@ func sender(channel string) worker.EventHandlerFunc {
 				return worker.Poison(fmt.Errorf("notification: event id %q: %w", ev.ID, err))
 			}
 			body := fmt.Sprintf("Your order %s %s.", o.OrderID, what)
-			if p.Reason != "" {
-				body += " Reason: " + p.Reason
+			if r := contract.PublicReason(p.Reason); r != "" {
+				body += " Reason: " + r
 			}
 			orders, types, recipients, bodies = append(orders, o.OrderID), append(types, ev.Type), append(recipients, o.CustomerID), append(bodies, body)
 			ids = append(ids, pgtype.UUID{Bytes: eventID, Valid: true})
