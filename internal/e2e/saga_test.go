@@ -67,8 +67,18 @@ func TestHappyPathCompletes(t *testing.T) {
 	if diff := cmp.Diff(want, steps(t, v)); diff != "" {
 		t.Errorf("steps (-want +got):\n%s", diff)
 	}
-	if v.TrackingNumber == "" {
-		t.Error("no tracking number")
+	// The address and the tracking number are the admin view's only.
+	var public map[string]any
+	s.Call(t, http.MethodGet, "/orders/"+id, nil, nil).Decode(t, &public)
+	for _, k := range []string{"shipping_address", "tracking_number"} {
+		if _, ok := public[k]; ok {
+			t.Errorf("the public view shows %s", k)
+		}
+	}
+	var admin order.AdminView
+	s.Admin(t, http.MethodGet, "/admin/orders/"+id, nil).Decode(t, &admin)
+	if admin.TrackingNumber == "" || admin.ShippingAddress.Country != "US" || admin.OrderID != id {
+		t.Errorf("admin view %+v: want the tracking number and the address", admin)
 	}
 	if p := s.Product(t, sk); p.Available != 3 || p.Reserved != 0 || p.Sold != 2 {
 		t.Errorf("stock = %+v, want available 3, reserved 0, sold 2", p)

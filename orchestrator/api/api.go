@@ -78,6 +78,7 @@ func New(d Deps) http.Handler {
 
 	admin := r.Group("/admin", s.requireAdmin)
 	admin.PUT("/products/:sku", s.putProduct)
+	admin.GET("/orders/:id", s.getAdminOrder)
 	admin.GET("/orders/:id/ledger", s.ledger)
 	admin.GET("/sagas", s.listSagas)
 	admin.POST("/sagas/:id/replay", s.replaySaga)

@@ -223,6 +223,22 @@ func (s *server) getOrder(c *gin.Context) {
 	c.JSON(http.StatusOK, v)
 }
 
+// getAdminOrder shows an order with what the public view leaves out: the
+// shipping address and the tracking number.
+func (s *server) getAdminOrder(c *gin.Context) {
+	in, err := s.loadOrder(c)
+	if err != nil {
+		abort(c, err)
+		return
+	}
+	v, err := order.AdminViewOf(&in)
+	if err != nil {
+		abort(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, v)
+}
+
 // page reads limit and cursor, and checks state against the order states.
 func page(c *gin.Context, defState string) (pgstore.ListFilter, error) {
 	f := pgstore.ListFilter{State: c.DefaultQuery("state", defState), Limit: defaultPage}

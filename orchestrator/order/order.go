@@ -158,21 +158,42 @@ type Step struct {
 	Error      string     `json:"error,omitempty"`
 }
 
-// View is an order as GET /orders/{id} shows it.
+// View is an order as the public GET /orders/{id} shows it: what a
+// customer needs to follow it (state, steps, amount, items), and nothing
+// that would let anyone who knows an order id find where someone lives.
 type View struct {
-	OrderID         string                `json:"order_id"`
-	State           string                `json:"state"`
-	Reason          string                `json:"reason"`
-	CustomerID      string                `json:"customer_id"`
-	Items           []contract.Item       `json:"items"`
-	Lines           []contract.PricedLine `json:"lines,omitempty"`
-	AmountCents     int64                 `json:"amount_cents"`
-	Priority        string                `json:"priority"`
-	ShippingAddress contract.Address      `json:"shipping_address"`
-	TrackingNumber  string                `json:"tracking_number,omitempty"`
-	CreatedAt       time.Time             `json:"created_at"`
-	UpdatedAt       time.Time             `json:"updated_at"`
-	Steps           []Step                `json:"steps"`
+	OrderID     string                `json:"order_id"`
+	State       string                `json:"state"`
+	Reason      string                `json:"reason"`
+	CustomerID  string                `json:"customer_id"`
+	Items       []contract.Item       `json:"items"`
+	Lines       []contract.PricedLine `json:"lines,omitempty"`
+	AmountCents int64                 `json:"amount_cents"`
+	Priority    string                `json:"priority"`
+	CreatedAt   time.Time             `json:"created_at"`
+	UpdatedAt   time.Time             `json:"updated_at"`
+	Steps       []Step                `json:"steps"`
+}
+
+// AdminView is an order as the admin API shows it: the public view with
+// the shipping address and the tracking number.
+type AdminView struct {
+	View
+	ShippingAddress contract.Address `json:"shipping_address"`
+	TrackingNumber  string           `json:"tracking_number,omitempty"`
+}
+
+// AdminViewOf renders a saga instance as an order for operators.
+func AdminViewOf(in *saga.Instance) (AdminView, error) {
+	v, err := ViewOf(in)
+	if err != nil {
+		return AdminView{}, err
+	}
+	var d Data
+	if err := json.Unmarshal(in.Data, &d); err != nil {
+		return AdminView{}, fmt.Errorf("order %s: data: %w", in.ID, err)
+	}
+	return AdminView{View: v, ShippingAddress: d.ShippingAddress, TrackingNumber: d.TrackingNumber}, nil
 }
 
 // ViewOf renders a saga instance as an order.
@@ -189,7 +210,6 @@ func ViewOf(in *saga.Instance) (View, error) {
 	v := View{
 		OrderID: in.ID.String(), State: in.State, Reason: reason, CustomerID: d.CustomerID,
 		Items: d.Items, Lines: d.Lines, AmountCents: d.AmountCents, Priority: d.Priority,
-		ShippingAddress: d.ShippingAddress, TrackingNumber: d.TrackingNumber,
 		CreatedAt: in.CreatedAt, UpdatedAt: in.UpdatedAt, Steps: make([]Step, 0, len(in.History)),
 	}
 	for _, r := range in.History {
