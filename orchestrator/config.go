@@ -18,6 +18,12 @@ type Config struct {
 	AdminToken string `env:"ADMIN_TOKEN" help:"bearer token of the /admin routes; unset: the admin API is off"`
 	// RPCTimeout bounds requests relayed to workers (default 5s).
 	RPCTimeout time.Duration `env:"RPC_TIMEOUT" envDefault:"5s" help:"bound on a request relayed to a worker"`
+	// ProductRate is GET /products/{sku} per second per client (default 20).
+	ProductRate float64 `env:"PRODUCT_RATE" envDefault:"20" help:"GET /products/{sku} per second per client IP; more answer 429"`
+	// ProductBurst is the burst allowed above ProductRate (default 40).
+	ProductBurst int `env:"PRODUCT_BURST" envDefault:"40" help:"burst of GET /products/{sku} allowed above PRODUCT_RATE"`
+	// ProductCacheTTL is how long a product answer is reused (default 1s).
+	ProductCacheTTL time.Duration `env:"PRODUCT_CACHE_TTL" envDefault:"1s" help:"how long an answer of GET /products/{sku} is reused"`
 	// MaxBodyBytes bounds request bodies (default 1048576).
 	MaxBodyBytes int64 `env:"MAX_BODY_BYTES" envDefault:"1048576" help:"largest request body"`
 
@@ -74,7 +80,7 @@ func (c *Config) Validate() []error {
 	positive := map[string]time.Duration{
 		"RPC_TIMEOUT": c.RPCTimeout, "STEP_TIMEOUT": c.StepTimeout, "STEP_MAX_TIMEOUT": c.StepMaxTimeout,
 		"RETRY_BACKOFF": c.RetryBackoff, "RETRY_MAX_BACKOFF": c.RetryMaxBackoff, "TIMER_INTERVAL": c.TimerInterval,
-		"OUTBOX_LEASE": c.OutboxLease,
+		"OUTBOX_LEASE": c.OutboxLease, "PRODUCT_CACHE_TTL": c.ProductCacheTTL,
 	}
 	for name, d := range positive {
 		if d <= 0 {
@@ -90,6 +96,9 @@ func (c *Config) Validate() []error {
 		if n < 1 {
 			errs = append(errs, fmt.Errorf("%s: want at least 1, got %d", name, n))
 		}
+	}
+	if c.ProductRate <= 0 || c.ProductBurst < 1 {
+		errs = append(errs, fmt.Errorf("PRODUCT_RATE and PRODUCT_BURST: want positive, got %g and %d", c.ProductRate, c.ProductBurst))
 	}
 	if c.OldestShare < 0 || c.OldestShare > 1 {
 		errs = append(errs, fmt.Errorf("ADMISSION_OLDEST_SHARE: want a share in [0,1], got %g", c.OldestShare))

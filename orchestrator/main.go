@@ -18,6 +18,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/rs/zerolog"
 
+	"github.com/sagaflow/sagaflow/internal/contract"
 	"github.com/sagaflow/sagaflow/internal/metrics"
 	"github.com/sagaflow/sagaflow/internal/service"
 	"github.com/sagaflow/sagaflow/internal/telemetry"
@@ -90,6 +91,11 @@ func run(cfg *Config, log zerolog.Logger) error {
 	}
 	reg := service.NewRegistry()
 	metrics.RegisterOrchestrator(reg, store)
+	reg.MustRegister(metrics.QueueCollector{Broker: bus, Queues: []string{amqpbus.DeadLetterQueue, amqpbus.ReplyQueue,
+		contract.InventoryQueue, contract.PaymentQueue, contract.ShippingQueue,
+		contract.InventoryRequests, contract.PaymentRequests, contract.ShippingRequests,
+		contract.NotificationRequests, contract.AuditRequests,
+		contract.EmailQueue, contract.SMSQueue, contract.AuditEventsQueue}})
 	coord, err := saga.NewCoordinator(saga.Config{
 		BatchSize: cfg.BatchSize, Workers: cfg.BatchWorkers, TimerInterval: cfg.TimerInterval,
 		MaxActive: cfg.MaxActiveSagas, OldestShare: cfg.OldestShareOrStrict(), Observer: metrics.SagaObserver{}, Clock: clock,
@@ -151,6 +157,7 @@ func run(cfg *Config, log zerolog.Logger) error {
 		Handler: api.New(api.Deps{
 			Coordinator: coord, Store: store, Bus: bus, DB: db, Registry: reg, Log: log,
 			AdminToken: cfg.AdminToken, RPCTimeout: cfg.RPCTimeout, MaxBodyBytes: cfg.MaxBodyBytes,
+			ProductRate: cfg.ProductRate, ProductBurst: cfg.ProductBurst, ProductCacheTTL: cfg.ProductCacheTTL,
 		}),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,

@@ -84,13 +84,23 @@ func PublicReason(reason string) string {
 	return reason
 }
 
-// Worker command queues.
+// Worker command queues: saga commands only.
 const (
-	InventoryQueue    = "inventory.commands"
-	PaymentQueue      = "payment.commands"
-	ShippingQueue     = "shipping.commands"
-	NotificationQueue = "notification.commands"
-	AuditQueue        = "audit.commands"
+	InventoryQueue = "inventory.commands"
+	PaymentQueue   = "payment.commands"
+	ShippingQueue  = "shipping.commands"
+)
+
+// Worker request queues: what the API relays (product queries, restocks,
+// ledgers, audit trails) travels on queues of its own, with consumers of
+// their own, never ahead of saga commands. notification and audit serve
+// only requests.
+const (
+	InventoryRequests    = "inventory.requests"
+	PaymentRequests      = "payment.requests"
+	ShippingRequests     = "shipping.requests"
+	NotificationRequests = "notification.commands"
+	AuditRequests        = "audit.commands"
 )
 
 // Event routing: audit takes every event; order outcomes fan out to the
@@ -272,13 +282,17 @@ type ShipmentLedgerReply struct {
 	Cancelled int `json:"cancelled"`
 }
 
-// The commands each worker handles: its queue's bindings.
+// The commands each worker handles, and the requests it answers: its
+// queues' bindings.
 var (
-	InventoryCommands    = []string{InventoryReserve, InventoryRelease, InventoryCommit, InventoryGetProduct, InventoryUpsertProduct}
-	PaymentCommands      = []string{PaymentCharge, PaymentRefund, PaymentLedger}
-	ShippingCommands     = []string{ShippingPrepare, ShippingCancel, ShippingLedger}
-	NotificationCommands = []string{NotificationLedger}
-	AuditCommands        = []string{AuditOrderEvents}
+	InventoryCommands        = []string{InventoryReserve, InventoryRelease, InventoryCommit}
+	InventoryRequestTypes    = []string{InventoryGetProduct, InventoryUpsertProduct}
+	PaymentCommands          = []string{PaymentCharge, PaymentRefund}
+	PaymentRequestTypes      = []string{PaymentLedger}
+	ShippingCommands         = []string{ShippingPrepare, ShippingCancel}
+	ShippingRequestTypes     = []string{ShippingLedger}
+	NotificationRequestTypes = []string{NotificationLedger}
+	AuditRequestTypes        = []string{AuditOrderEvents}
 )
 
 // EventPayload is the payload of every domain event (saga.Envelope.Payload).

@@ -1154,7 +1154,7 @@ func conformDegraded(t *testing.T, c *conformance) {
 	p := testenv.StartT(t, testenv.Options{
 		Services: []string{"orchestrator"},
 		Env: map[string]string{
-			"RPC_TIMEOUT": "300ms", "MAX_ACTIVE_SAGAS": "1",
+			"RPC_TIMEOUT": "300ms", "MAX_ACTIVE_SAGAS": "1", "PRODUCT_RATE": "0.1", "PRODUCT_BURST": "1",
 			"STEP_TIMEOUT": "1s", "STEP_MAX_TIMEOUT": "1s", "STEP_ATTEMPTS": "30", "COMPENSATION_ATTEMPTS": "1",
 		},
 	})
@@ -1178,6 +1178,7 @@ func conformDegraded(t *testing.T, c *conformance) {
 
 	// No worker answers.
 	c.send(t, p, base, apiCall{op: "GET /products/{sku}", path: product, want: 503})
+	c.send(t, p, base, apiCall{op: "GET /products/{sku}", path: product, want: 429})
 	c.send(t, p, base, apiCall{op: "PUT /admin/products/{sku}", path: product, header: auth, want: 503,
 		body: map[string]any{"name": "x", "price_cents": 1, "available": 1}})
 	running := place(base, 202)

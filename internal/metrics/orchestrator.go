@@ -146,3 +146,42 @@ func RegisterOrchestrator(r prometheus.Registerer, stats StoreStats) {
 	r.MustRegister(SagasStarted, SagasFinished, StepDuration, StepRetries, Compensations, SagasStuck,
 		MessagesPublished, Quarantined, DeadLetters, BatchSize, BatchDuration, StoreCollector{Stats: stats})
 }
+
+// QueueInspector reads a queue's depth and consumers from the broker.
+type QueueInspector interface {
+	Inspect(ctx context.Context, queue string) (messages, consumers int, err error)
+}
+
+// QueueCollector reads, at scrape time, the depth and consumer count of
+// the queues an operator watches: saga.dead growing, a command queue with
+// no consumer.
+type QueueCollector struct {
+	Broker QueueInspector
+	Queues []string
+}
+
+var (
+	queueMessagesDesc  = prometheus.NewDesc("sagaflow_queue_messages", "Messages ready in a queue (saga.dead: dead letters kept).", []string{"queue"}, nil)
+	queueConsumersDesc = prometheus.NewDesc("sagaflow_queue_consumers", "Consumers of a queue.", []string{"queue"}, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (c QueueCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- queueMessagesDesc
+	ch <- queueConsumersDesc
+}
+
+// Collect implements prometheus.Collector; a broker that does not answer
+// within a second leaves the gauges out of this scrape.
+func (c QueueCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	for _, q := range c.Queues {
+		n, consumers, err := c.Broker.Inspect(ctx, q)
+		if err != nil {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(queueMessagesDesc, prometheus.GaugeValue, float64(n), q)
+		ch <- prometheus.MustNewConstMetric(queueConsumersDesc, prometheus.GaugeValue, float64(consumers), q)
+	}
+}

@@ -52,6 +52,9 @@ type Base struct {
 	StartTimeout time.Duration `env:"START_TIMEOUT" envDefault:"15s" help:"bound on connecting to PostgreSQL and RabbitMQ at start"`
 	// ShutdownTimeout bounds the graceful stop (default 20s).
 	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"20s" help:"bound on the graceful stop"`
+	// DeadLetterMax bounds saga.dead: past it the oldest dead letters are
+	// dropped (default 100000). Applied when the queue is created.
+	DeadLetterMax int64 `env:"DEAD_LETTER_MAX" envDefault:"100000" help:"most messages kept in saga.dead (the oldest are dropped); applied when the queue is created"`
 	// PprofAddr serves Go's profiler (net/http/pprof) when set (default
 	// off); keep it on a private address.
 	PprofAddr string `env:"PPROF_ADDR" help:"serve Go's profiler (/debug/pprof/) on this address; unset: off"`
@@ -74,6 +77,9 @@ func (b *Base) Validate() []error {
 	}
 	if b.QueueType != string(amqpbus.Classic) && b.QueueType != string(amqpbus.Quorum) {
 		errs = append(errs, fmt.Errorf("AMQP_QUEUE_TYPE: want classic or quorum, got %q", b.QueueType))
+	}
+	if b.DeadLetterMax < 1 {
+		errs = append(errs, fmt.Errorf("DEAD_LETTER_MAX: want at least 1, got %d", b.DeadLetterMax))
 	}
 	if b.DBMaxConns < 1 {
 		errs = append(errs, fmt.Errorf("DB_MAX_CONNS: want at least 1, got %d", b.DBMaxConns))
@@ -193,7 +199,7 @@ func DialBus(ctx context.Context, b *Base, name string, log zerolog.Logger) (*am
 	if err != nil {
 		return nil, err
 	}
-	if err := bus.Declare(ctx, Topology(amqpbus.QueueType(b.QueueType))); err != nil {
+	if err := bus.Declare(ctx, Topology(amqpbus.QueueType(b.QueueType), b.DeadLetterMax)); err != nil {
 		bus.Close()
 		return nil, err
 	}

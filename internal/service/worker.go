@@ -81,8 +81,10 @@ type WorkerSpec struct {
 	Name string
 	// Summary says what the worker does, for -help.
 	Summary string
-	// Queue is its command queue.
+	// Queue is its command queue (empty: it answers requests only).
 	Queue string
+	// RequestQueue is its queue of requests relayed by the API.
+	RequestQueue string
 	// MetricsAddr is the default of METRICS_ADDR.
 	MetricsAddr string
 	// Register adds the worker's handlers to the runtime.
@@ -145,7 +147,7 @@ func runWorker(spec WorkerSpec, cfg *WorkerConfig, log zerolog.Logger) error {
 	metrics.RegisterWorker(reg)
 
 	rt := worker.New(worker.Config{
-		Queue: spec.Queue, Prefetch: cfg.Prefetch, Batch: cfg.Batch, IDName: "order_id",
+		Queue: spec.Queue, RequestQueue: spec.RequestQueue, Prefetch: cfg.Prefetch, Batch: cfg.Batch, IDName: "order_id",
 		EventPrefetch: cfg.EventPrefetch,
 		Simulate: worker.Simulation{
 			Latency: cfg.SimLatency, FailureRate: cfg.SimFailureRate, DropReplyRate: cfg.SimDropReplyRate,
@@ -159,7 +161,7 @@ func runWorker(spec WorkerSpec, cfg *WorkerConfig, log zerolog.Logger) error {
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- Serve(ctx, srv, ln, 5*time.Second) }()
 
-	log.Info().Str("queue", spec.Queue).Str("metrics_addr", ln.Addr().String()).
+	log.Info().Str("queue", spec.Queue).Str("request_queue", spec.RequestQueue).Str("metrics_addr", ln.Addr().String()).
 		Int("prefetch", cfg.Prefetch).Int("batch", cfg.Batch).Msg("worker started")
 	// Run returns once ctx is done and in-flight commands finished.
 	runErr := rt.Run(ctx)

@@ -177,7 +177,10 @@ func Start(opts Options) (*System, error) {
 		"DATABASE_URL="+s.DBURL, "AMQP_URL="+s.AMQPURL, fmt.Sprintf("HTTP_ADDR=127.0.0.1:%d", port),
 		"ADMIN_TOKEN="+s.AdminToken, "LOG_LEVEL=info",
 		// Small pools: several deployments share the machine's PostgreSQL.
-		"DB_MAX_CONNS=5")
+		"DB_MAX_CONNS=5",
+		// Every test's client is 127.0.0.1: the public product route's
+		// per-client limit is for tests that set it.
+		"PRODUCT_RATE=100000", "PRODUCT_BURST=100000")
 	for k, v := range opts.Env {
 		s.env = append(s.env, k+"="+v)
 	}

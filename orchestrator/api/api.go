@@ -40,11 +40,21 @@ type Deps struct {
 	RPCTimeout time.Duration
 	// MaxBodyBytes bounds request bodies (default 1 MiB).
 	MaxBodyBytes int64
+	// ProductRate is how many GET /products/{sku} one client (IP address)
+	// may send per second (default 20), with bursts of ProductBurst
+	// (default 40); more answer 429 with Retry-After.
+	ProductRate  float64
+	ProductBurst int
+	// ProductCacheTTL is how long an answer of GET /products/{sku} is
+	// reused (default 1s; stock moves, so keep it short).
+	ProductCacheTTL time.Duration
 }
 
 type server struct {
 	Deps
-	rpc rpc
+	rpc      rpc
+	limiter  *clientLimiter
+	products *productCache
 }
 
 // New returns the API's HTTP handler.
@@ -55,9 +65,22 @@ func New(d Deps) http.Handler {
 	if d.MaxBodyBytes <= 0 {
 		d.MaxBodyBytes = 1 << 20
 	}
-	s := &server{Deps: d, rpc: rpc{bus: d.Bus, timeout: d.RPCTimeout}}
+	if d.ProductRate <= 0 {
+		d.ProductRate = 20
+	}
+	if d.ProductBurst <= 0 {
+		d.ProductBurst = 40
+	}
+	if d.ProductCacheTTL <= 0 {
+		d.ProductCacheTTL = time.Second
+	}
+	s := &server{Deps: d, rpc: rpc{bus: d.Bus, timeout: d.RPCTimeout},
+		limiter: newClientLimiter(d.ProductRate, d.ProductBurst), products: newProductCache(d.ProductCacheTTL)}
 	gin.SetMode(gin.ReleaseMode)
 	r := gin.New()
+	// A client is its connection's address: X-Forwarded-For is anyone's to
+	// write, and would let one client pass for thousands.
+	_ = r.SetTrustedProxies(nil)
 	r.HandleMethodNotAllowed = true
 	r.ContextWithFallback = true
 	r.Use(otelgin.Middleware("sagaflow-orchestrator"), s.logging, s.recovery)
@@ -72,7 +95,7 @@ func New(d Deps) http.Handler {
 	r.GET("/orders", s.listOrders)
 	r.GET("/orders/:id", s.getOrder)
 	r.GET("/orders/:id/events", s.orderEvents)
-	r.GET("/products/:sku", s.getProduct)
+	r.GET("/products/:sku", s.limiter.middleware, s.getProduct)
 	r.GET("/openapi.json", openAPIJSON)
 	r.GET("/openapi.yaml", openAPIYAML)
 

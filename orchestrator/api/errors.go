@@ -35,6 +35,7 @@ const (
 	CodeUnsupportedMediaType = "unsupported_media_type"
 	CodeMethodNotAllowed     = "method_not_allowed"
 	CodeUnavailable          = "unavailable"
+	CodeRateLimited          = "rate_limited"
 	CodeInternal             = "internal"
 )
 

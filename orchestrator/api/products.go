@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"net/http"
 	"strings"
 
@@ -30,8 +31,12 @@ func (s *server) getProduct(c *gin.Context) {
 		abort(c, err)
 		return
 	}
-	var p contract.Product
-	if err := s.rpc.call(c, contract.InventoryGetProduct, contract.ProductRef{SKU: sku}, &p); err != nil {
+	p, err := s.products.get(c, sku, func(ctx context.Context) (contract.Product, error) {
+		var p contract.Product
+		err := s.rpc.call(ctx, contract.InventoryGetProduct, contract.ProductRef{SKU: sku}, &p)
+		return p, err
+	})
+	if err != nil {
 		abort(c, err)
 		return
 	}
@@ -81,5 +86,6 @@ func (s *server) putProduct(c *gin.Context) {
 		abort(c, err)
 		return
 	}
+	s.products.forget(sku)
 	c.JSON(http.StatusOK, p)
 }

@@ -15,10 +15,6 @@ import (
 	"github.com/sagaflow/sagaflow/saga/worker"
 )
 
-// QueryPriority is the message priority of requests the API relays to
-// workers: a customer waiting on a stock check overtakes queued saga work.
-const QueryPriority saga.Priority = amqpbus.MaxPriority
-
 // noReplyError is a relayed request that got no answer in time (or an
 // answer that could not be read); its error text is for the log only.
 type noReplyError struct {
@@ -26,7 +22,9 @@ type noReplyError struct {
 	err     error
 }
 
-func (e *noReplyError) Error() string { return "no reply from the " + e.service + " service: " + e.err.Error() }
+func (e *noReplyError) Error() string {
+	return "no reply from the " + e.service + " service: " + e.err.Error()
+}
 func (e *noReplyError) Unwrap() error { return e.err }
 
 // rpc relays API requests to workers over RabbitMQ.
@@ -49,7 +47,7 @@ func (r rpc) call(ctx context.Context, typ string, req, out any) error {
 	now := time.Now().UTC()
 	d, err := r.bus.Call(ctx, saga.Message{
 		Exchange: amqpbus.CommandExchange, RoutingKey: typ, Type: typ, MessageID: id,
-		CorrelationID: id, Priority: QueryPriority, Timestamp: now, Headers: traceHeaders(ctx),
+		CorrelationID: id, Timestamp: now, Headers: traceHeaders(ctx),
 		Body: saga.Envelope{ID: id, CorrelationID: id, Type: typ, At: now, Payload: payload}.Encode(),
 	})
 	if err != nil {

@@ -1041,3 +1041,28 @@ func TestCloseIdempotent(t *testing.T) {
 		t.Errorf("Call after Close = %v, want ErrClosed", err)
 	}
 }
+
+// TestDeclareKeepsAnExistingQueueWithOtherArguments: a queue an earlier
+// release declared without an argument this one adds (saga.dead's bound)
+// is kept, not a failure to start; other queues of the topology are
+// declared regardless.
+func TestDeclareKeepsAnExistingQueueWithOtherArguments(t *testing.T) {
+	t.Parallel()
+	b := newBus(t, amqpbus.Config{})
+	old, other := sagatest.Name("dead_"), sagatest.Name("q_")
+	if _, err := rawChannel(t, b).QueueDeclare(old, true, false, false, false, amqpbus.QueueOptions{}.Args()); err != nil {
+		t.Fatal(err)
+	}
+	bounded := amqpbus.QueueOptions{MaxLength: 10}.Args()
+	strict := amqpbus.Topology{Queues: []amqpbus.Queue{{Name: old, Args: bounded}}}
+	if err := b.Declare(testContext(t), strict); err == nil {
+		t.Fatal("declaring an existing queue with other arguments succeeded without KeepExisting")
+	}
+	kept := amqpbus.Topology{Queues: []amqpbus.Queue{{Name: old, Args: bounded, KeepExisting: true}, {Name: other, Args: amqpbus.QueueOptions{}.Args()}}}
+	if err := b.Declare(testContext(t), kept); err != nil {
+		t.Fatalf("Declare with KeepExisting: %v", err)
+	}
+	if _, err := rawChannel(t, b).QueueDeclarePassive(other, true, false, false, false, nil); err != nil {
+		t.Errorf("the queue after the kept one was not declared: %v", err)
+	}
+}

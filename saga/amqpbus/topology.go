@@ -2,6 +2,7 @@ package amqpbus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -34,6 +35,11 @@ type Exchange struct {
 type Queue struct {
 	Name string
 	Args amqp.Table
+	// KeepExisting keeps a queue that already exists with other arguments
+	// as it is (with a warning) instead of failing: for arguments added by
+	// a later release, which RabbitMQ cannot change on a live queue (a
+	// policy can).
+	KeepExisting bool
 }
 
 // Binding binds a queue, or an exchange, to a source exchange.
@@ -52,6 +58,9 @@ type Topology struct {
 	Exchanges []Exchange
 	Queues    []Queue
 	Bindings  []Binding
+	// Unbindings are removed if they exist: bindings an earlier release
+	// made that must not route any more.
+	Unbindings []Binding
 }
 
 // Merge returns t with the declarations of others appended.
@@ -60,6 +69,7 @@ func (t Topology) Merge(others ...Topology) Topology {
 		t.Exchanges = append(t.Exchanges, o.Exchanges...)
 		t.Queues = append(t.Queues, o.Queues...)
 		t.Bindings = append(t.Bindings, o.Bindings...)
+		t.Unbindings = append(t.Unbindings, o.Unbindings...)
 	}
 	return t
 }
@@ -87,6 +97,9 @@ type QueueOptions struct {
 	// SingleActiveConsumer delivers to one consumer at a time, in order,
 	// with the others on standby.
 	SingleActiveConsumer bool
+	// MaxLength bounds the queue: past it the oldest messages are dropped
+	// (x-overflow drop-head); 0: unbounded.
+	MaxLength int64
 }
 
 // Args renders the options as queue arguments.
@@ -115,6 +128,10 @@ func (o QueueOptions) Args() amqp.Table {
 	if o.SingleActiveConsumer {
 		t["x-single-active-consumer"] = true
 	}
+	if o.MaxLength > 0 {
+		t["x-max-length"] = o.MaxLength
+		t["x-overflow"] = "drop-head"
+	}
 	return t
 }
 
@@ -122,11 +139,19 @@ func (o QueueOptions) Args() amqp.Table {
 // exchanges, the reply queue, and the dead-letter exchange and queue.
 // Unroutable commands go to the dead-letter exchange (alternate exchange)
 // instead of vanishing.
+//
+// saga.dead keeps at most DeadLetterMax messages (default 100,000), the
+// newest: a flood of poison or expired commands cannot fill the broker's
+// disk. A saga.dead made by an earlier release without the bound is kept
+// as it is (a policy bounds it: docs/operations.md).
 func SagaTopology(o QueueOptions) Topology {
 	replies := o
-	replies.MaxPriority, replies.DeadLetter, replies.SingleActiveConsumer = 0, true, false
+	replies.MaxPriority, replies.DeadLetter, replies.SingleActiveConsumer, replies.MaxLength = 0, true, false, 0
 	dead := o
 	dead.MaxPriority, dead.DeadLetter, dead.SingleActiveConsumer = 0, false, false
+	if dead.MaxLength <= 0 {
+		dead.MaxLength = DefaultDeadLetterMax
+	}
 	return Topology{
 		Exchanges: []Exchange{
 			{Name: DeadLetterExchange, Kind: "fanout", Args: amqp.Table{}},
@@ -134,17 +159,21 @@ func SagaTopology(o QueueOptions) Topology {
 			{Name: EventExchange, Kind: "topic", Args: amqp.Table{}},
 		},
 		Queues: []Queue{
-			{Name: DeadLetterQueue, Args: dead.Args()},
+			{Name: DeadLetterQueue, Args: dead.Args(), KeepExisting: true},
 			{Name: ReplyQueue, Args: replies.Args()},
 		},
 		Bindings: []Binding{{Source: DeadLetterExchange, Key: "", Queue: DeadLetterQueue}},
 	}
 }
 
+// DefaultDeadLetterMax bounds saga.dead when QueueOptions.MaxLength does
+// not say otherwise.
+const DefaultDeadLetterMax = 100_000
+
 // CommandQueue declares a worker's command queue, bound to saga.commands by
 // each command type it handles, with priorities and dead-lettering.
 func CommandQueue(name string, types []string, o QueueOptions) Topology {
-	o.DeadLetter = true
+	o.DeadLetter, o.MaxLength = true, 0
 	if o.MaxPriority == 0 {
 		o.MaxPriority = MaxPriority
 	}
@@ -160,12 +189,7 @@ const MaxPriority = 3
 
 // Declare declares t now and again after every reconnect.
 func (b *Bus) Declare(ctx context.Context, t Topology) error {
-	ch, err := b.Channel(ctx)
-	if err != nil {
-		return err
-	}
-	defer ch.Close()
-	if err := declare(ch, t); err != nil {
+	if err := b.declare(func() (*amqp.Channel, error) { return b.Channel(ctx) }, t); err != nil {
 		return err
 	}
 	b.mu.Lock()
@@ -182,20 +206,43 @@ func (b *Bus) declareAll(conn *amqp.Connection) error {
 	if len(tops) == 0 {
 		return nil
 	}
-	ch, err := conn.Channel()
-	if err != nil {
-		return err
-	}
-	defer ch.Close()
 	for _, t := range tops {
-		if err := declare(ch, t); err != nil {
+		if err := b.declare(conn.Channel, t); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func declare(ch *amqp.Channel, t Topology) error {
+// declare declares t on a channel from open (a new one after a queue that
+// exists with other arguments closed the last).
+func (b *Bus) declare(open func() (*amqp.Channel, error), t Topology) error {
+	ch, err := open()
+	if err != nil {
+		return err
+	}
+	defer func() { ch.Close() }()
+	for _, q := range t.Queues {
+		if _, err := ch.QueueDeclare(q.Name,
+			true,  // durable
+			false, // auto-delete
+			false, // exclusive
+			false, // no-wait
+			q.Args); err != nil {
+			var amqpErr *amqp.Error
+			if !q.KeepExisting || !errors.As(err, &amqpErr) || amqpErr.Code != amqp.PreconditionFailed {
+				return fmt.Errorf("amqpbus: declare queue %s: %w", q.Name, err)
+			}
+			b.log.Warn().Err(err).Str("queue", q.Name).Msg("the queue exists with other arguments; kept as it is")
+			if ch, err = open(); err != nil {
+				return err
+			}
+		}
+	}
+	return declareTopology(ch, t)
+}
+
+func declareTopology(ch *amqp.Channel, t Topology) error {
 	for _, e := range t.Exchanges {
 		if err := ch.ExchangeDeclare(e.Name, e.Kind,
 			true,  // durable
@@ -204,16 +251,6 @@ func declare(ch *amqp.Channel, t Topology) error {
 			false, // no-wait
 			e.Args); err != nil {
 			return fmt.Errorf("amqpbus: declare exchange %s: %w", e.Name, err)
-		}
-	}
-	for _, q := range t.Queues {
-		if _, err := ch.QueueDeclare(q.Name,
-			true,  // durable
-			false, // auto-delete
-			false, // exclusive
-			false, // no-wait
-			q.Args); err != nil {
-			return fmt.Errorf("amqpbus: declare queue %s: %w", q.Name, err)
 		}
 	}
 	for _, bd := range t.Bindings {
@@ -227,5 +264,32 @@ func declare(ch *amqp.Channel, t Topology) error {
 			return fmt.Errorf("amqpbus: bind %s -> %s%s (%q): %w", bd.Source, bd.Queue, bd.Exchange, bd.Key, err)
 		}
 	}
+	for _, bd := range t.Unbindings {
+		// Unbinding what is not bound succeeds; the queue must exist.
+		var err error
+		if bd.Exchange != "" {
+			err = ch.ExchangeUnbind(bd.Exchange, bd.Key, bd.Source, false /* no-wait */, nil)
+		} else {
+			err = ch.QueueUnbind(bd.Queue, bd.Key, bd.Source, nil)
+		}
+		if err != nil {
+			return fmt.Errorf("amqpbus: unbind %s -> %s%s (%q): %w", bd.Source, bd.Queue, bd.Exchange, bd.Key, err)
+		}
+	}
 	return nil
+}
+
+// Inspect reads a queue's ready messages and consumers (a passive
+// declare); a queue that does not exist is an error.
+func (b *Bus) Inspect(ctx context.Context, queue string) (messages, consumers int, err error) {
+	ch, err := b.Channel(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer ch.Close()
+	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+	if err != nil {
+		return 0, 0, fmt.Errorf("amqpbus: inspect %s: %w", queue, err)
+	}
+	return q.Messages, q.Consumers, nil
 }

@@ -41,7 +41,7 @@ type job struct {
 // returned Settle, off the consumer's loop: the commands are acked once
 // their replies are confirmed, and a reply that fails is sent again on
 // redelivery, from the inbox.
-func (r *Runtime) deliverBatch(ctx context.Context, ds []*amqp.Delivery) (amqpbus.Settle, error) {
+func (r *Runtime) deliverBatch(ctx context.Context, queue string, ds []*amqp.Delivery) (amqpbus.Settle, error) {
 	start := time.Now()
 	jobs := make([]*job, 0, len(ds))
 	var commands []*job
@@ -57,7 +57,7 @@ func (r *Runtime) deliverBatch(ctx context.Context, ds []*amqp.Delivery) (amqpbu
 		if err != nil {
 			r.observer.Handled(d.RoutingKey, "poison", 0)
 			r.log.Warn().Err(err).Str("message_id", d.MessageId).Str("routing_key", d.RoutingKey).Msg("dead-lettering poison message")
-			if err := r.bus.DeadLetter(ctx, d, r.cfg.Queue, err.Error()); err != nil {
+			if err := r.bus.DeadLetter(ctx, d, queue, err.Error()); err != nil {
 				return nil, err // requeue the batch: nothing is lost
 			}
 			continue
@@ -114,7 +114,7 @@ func (r *Runtime) deliverBatch(ctx context.Context, ds []*amqp.Delivery) (amqpbu
 		// Answered: now keep a copy of each invalid command for an operator.
 		for _, j := range invalid {
 			j.log.Warn().Err(j.invalid).Msg("invalid command answered failed; copy dead-lettered")
-			if err := r.bus.DeadLetter(ctx, j.d, r.cfg.Queue, j.invalid.Error()); err != nil {
+			if err := r.bus.DeadLetter(ctx, j.d, queue, j.invalid.Error()); err != nil {
 				return err
 			}
 		}

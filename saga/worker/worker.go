@@ -11,6 +11,7 @@ package worker
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -169,8 +170,18 @@ type QueryFunc func(ctx context.Context, cmd Command) (Result, error)
 
 // Config configures a Runtime. Zero fields take the documented defaults.
 type Config struct {
-	// Queue is the command queue to consume.
+	// Queue is the command queue to consume (saga commands); empty for a
+	// worker that only answers requests.
 	Queue string
+	// RequestQueue is the queue of requests relayed by an API (queries,
+	// operator actions): consumed by a consumer of its own, one batch at a
+	// time, so that a flood of requests never stands ahead of saga
+	// commands, nor takes more than a batch's share of the database.
+	// Empty: none.
+	RequestQueue string
+	// RequestPrefetch is the most requests in hand, and per batch
+	// (default 16).
+	RequestPrefetch int
 	// Prefetch is how many unacked commands the broker hands over
 	// (default 64).
 	Prefetch int
@@ -259,8 +270,11 @@ func New(cfg Config, pool *pgxpool.Pool, bus *amqpbus.Bus, log zerolog.Logger) *
 	if cfg.RetryBackoff <= 0 {
 		cfg.RetryBackoff = 50 * time.Millisecond
 	}
+	if cfg.RequestPrefetch <= 0 {
+		cfg.RequestPrefetch = 16
+	}
 	if cfg.Service == "" {
-		cfg.Service, _, _ = strings.Cut(cfg.Queue, ".")
+		cfg.Service, _, _ = strings.Cut(cmp.Or(cfg.Queue, cfg.RequestQueue), ".")
 	}
 	return &Runtime{
 		cfg: cfg, pool: pool, bus: bus, log: log.With().Str("queue", cfg.Queue).Logger(),
@@ -304,16 +318,29 @@ func (r *Runtime) Types() []string {
 // done, and returns once in-flight work has finished.
 func (r *Runtime) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
-	if len(r.handlers)+len(r.queries) > 0 {
+	if r.cfg.Queue != "" {
 		g.Go(func() error {
 			return r.bus.ConsumeBatchAsync(ctx, amqpbus.ConsumerConfig{Queue: r.cfg.Queue, Prefetch: r.cfg.Prefetch, Transient: pgtx.Transient},
-				r.cfg.Batch, r.deliverBatch)
+				r.cfg.Batch, r.from(r.cfg.Queue))
+		})
+	}
+	if r.cfg.RequestQueue != "" {
+		g.Go(func() error {
+			return r.bus.ConsumeBatchAsync(ctx, amqpbus.ConsumerConfig{Queue: r.cfg.RequestQueue, Prefetch: r.cfg.RequestPrefetch, Transient: pgtx.Transient},
+				r.cfg.RequestPrefetch, r.from(r.cfg.RequestQueue))
 		})
 	}
 	for _, sub := range r.subs {
 		g.Go(func() error { return r.consumeEvents(ctx, sub) })
 	}
 	return g.Wait()
+}
+
+// from is deliverBatch for the deliveries of one queue.
+func (r *Runtime) from(queue string) amqpbus.AsyncBatchHandler {
+	return func(ctx context.Context, ds []*amqp.Delivery) (amqpbus.Settle, error) {
+		return r.deliverBatch(ctx, queue, ds)
+	}
 }
 
 func outcome(res Result, invalid error) string {

@@ -12,11 +12,11 @@ import (
 
 func main() {
 	os.Exit(service.RunWorker(service.WorkerSpec{
-		Name:        "audit",
-		Summary:     "the audit service: every domain event, once, in an append-only log",
-		Queue:       contract.AuditQueue,
-		MetricsAddr: ":9105",
-		Register:    register,
-		DBConns:     4,
+		Name:         "audit",
+		Summary:      "the audit service: every domain event, once, in an append-only log",
+		RequestQueue: contract.AuditRequests,
+		MetricsAddr:  ":9105",
+		Register:     register,
+		DBConns:      4,
 	}))
 }

@@ -12,11 +12,12 @@ import (
 
 func main() {
 	os.Exit(service.RunWorker(service.WorkerSpec{
-		Name:        "inventory",
-		Summary:     "the inventory worker: catalog and stock (reserve, release, commit), product queries",
-		Queue:       contract.InventoryQueue,
-		MetricsAddr: ":9101",
-		Register:    register,
-		DBConns:     10,
+		Name:         "inventory",
+		Summary:      "the inventory worker: catalog and stock (reserve, release, commit), product queries",
+		Queue:        contract.InventoryQueue,
+		RequestQueue: contract.InventoryRequests,
+		MetricsAddr:  ":9101",
+		Register:     register,
+		DBConns:      10,
 	}))
 }

@@ -13,11 +13,11 @@ import (
 
 func main() {
 	os.Exit(service.RunWorker(service.WorkerSpec{
-		Name:        "notification",
-		Summary:     "the notification service: one email and one SMS per order outcome (simulated)",
-		Queue:       contract.NotificationQueue,
-		MetricsAddr: ":9104",
-		Register:    register,
-		DBConns:     4,
+		Name:         "notification",
+		Summary:      "the notification service: one email and one SMS per order outcome (simulated)",
+		RequestQueue: contract.NotificationRequests,
+		MetricsAddr:  ":9104",
+		Register:     register,
+		DBConns:      4,
 	}))
 }

@@ -12,11 +12,12 @@ import (
 
 func main() {
 	os.Exit(service.RunWorker(service.WorkerSpec{
-		Name:        "payment",
-		Summary:     "the payment worker: charges and refunds against a simulated gateway",
-		Queue:       contract.PaymentQueue,
-		MetricsAddr: ":9102",
-		Register:    register,
-		DBConns:     10,
+		Name:         "payment",
+		Summary:      "the payment worker: charges and refunds against a simulated gateway",
+		Queue:        contract.PaymentQueue,
+		RequestQueue: contract.PaymentRequests,
+		MetricsAddr:  ":9102",
+		Register:     register,
+		DBConns:      10,
 	}))
 }

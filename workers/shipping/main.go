@@ -12,11 +12,12 @@ import (
 
 func main() {
 	os.Exit(service.RunWorker(service.WorkerSpec{
-		Name:        "shipping",
-		Summary:     "the shipping worker: prepares and cancels shipments with a simulated carrier",
-		Queue:       contract.ShippingQueue,
-		MetricsAddr: ":9103",
-		Register:    register,
-		DBConns:     10,
+		Name:         "shipping",
+		Summary:      "the shipping worker: prepares and cancels shipments with a simulated carrier",
+		Queue:        contract.ShippingQueue,
+		RequestQueue: contract.ShippingRequests,
+		MetricsAddr:  ":9103",
+		Register:     register,
+		DBConns:      10,
 	}))
 }

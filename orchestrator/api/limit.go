@@ -1,0 +1,132 @@
+package api
+
+import (
+	"context"
+	"math"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"golang.org/x/sync/singleflight"
+	"golang.org/x/time/rate"
+
+	"github.com/sagaflow/sagaflow/internal/contract"
+)
+
+// clientLimiter gives each client (its IP address: the API trusts no
+// proxy's X-Forwarded-For) a token bucket of its own.
+type clientLimiter struct {
+	rate  rate.Limit
+	burst int
+
+	mu      sync.Mutex
+	clients map[string]*clientBucket
+	swept   time.Time
+}
+
+type clientBucket struct {
+	lim  *rate.Limiter
+	seen time.Time
+}
+
+func newClientLimiter(perSecond float64, burst int) *clientLimiter {
+	return &clientLimiter{rate: rate.Limit(perSecond), burst: burst, clients: map[string]*clientBucket{}}
+}
+
+// allow takes a token of client's bucket; when there is none it says how
+// long until there is.
+func (l *clientLimiter) allow(client string, now time.Time) (bool, time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Sub(l.swept) > time.Minute {
+		// Forget clients idle for a minute: their buckets are full again.
+		for k, b := range l.clients {
+			if now.Sub(b.seen) > time.Minute {
+				delete(l.clients, k)
+			}
+		}
+		l.swept = now
+	}
+	b := l.clients[client]
+	if b == nil {
+		b = &clientBucket{lim: rate.NewLimiter(l.rate, l.burst)}
+		l.clients[client] = b
+	}
+	b.seen = now
+	r := b.lim.ReserveN(now, 1)
+	if d := r.DelayFrom(now); d > 0 {
+		r.CancelAt(now)
+		return false, d
+	}
+	return true, 0
+}
+
+// rateLimited answers 429 with Retry-After (whole seconds, at least 1) to
+// a client over its rate.
+func (l *clientLimiter) middleware(c *gin.Context) {
+	ok, wait := l.allow(c.ClientIP(), time.Now())
+	if !ok {
+		c.Header("Retry-After", strconv.Itoa(int(math.Ceil(max(wait, time.Second).Seconds()))))
+		abort(c, errorf(http.StatusTooManyRequests, CodeRateLimited, "too many requests from this client; retry after %s", wait.Round(time.Millisecond)))
+		return
+	}
+	c.Next()
+}
+
+// productCache keeps inventory's answers to product queries for a short
+// time, and sends one query for a SKU however many clients ask at once:
+// a public route that costs the inventory's database nothing per repeat.
+type productCache struct {
+	ttl     time.Duration
+	flights singleflight.Group
+
+	mu      sync.Mutex
+	entries map[string]cachedProduct
+}
+
+type cachedProduct struct {
+	p       contract.Product
+	err     error // a not_found answer, kept too
+	expires time.Time
+}
+
+func newProductCache(ttl time.Duration) *productCache {
+	return &productCache{ttl: ttl, entries: map[string]cachedProduct{}}
+}
+
+// get returns the cached answer for sku, or asks fetch (once for every
+// concurrent caller) and keeps a product or a not_found for ttl.
+func (pc *productCache) get(ctx context.Context, sku string, fetch func(ctx context.Context) (contract.Product, error)) (contract.Product, error) {
+	now := time.Now()
+	pc.mu.Lock()
+	e, ok := pc.entries[sku]
+	if len(pc.entries) > 100_000 {
+		pc.entries = map[string]cachedProduct{} // bounded: start afresh
+	}
+	pc.mu.Unlock()
+	if ok && now.Before(e.expires) {
+		return e.p, e.err
+	}
+	v, err, _ := pc.flights.Do(sku, func() (any, error) {
+		// Not the first caller's context: its cancellation must not fail
+		// the others waiting on the same flight.
+		p, err := fetch(context.WithoutCancel(ctx))
+		if err == nil || ErrorOf(err).Status == http.StatusNotFound {
+			pc.mu.Lock()
+			pc.entries[sku] = cachedProduct{p: p, err: err, expires: time.Now().Add(pc.ttl)}
+			pc.mu.Unlock()
+		}
+		return p, err
+	})
+	p, _ := v.(contract.Product)
+	return p, err
+}
+
+// forget drops sku's entry (after a change through the admin API).
+func (pc *productCache) forget(sku string) {
+	pc.mu.Lock()
+	delete(pc.entries, sku)
+	pc.mu.Unlock()
+}
