@@ -86,6 +86,9 @@ CREATE TABLE IF NOT EXISTS inventory.products (
     sold        bigint NOT NULL DEFAULT 0 CHECK (sold >= 0),
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
+-- Moves on with every change of the product, its stock included: an
+-- operator's compare-and-set (If-Match) names it.
+ALTER TABLE inventory.products ADD COLUMN IF NOT EXISTS version bigint NOT NULL DEFAULT 1;
 
 -- One reservation per order; its status makes reserve, release and commit
 -- idempotent, and a release recorded before its reserve arrives turns that

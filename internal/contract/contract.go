@@ -21,6 +21,7 @@ const (
 	InventoryCommit        = "inventory.commit"
 	InventoryGetProduct    = "inventory.get_product"
 	InventoryUpsertProduct = "inventory.upsert_product"
+	InventoryRestock       = "inventory.restock"
 
 	PaymentCharge = "payment.charge"
 	PaymentRefund = "payment.refund"
@@ -122,15 +123,17 @@ const (
 
 // Failure codes of replies.
 const (
-	CodeOutOfStock      = "out_of_stock"
-	CodeUnknownSKU      = "unknown_sku"
-	CodeCardDeclined    = "card_declined"
-	CodeCarrierRefused  = "carrier_refused"
-	CodeAlreadyReleased = "already_released"  // a reserve that arrived after its release
-	CodeAlreadyRefunded = "already_refunded"  // a charge that arrived after its refund
-	CodeAlreadyCanceled = "already_cancelled" // a prepare that arrived after its cancel
-	CodeNotReserved     = "not_reserved"      // commit or release of a reservation in the wrong state
-	CodeNotFound        = "not_found"
+	CodeOutOfStock        = "out_of_stock"
+	CodeUnknownSKU        = "unknown_sku"
+	CodeCardDeclined      = "card_declined"
+	CodeCarrierRefused    = "carrier_refused"
+	CodeAlreadyReleased   = "already_released"  // a reserve that arrived after its release
+	CodeAlreadyRefunded   = "already_refunded"  // a charge that arrived after its refund
+	CodeAlreadyCanceled   = "already_cancelled" // a prepare that arrived after its cancel
+	CodeNotReserved       = "not_reserved"      // commit or release of a reservation in the wrong state
+	CodeNotFound          = "not_found"
+	CodeVersionMismatch   = "version_mismatch"   // a product changed since the version an operator named
+	CodeInsufficientStock = "insufficient_stock" // a restock would take available stock below zero
 )
 
 // Simulation rules (docs/api.md).
@@ -259,15 +262,26 @@ type Product struct {
 	Available  int64  `json:"available"`
 	Reserved   int64  `json:"reserved"`
 	Sold       int64  `json:"sold"`
+	// Version moves on with every change of the product, its stock
+	// included: the ETag of GET /products/{sku}, the If-Match of a PUT.
+	Version int64 `json:"version"`
 }
 
 // UpsertProduct creates a product or sets its name, price and available
-// stock.
+// stock; with IfVersion, only while the product is at that version.
 type UpsertProduct struct {
 	SKU        string `json:"sku"`
 	Name       string `json:"name"`
 	PriceCents int64  `json:"price_cents"`
 	Available  int64  `json:"available"`
+	IfVersion  int64  `json:"if_version,omitempty"`
+}
+
+// RestockProduct adds Delta to a product's available stock (negative:
+// removes, never below zero).
+type RestockProduct struct {
+	SKU   string `json:"sku"`
+	Delta int64  `json:"delta"`
 }
 
 // PaymentLedgerReply is what payment recorded for an order.
@@ -286,7 +300,7 @@ type ShipmentLedgerReply struct {
 // queues' bindings.
 var (
 	InventoryCommands        = []string{InventoryReserve, InventoryRelease, InventoryCommit}
-	InventoryRequestTypes    = []string{InventoryGetProduct, InventoryUpsertProduct}
+	InventoryRequestTypes    = []string{InventoryGetProduct, InventoryUpsertProduct, InventoryRestock}
 	PaymentCommands          = []string{PaymentCharge, PaymentRefund}
 	PaymentRequestTypes      = []string{PaymentLedger}
 	ShippingCommands         = []string{ShippingPrepare, ShippingCancel}

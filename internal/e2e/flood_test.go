@@ -24,7 +24,7 @@ import (
 // saga.dead is bounded. (Before, every GET went to inventory.commands at
 // the highest priority, unlimited and uncached.)
 func TestProductFloodIsLimitedAndKeptOffTheSagaPath(t *testing.T) {
-	s := testenv.StartT(t, testenv.Options{Env: map[string]string{"PRODUCT_RATE": "50", "PRODUCT_BURST": "50"}})
+	s := testenv.StartT(t, testenv.Options{Env: map[string]string{"PRODUCT_RATE": "50", "PRODUCT_BURST": "50", "PRODUCT_CACHE_TTL": "1s"}})
 	sk := sku(t, "a")
 	s.PutProduct(t, sk, "Bell", 900, 10_000)
 	workerQueries := func() float64 {

@@ -901,6 +901,39 @@ func conformProducts(t *testing.T, s *testenv.System, c *conformance) {
 	c.send(t, s, base, apiCall{op: "GET /products/{sku}", path: param(sku(t, "missing")), want: 404})
 	c.send(t, s, base, apiCall{op: "GET /products/{sku}", path: param("bad sku"), want: 400, docRejects: true})
 	c.send(t, s, base, apiCall{op: "GET /products/{sku}", path: param(".dot-first"), want: 400, docRejects: true})
+
+	// Compare-and-set and restock.
+	c.send(t, s, base, apiCall{op: "PUT /admin/products/{sku}", path: param(sk), want: 412,
+		body:   map[string]any{"name": "x", "price_cents": 1, "available": 1},
+		header: map[string]string{"Authorization": auth["Authorization"], "If-Match": `"999999"`}})
+	current := c.send(t, s, base, apiCall{op: "GET /products/{sku}", path: param(sk), want: 200}).Header.Get("ETag")
+	c.send(t, s, base, apiCall{op: "PUT /admin/products/{sku}", path: param(sk), want: 200,
+		body:   map[string]any{"name": "Lamp", "price_cents": 1250, "available": 10},
+		header: map[string]string{"Authorization": auth["Authorization"], "If-Match": current}})
+	restock := func(sku string, body any, header map[string]string, want int, docRejects bool) {
+		t.Helper()
+		h := map[string]string{"Authorization": auth["Authorization"]}
+		for k, v := range header {
+			h[k] = v
+		}
+		c.send(t, s, base, apiCall{op: "POST /admin/products/{sku}/restock", path: param(sku), body: body,
+			header: h, want: want, docRejects: docRejects})
+	}
+	restock(sk, map[string]any{"delta": 5}, map[string]string{"Idempotency-Key": uuid.NewString()}, 200, false)
+	restock(sk, map[string]any{"delta": -3}, nil, 200, false)
+	restock(sk, map[string]any{"delta": -1_000_000}, nil, 409, false)
+	restock(sku(t, "missing"), map[string]any{"delta": 1}, nil, 404, false)
+	restock(sk, map[string]any{"delta": 0}, nil, 400, true)
+	restock(sk, map[string]any{}, nil, 400, true)
+	restock(sk, map[string]any{"delta": 1, "sku": "x"}, nil, 400, true)
+	restock("bad sku", map[string]any{"delta": 1}, nil, 400, true)
+	restock(sk, map[string]any{"delta": 1}, map[string]string{"Idempotency-Key": "has space"}, 400, true)
+	restock(sk, append(append([]byte(`{"delta":1,"x":"`), bytes.Repeat([]byte("x"), 2<<20)...), `"}`...), nil, 413, false)
+	restock(sk, map[string]any{"delta": 1}, map[string]string{"Content-Type": "text/plain"}, 415, true)
+	for _, h := range []map[string]string{nil, {"Authorization": "Bearer wrong"}} {
+		c.send(t, s, base, apiCall{op: "POST /admin/products/{sku}/restock", path: param(sk), header: h, want: 401,
+			body: map[string]any{"delta": 1}})
+	}
 }
 
 // conformOrders: every order route and every admin route about orders and
@@ -1128,6 +1161,7 @@ func adminCalls(orderID, sku string) []apiCall {
 		{op: "POST /admin/sagas/{id}/replay", path: id},
 		{op: "POST /admin/sagas/{id}/cancel", path: id},
 		{op: "GET /admin/quarantine"},
+		{op: "POST /admin/products/{sku}/restock", path: map[string]string{"sku": sku}, body: map[string]any{"delta": 1}},
 	}
 }
 
@@ -1181,6 +1215,8 @@ func conformDegraded(t *testing.T, c *conformance) {
 	c.send(t, p, base, apiCall{op: "GET /products/{sku}", path: product, want: 429})
 	c.send(t, p, base, apiCall{op: "PUT /admin/products/{sku}", path: product, header: auth, want: 503,
 		body: map[string]any{"name": "x", "price_cents": 1, "available": 1}})
+	c.send(t, p, base, apiCall{op: "POST /admin/products/{sku}/restock", path: product, header: auth, want: 503,
+		body: map[string]any{"delta": 1}})
 	running := place(base, 202)
 	c.send(t, p, base, apiCall{op: "GET /orders/{id}/events", path: id(running), want: 503})
 	c.send(t, p, base, apiCall{op: "GET /admin/orders/{id}/ledger", path: id(running), header: auth, want: 503})

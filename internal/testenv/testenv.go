@@ -180,7 +180,9 @@ func Start(opts Options) (*System, error) {
 		"DB_MAX_CONNS=5",
 		// Every test's client is 127.0.0.1: the public product route's
 		// per-client limit is for tests that set it.
-		"PRODUCT_RATE=100000", "PRODUCT_BURST=100000")
+		"PRODUCT_RATE=100000", "PRODUCT_BURST=100000",
+		// Tests read stock right after changing it: no cache unless asked.
+		"PRODUCT_CACHE_TTL=1ns")
 	for k, v := range opts.Env {
 		s.env = append(s.env, k+"="+v)
 	}

@@ -101,6 +101,7 @@ func New(d Deps) http.Handler {
 
 	admin := r.Group("/admin", s.requireAdmin)
 	admin.PUT("/products/:sku", s.putProduct)
+	admin.POST("/products/:sku/restock", s.restockProduct)
 	admin.GET("/orders/:id", s.getAdminOrder)
 	admin.GET("/orders/:id/ledger", s.ledger)
 	admin.GET("/sagas", s.listSagas)

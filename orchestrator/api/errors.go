@@ -36,6 +36,8 @@ const (
 	CodeMethodNotAllowed     = "method_not_allowed"
 	CodeUnavailable          = "unavailable"
 	CodeRateLimited          = "rate_limited"
+	CodePreconditionFailed   = "precondition_failed"
+	CodeInsufficientStock    = "insufficient_stock"
 	CodeInternal             = "internal"
 )
 

@@ -37,17 +37,28 @@ type rpc struct {
 // failed reply maps to an API error: not_found to 404, invalid_command to
 // 400; no reply in time is 503.
 func (r rpc) call(ctx context.Context, typ string, req, out any) error {
+	return r.callAs(ctx, "", typ, req, out)
+}
+
+// callAs is call with the request's message id: a worker that records the
+// request in its inbox answers a second request of the same id from there,
+// without a second effect (empty: a new id).
+func (r rpc) callAs(ctx context.Context, id, typ string, req, out any) error {
 	payload, err := json.Marshal(req)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
-	id := uuid.NewString()
+	if id == "" {
+		id = uuid.NewString()
+	}
 	now := time.Now().UTC()
 	d, err := r.bus.Call(ctx, saga.Message{
 		Exchange: amqpbus.CommandExchange, RoutingKey: typ, Type: typ, MessageID: id,
-		CorrelationID: id, Timestamp: now, Headers: traceHeaders(ctx),
+		// Each call its own: the same request (message id) may be in
+		// flight twice, and each caller waits for its own answer.
+		CorrelationID: uuid.NewString(), Timestamp: now, Headers: traceHeaders(ctx),
 		Body: saga.Envelope{ID: id, CorrelationID: id, Type: typ, At: now, Payload: payload}.Encode(),
 	})
 	if err != nil {
@@ -67,6 +78,10 @@ func (r rpc) call(ctx context.Context, typ string, req, out any) error {
 		return errorf(http.StatusNotFound, CodeNotFound, "%s", env.Message)
 	case env.Code == worker.CodeInvalidCommand:
 		return invalid("%s", env.Message)
+	case env.Code == contract.CodeVersionMismatch:
+		return errorf(http.StatusPreconditionFailed, CodePreconditionFailed, "%s", env.Message)
+	case env.Code == contract.CodeInsufficientStock:
+		return errorf(http.StatusConflict, CodeInsufficientStock, "%s", env.Message)
 	case env.Status == saga.ReplyRetry:
 		return errorf(http.StatusServiceUnavailable, CodeUnavailable, "the %s service failed temporarily, try again", serviceOf(typ))
 	}

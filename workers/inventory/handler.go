@@ -28,9 +28,10 @@ func register(rt *worker.Runtime, db *pgxpool.Pool) {
 	rt.Query(contract.InventoryGetProduct, func(ctx context.Context, cmd worker.Command) (worker.Result, error) {
 		return getProduct(ctx, db, cmd)
 	})
-	rt.Query(contract.InventoryUpsertProduct, func(ctx context.Context, cmd worker.Command) (worker.Result, error) {
-		return upsertProduct(ctx, db, cmd)
-	})
+	// Operator actions go through the inbox: a request redelivered by the
+	// broker, or sent again with the same Idempotency-Key, has one effect.
+	rt.Handle(contract.InventoryUpsertProduct, upsertProduct)
+	rt.Handle(contract.InventoryRestock, restockProduct)
 }
 
 // reservation is an order's reservation as a batch sees it.
@@ -321,7 +322,7 @@ func (b *batch) save(ctx context.Context, tx worker.Tx) error {
 	q := &pgx.Batch{}
 	if len(skus) > 0 {
 		q.Queue(`UPDATE products p SET available = p.available + u.da, reserved = p.reserved + u.dr,
-				sold = p.sold + u.ds, updated_at = now()
+				sold = p.sold + u.ds, version = p.version + 1, updated_at = now()
 			FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) AS u(sku, da, dr, ds)
 			WHERE p.sku = u.sku`, skus, dAvail, dRes, dSold)
 	}
@@ -342,14 +343,19 @@ func (b *batch) save(ctx context.Context, tx worker.Tx) error {
 	return nil
 }
 
+const productColumns = `sku, name, price_cents, available, reserved, sold, version`
+
+func scanProduct(row pgx.Row, p *contract.Product) error {
+	return row.Scan(&p.SKU, &p.Name, &p.PriceCents, &p.Available, &p.Reserved, &p.Sold, &p.Version)
+}
+
 func getProduct(ctx context.Context, db *pgxpool.Pool, cmd worker.Command) (worker.Result, error) {
 	var ref contract.ProductRef
 	if err := cmd.Decode(&ref); err != nil {
 		return worker.Result{}, err
 	}
 	var p contract.Product
-	err := db.QueryRow(ctx, `SELECT sku, name, price_cents, available, reserved, sold FROM products WHERE sku = $1`,
-		ref.SKU).Scan(&p.SKU, &p.Name, &p.PriceCents, &p.Available, &p.Reserved, &p.Sold)
+	err := scanProduct(db.QueryRow(ctx, `SELECT `+productColumns+` FROM products WHERE sku = $1`, ref.SKU), &p)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return worker.Fail(contract.CodeNotFound, "no product %q", ref.SKU)
 	}
@@ -360,25 +366,83 @@ func getProduct(ctx context.Context, db *pgxpool.Pool, cmd worker.Command) (work
 }
 
 // upsertProduct creates a product or sets its name, price and available
-// stock; reserved and sold are left alone. Setting is idempotent, so it
-// needs no inbox.
-func upsertProduct(ctx context.Context, db *pgxpool.Pool, cmd worker.Command) (worker.Result, error) {
+// stock; reserved and sold are left alone. With IfVersion, only while the
+// product is at that version (every change of its stock moves it on, an
+// order's reservation too): two operators, or an operator and the orders,
+// cannot silently overwrite each other.
+func upsertProduct(ctx context.Context, tx worker.Tx, cmd worker.Command) (worker.Result, error) {
 	var u contract.UpsertProduct
 	if err := cmd.Decode(&u); err != nil {
 		return worker.Result{}, err
 	}
-	if u.SKU == "" || u.Name == "" || u.PriceCents < 0 || u.Available < 0 {
+	if u.SKU == "" || u.Name == "" || u.PriceCents < 0 || u.Available < 0 || u.IfVersion < 0 {
 		return worker.Result{}, worker.Invalid(fmt.Errorf("bad product %+v", u))
 	}
 	var p contract.Product
-	err := db.QueryRow(ctx, `INSERT INTO products (sku, name, price_cents, available)
-		VALUES ($1, $2, $3, $4)
-		ON CONFLICT (sku) DO UPDATE SET name = EXCLUDED.name, price_cents = EXCLUDED.price_cents,
-			available = EXCLUDED.available, updated_at = now()
-		RETURNING sku, name, price_cents, available, reserved, sold`,
-		u.SKU, u.Name, u.PriceCents, u.Available).Scan(&p.SKU, &p.Name, &p.PriceCents, &p.Available, &p.Reserved, &p.Sold)
+	var err error
+	if u.IfVersion > 0 {
+		err = scanProduct(tx.QueryRow(ctx, `UPDATE products SET name = $2, price_cents = $3, available = $4,
+			version = version + 1, updated_at = now()
+			WHERE sku = $1 AND version = $5 RETURNING `+productColumns,
+			u.SKU, u.Name, u.PriceCents, u.Available, u.IfVersion), &p)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return versionConflict(ctx, tx, u.SKU, u.IfVersion)
+		}
+	} else {
+		err = scanProduct(tx.QueryRow(ctx, `INSERT INTO products (sku, name, price_cents, available)
+			VALUES ($1, $2, $3, $4)
+			ON CONFLICT (sku) DO UPDATE SET name = EXCLUDED.name, price_cents = EXCLUDED.price_cents,
+				available = EXCLUDED.available, version = products.version + 1, updated_at = now()
+			RETURNING `+productColumns,
+			u.SKU, u.Name, u.PriceCents, u.Available), &p)
+	}
 	if err != nil {
 		return worker.Result{}, fmt.Errorf("upsert product: %w", err)
+	}
+	return worker.OK(p)
+}
+
+// versionConflict answers a compare-and-set that found the product at
+// another version, or no product.
+func versionConflict(ctx context.Context, tx worker.Tx, sku string, want int64) (worker.Result, error) {
+	var at int64
+	err := tx.QueryRow(ctx, `SELECT version FROM products WHERE sku = $1`, sku).Scan(&at)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return worker.Fail(contract.CodeNotFound, "no product %q", sku)
+	}
+	if err != nil {
+		return worker.Result{}, fmt.Errorf("product version: %w", err)
+	}
+	return worker.Fail(contract.CodeVersionMismatch, "product %q is at version %d, not %d", sku, at, want)
+}
+
+// restockProduct adds delta (negative: removes) to a product's available
+// stock, which never goes below zero. Recorded in the inbox like a
+// command: one effect per request.
+func restockProduct(ctx context.Context, tx worker.Tx, cmd worker.Command) (worker.Result, error) {
+	var r contract.RestockProduct
+	if err := cmd.Decode(&r); err != nil {
+		return worker.Result{}, err
+	}
+	if r.SKU == "" || r.Delta == 0 {
+		return worker.Result{}, worker.Invalid(fmt.Errorf("bad restock %+v", r))
+	}
+	var p contract.Product
+	err := scanProduct(tx.QueryRow(ctx, `UPDATE products SET available = available + $2, version = version + 1,
+		updated_at = now() WHERE sku = $1 AND available + $2 >= 0 RETURNING `+productColumns, r.SKU, r.Delta), &p)
+	if errors.Is(err, pgx.ErrNoRows) {
+		var available int64
+		err := tx.QueryRow(ctx, `SELECT available FROM products WHERE sku = $1`, r.SKU).Scan(&available)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return worker.Fail(contract.CodeNotFound, "no product %q", r.SKU)
+		}
+		if err != nil {
+			return worker.Result{}, fmt.Errorf("restock: %w", err)
+		}
+		return worker.Fail(contract.CodeInsufficientStock, "product %q has %d available, cannot remove %d", r.SKU, available, -r.Delta)
+	}
+	if err != nil {
+		return worker.Result{}, fmt.Errorf("restock: %w", err)
 	}
 	return worker.OK(p)
 }

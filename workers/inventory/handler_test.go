@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sagaflow/sagaflow/internal/contract"
@@ -389,6 +390,9 @@ func TestInvalidPayloadsAreRejected(t *testing.T) {
 	onPool := func(q func(context.Context, *pgxpool.Pool, worker.Command) (worker.Result, error)) func(context.Context, worker.Command) (worker.Result, error) {
 		return func(ctx context.Context, cmd worker.Command) (worker.Result, error) { return q(ctx, pool, cmd) }
 	}
+	onTx := func(q func(context.Context, worker.Tx, worker.Command) (worker.Result, error)) func(context.Context, worker.Command) (worker.Result, error) {
+		return func(ctx context.Context, cmd worker.Command) (worker.Result, error) { return q(ctx, pool, cmd) }
+	}
 	tests := []struct {
 		name    string
 		typ     string
@@ -413,11 +417,14 @@ func TestInvalidPayloadsAreRejected(t *testing.T) {
 		{"commit unknown field", contract.InventoryCommit, inTxCall(handle), `{"order_id":"o1","force":true}`},
 		{"get_product bad JSON", contract.InventoryGetProduct, onPool(getProduct), `{`},
 		{"get_product unknown field", contract.InventoryGetProduct, onPool(getProduct), `{"sku":"apple","id":1}`},
-		{"upsert missing sku", contract.InventoryUpsertProduct, onPool(upsertProduct), `{"name":"Apple","price_cents":1,"available":1}`},
-		{"upsert missing name", contract.InventoryUpsertProduct, onPool(upsertProduct), `{"sku":"apple","price_cents":1,"available":1}`},
-		{"upsert negative price", contract.InventoryUpsertProduct, onPool(upsertProduct), `{"sku":"apple","name":"Apple","price_cents":-1,"available":1}`},
-		{"upsert negative available", contract.InventoryUpsertProduct, onPool(upsertProduct), `{"sku":"apple","name":"Apple","price_cents":1,"available":-1}`},
-		{"upsert unknown field", contract.InventoryUpsertProduct, onPool(upsertProduct), `{"sku":"apple","name":"Apple","price_cents":1,"available":1,"reserved":0}`},
+		{"upsert missing sku", contract.InventoryUpsertProduct, onTx(upsertProduct), `{"name":"Apple","price_cents":1,"available":1}`},
+		{"upsert missing name", contract.InventoryUpsertProduct, onTx(upsertProduct), `{"sku":"apple","price_cents":1,"available":1}`},
+		{"upsert negative price", contract.InventoryUpsertProduct, onTx(upsertProduct), `{"sku":"apple","name":"Apple","price_cents":-1,"available":1}`},
+		{"upsert negative available", contract.InventoryUpsertProduct, onTx(upsertProduct), `{"sku":"apple","name":"Apple","price_cents":1,"available":-1}`},
+		{"upsert unknown field", contract.InventoryUpsertProduct, onTx(upsertProduct), `{"sku":"apple","name":"Apple","price_cents":1,"available":1,"reserved":0}`},
+		{"restock no delta", contract.InventoryRestock, onTx(restockProduct), `{"sku":"apple"}`},
+		{"restock no sku", contract.InventoryRestock, onTx(restockProduct), `{"delta":3}`},
+		{"restock unknown field", contract.InventoryRestock, onTx(restockProduct), `{"sku":"apple","delta":3,"set":1}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -435,6 +442,9 @@ func TestInvalidPayloadsAreRejected(t *testing.T) {
 
 // --- catalog queries ---
 
+// ignoreVersion leaves out the version, which every change moves on.
+var ignoreVersion = cmpopts.IgnoreFields(contract.Product{}, "Version")
+
 func TestGetProduct(t *testing.T) {
 	t.Parallel()
 	pool, _ := newDB(t)
@@ -446,7 +456,7 @@ func TestGetProduct(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkVerdict(t, "get known", res, okVerdict)
-	if diff := cmp.Diff(with(apple, 3, 2, 1), payloadOf[contract.Product](t, res)); diff != "" {
+	if diff := cmp.Diff(with(apple, 3, 2, 1), payloadOf[contract.Product](t, res), ignoreVersion); diff != "" {
 		t.Errorf("product (-want +got):\n%s", diff)
 	}
 
@@ -475,7 +485,7 @@ func TestUpsertProduct(t *testing.T) {
 
 	created := upsert(contract.UpsertProduct{SKU: "pear", Name: "Pear", PriceCents: 300, Available: 7})
 	want := contract.Product{SKU: "pear", Name: "Pear", PriceCents: 300, Available: 7}
-	if diff := cmp.Diff(want, created); diff != "" {
+	if diff := cmp.Diff(want, created, ignoreVersion); diff != "" {
 		t.Errorf("created product (-want +got):\n%s", diff)
 	}
 
@@ -485,19 +495,19 @@ func TestUpsertProduct(t *testing.T) {
 
 	updated := upsert(contract.UpsertProduct{SKU: "pear", Name: "Ripe pear", PriceCents: 350, Available: 40})
 	want = contract.Product{SKU: "pear", Name: "Ripe pear", PriceCents: 350, Available: 40, Reserved: 2, Sold: 3}
-	if diff := cmp.Diff(want, updated); diff != "" {
+	if diff := cmp.Diff(want, updated, ignoreVersion); diff != "" {
 		t.Errorf("updated product (-want +got):\n%s", diff)
 	}
 	res, err := getProduct(ctx, pool, command(t, contract.InventoryGetProduct, contract.ProductRef{SKU: "pear"}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff(want, payloadOf[contract.Product](t, res)); diff != "" {
+	if diff := cmp.Diff(want, payloadOf[contract.Product](t, res), ignoreVersion); diff != "" {
 		t.Errorf("product after upsert (-want +got):\n%s", diff)
 	}
 
 	// Setting the same values again is idempotent.
-	if diff := cmp.Diff(want, upsert(contract.UpsertProduct{SKU: "pear", Name: "Ripe pear", PriceCents: 350, Available: 40})); diff != "" {
+	if diff := cmp.Diff(want, upsert(contract.UpsertProduct{SKU: "pear", Name: "Ripe pear", PriceCents: 350, Available: 40}), ignoreVersion); diff != "" {
 		t.Errorf("repeated upsert (-want +got):\n%s", diff)
 	}
 
@@ -786,4 +796,68 @@ func TestSettlingAReservationOfAVanishedProductIsAnError(t *testing.T) {
 		}
 	}
 	checkReservations(t, pool, map[string]reservationRow{"o1": {"reserved", 500}})
+}
+
+// TestUpsertCompareAndSet: an upsert naming the version it read applies
+// only while the product is at it; an order's reservation moves the
+// version on too, so an operator's stale stock figure cannot overwrite
+// what orders did meanwhile (phantom stock).
+func TestUpsertCompareAndSet(t *testing.T) {
+	t.Parallel()
+	pool, _ := newDB(t)
+	ctx := context.Background()
+	upsert := func(u contract.UpsertProduct) worker.Result {
+		t.Helper()
+		res, err := upsertProduct(ctx, pool, command(t, contract.InventoryUpsertProduct, u))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	read := payloadOf[contract.Product](t, upsert(contract.UpsertProduct{SKU: "fig", Name: "Fig", PriceCents: 100, Available: 10}))
+	checkVerdict(t, "reserve o1", doReserve(t, pool, "o1", item("fig", 2)), okVerdict)
+	// The operator set 15 from the figure they read (10): refused.
+	stale := upsert(contract.UpsertProduct{SKU: "fig", Name: "Fig", PriceCents: 100, Available: 15, IfVersion: read.Version})
+	checkVerdict(t, "stale upsert", stale, failed(contract.CodeVersionMismatch))
+	res, err := getProduct(ctx, pool, command(t, contract.InventoryGetProduct, contract.ProductRef{SKU: "fig"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := payloadOf[contract.Product](t, res)
+	if now.Available != 8 || now.Reserved != 2 {
+		t.Fatalf("after the refused upsert: %+v, want 8 available, 2 reserved", now)
+	}
+	fresh := upsert(contract.UpsertProduct{SKU: "fig", Name: "Fig", PriceCents: 100, Available: 13, IfVersion: now.Version})
+	checkVerdict(t, "fresh upsert", fresh, okVerdict)
+	if p := payloadOf[contract.Product](t, fresh); p.Available != 13 || p.Version != now.Version+1 {
+		t.Errorf("after the fresh upsert: %+v, want 13 available at version %d", p, now.Version+1)
+	}
+	checkVerdict(t, "upsert of a missing product with a version",
+		upsert(contract.UpsertProduct{SKU: "kiwi", Name: "Kiwi", PriceCents: 1, Available: 1, IfVersion: 3}), failed(contract.CodeNotFound))
+}
+
+// TestRestockIsRelative: a restock adds to what is there, whatever orders
+// did meanwhile, and never takes available stock below zero.
+func TestRestockIsRelative(t *testing.T) {
+	t.Parallel()
+	pool, _ := newDB(t)
+	ctx := context.Background()
+	seed(t, pool, with(apple, 10, 0, 0))
+	restock := func(sku string, delta int64) worker.Result {
+		t.Helper()
+		res, err := restockProduct(ctx, pool, command(t, contract.InventoryRestock, contract.RestockProduct{SKU: sku, Delta: delta}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	checkVerdict(t, "reserve o1", doReserve(t, pool, "o1", item("apple", 4)), okVerdict)
+	res := restock("apple", 5)
+	checkVerdict(t, "restock +5", res, okVerdict)
+	if p := payloadOf[contract.Product](t, res); p.Available != 11 || p.Reserved != 4 {
+		t.Errorf("after +5: %+v, want 11 available, 4 reserved", p)
+	}
+	checkVerdict(t, "restock -12", restock("apple", -12), failed(contract.CodeInsufficientStock))
+	checkVerdict(t, "restock -11", restock("apple", -11), okVerdict)
+	checkVerdict(t, "restock unknown", restock("durian", 1), failed(contract.CodeNotFound))
 }
