@@ -16,6 +16,8 @@ type Config struct {
 	HTTPAddr string `env:"HTTP_ADDR" envDefault:":8080" help:"address of the REST API"`
 	// AdminToken guards /admin routes; empty disables them (default empty).
 	AdminToken string `env:"ADMIN_TOKEN" help:"bearer token of the /admin routes; unset: the admin API is off"`
+	// LedgerTimeout bounds each service's answer to the ledger (default 1s).
+	LedgerTimeout time.Duration `env:"LEDGER_TIMEOUT" envDefault:"1s" help:"how long the ledger waits for each service; one that is away is marked unanswered"`
 	// RPCTimeout bounds requests relayed to workers (default 5s).
 	RPCTimeout time.Duration `env:"RPC_TIMEOUT" envDefault:"5s" help:"bound on a request relayed to a worker"`
 	// ProductRate is GET /products/{sku} per second per client (default 20).
@@ -80,7 +82,7 @@ func (c *Config) Validate() []error {
 	positive := map[string]time.Duration{
 		"RPC_TIMEOUT": c.RPCTimeout, "STEP_TIMEOUT": c.StepTimeout, "STEP_MAX_TIMEOUT": c.StepMaxTimeout,
 		"RETRY_BACKOFF": c.RetryBackoff, "RETRY_MAX_BACKOFF": c.RetryMaxBackoff, "TIMER_INTERVAL": c.TimerInterval,
-		"OUTBOX_LEASE": c.OutboxLease, "PRODUCT_CACHE_TTL": c.ProductCacheTTL,
+		"OUTBOX_LEASE": c.OutboxLease, "PRODUCT_CACHE_TTL": c.ProductCacheTTL, "LEDGER_TIMEOUT": c.LedgerTimeout,
 	}
 	for name, d := range positive {
 		if d <= 0 {

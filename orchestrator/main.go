@@ -157,7 +157,7 @@ func run(cfg *Config, log zerolog.Logger) error {
 		Handler: api.New(api.Deps{
 			Coordinator: coord, Store: store, Bus: bus, DB: db, Registry: reg, Log: log,
 			AdminToken: cfg.AdminToken, RPCTimeout: cfg.RPCTimeout, MaxBodyBytes: cfg.MaxBodyBytes,
-			ProductRate: cfg.ProductRate, ProductBurst: cfg.ProductBurst, ProductCacheTTL: cfg.ProductCacheTTL,
+			LedgerTimeout: cfg.LedgerTimeout, ProductRate: cfg.ProductRate, ProductBurst: cfg.ProductBurst, ProductCacheTTL: cfg.ProductCacheTTL,
 		}),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,

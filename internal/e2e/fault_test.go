@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -256,7 +257,7 @@ func TestLostReplyGetsTheStoredReply(t *testing.T) {
 			t.Errorf("%s attempts = %d, want at least 2", st.Name, st.Attempts)
 		}
 	}
-	want := api.Ledger{
+	want := testenv.Books{
 		Payment:       contract.PaymentLedgerReply{ChargedCents: 9000},
 		Shipment:      contract.ShipmentLedgerReply{Prepared: 1},
 		Notifications: contract.NotificationLedgerReply{Email: 1, SMS: 1},
@@ -484,4 +485,28 @@ func TestGracefulShutdown(t *testing.T) {
 	if p := s.Product(t, sk); p.Sold != int64(len(ids)) || p.Reserved != 0 {
 		t.Errorf("stock %+v, want %d sold", p, len(ids))
 	}
+}
+
+// TestLedgerDegradesWhenAServiceIsAway: with the notification service
+// stopped, the ledger answers at once with what payment and shipping
+// recorded and names notification as unanswered. (It waited 5 s and
+// answered 503 for everything before.)
+func TestLedgerDegradesWhenAServiceIsAway(t *testing.T) {
+	s := testenv.StartT(t, testenv.Options{})
+	s.PutProduct(t, "ledger-a", "Bowl", 1100, 5)
+	id := s.Place(t, testenv.OrderSpec{Items: testenv.Items("ledger-a", 1)})
+	s.WaitTerminal(t, []string{id}, waitFor)
+	if _, err := s.Kill("notification", syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	r := s.Admin(t, http.MethodGet, "/admin/orders/"+id+"/ledger", nil)
+	took := time.Since(start)
+	var l api.Ledger
+	r.Decode(t, &l)
+	if r.Status != http.StatusOK || l.Payment == nil || l.Payment.ChargedCents != 1100 || l.Shipment == nil ||
+		l.Notifications != nil || !slices.Equal(l.Unanswered, []string{"notification"}) {
+		t.Errorf("ledger with notification away: %d %s; want 200 with payment and shipping, notification unanswered", r.Status, r.Body)
+	}
+	t.Logf("ledger answered in %v with notification away", took)
 }

@@ -1219,7 +1219,12 @@ func conformDegraded(t *testing.T, c *conformance) {
 		body: map[string]any{"delta": 1}})
 	running := place(base, 202)
 	c.send(t, p, base, apiCall{op: "GET /orders/{id}/events", path: id(running), want: 503})
-	c.send(t, p, base, apiCall{op: "GET /admin/orders/{id}/ledger", path: id(running), header: auth, want: 503})
+	// No worker: the ledger says so, service by service.
+	var l api.Ledger
+	c.send(t, p, base, apiCall{op: "GET /admin/orders/{id}/ledger", path: id(running), header: auth, want: 200}).Decode(t, &l)
+	if len(l.Unanswered) != 3 || l.Payment != nil {
+		t.Errorf("ledger with no worker: %+v, want every service unanswered", l)
+	}
 
 	// Every orchestrator's estimate of the sagas in flight is refreshed
 	// within a second: after that, new orders wait as pending.
@@ -1287,6 +1292,7 @@ func conformDegraded(t *testing.T, c *conformance) {
 	place(o3, 503)
 	c.send(t, p, o3, apiCall{op: "GET /orders", want: 503})
 	c.send(t, p, o3, apiCall{op: "GET /admin/quarantine", header: auth, want: 503})
+	c.send(t, p, o3, apiCall{op: "GET /admin/orders/{id}/ledger", path: id(running), header: auth, want: 503})
 	c.send(t, p, o3, apiCall{op: "GET /admin/orders/{id}", path: id(running), header: auth, want: 503})
 	c.send(t, p, o3, apiCall{op: "GET /orders/{id}", path: id(running), want: 503})
 	c.send(t, p, o3, apiCall{op: "GET /orders/{id}/events", path: id(running), want: 503})

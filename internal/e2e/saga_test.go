@@ -83,7 +83,7 @@ func TestHappyPathCompletes(t *testing.T) {
 	if p := s.Product(t, sk); p.Available != 3 || p.Reserved != 0 || p.Sold != 2 {
 		t.Errorf("stock = %+v, want available 3, reserved 0, sold 2", p)
 	}
-	wantLedger := api.Ledger{
+	wantLedger := testenv.Books{
 		Payment:       contract.PaymentLedgerReply{ChargedCents: 2500},
 		Shipment:      contract.ShipmentLedgerReply{Prepared: 1},
 		Notifications: contract.NotificationLedgerReply{Email: 1, SMS: 1},
@@ -107,7 +107,7 @@ func TestOutOfStockIsRejected(t *testing.T) {
 	if diff := cmp.Diff([]stepSummary{{order.StepReserveStock, saga.StepFailed, 1}}, steps(t, v)); diff != "" {
 		t.Errorf("steps (-want +got):\n%s", diff)
 	}
-	told := api.Ledger{Notifications: contract.NotificationLedgerReply{Email: 1, SMS: 1}}
+	told := testenv.Books{Notifications: contract.NotificationLedgerReply{Email: 1, SMS: 1}}
 	if diff := cmp.Diff(told, s.WaitLedger(t, id, told, waitFor)); diff != "" {
 		t.Errorf("nothing may be charged or shipped; the customer is told once (-want +got):\n%s", diff)
 	}
@@ -147,7 +147,7 @@ func TestDeclinedPaymentIsCancelledAndStockRestored(t *testing.T) {
 	if p := s.Product(t, sk); p.Available != 4 || p.Reserved != 0 || p.Sold != 0 {
 		t.Errorf("stock = %+v, want restored to available 4", p)
 	}
-	told := api.Ledger{Notifications: contract.NotificationLedgerReply{Email: 1, SMS: 1}}
+	told := testenv.Books{Notifications: contract.NotificationLedgerReply{Email: 1, SMS: 1}}
 	if diff := cmp.Diff(told, s.WaitLedger(t, id, told, waitFor)); diff != "" {
 		t.Errorf("nothing may be charged; the customer is told once (-want +got):\n%s", diff)
 	}
@@ -175,7 +175,7 @@ func TestRefusedShipmentIsRefundedAndStockRestored(t *testing.T) {
 	if diff := cmp.Diff(want, steps(t, v)); diff != "" {
 		t.Errorf("steps (-want +got):\n%s", diff)
 	}
-	wantLedger := api.Ledger{
+	wantLedger := testenv.Books{
 		Payment:       contract.PaymentLedgerReply{ChargedCents: 20000, RefundedCents: 20000},
 		Notifications: contract.NotificationLedgerReply{Email: 1, SMS: 1},
 	}

@@ -232,7 +232,7 @@ func (s *System) WaitTerminal(t testing.TB, ids []string, timeout time.Duration)
 }
 
 // Ledger asks the admin API what the workers recorded for an order.
-func (s *System) Ledger(t testing.TB, id string) api.Ledger {
+func (s *System) Ledger(t testing.TB, id string) Books {
 	t.Helper()
 	r := s.Admin(t, http.MethodGet, "/admin/orders/"+id+"/ledger", nil)
 	if r.Status != http.StatusOK {
@@ -240,13 +240,23 @@ func (s *System) Ledger(t testing.TB, id string) api.Ledger {
 	}
 	var l api.Ledger
 	r.Decode(t, &l)
-	return l
+	if len(l.Unanswered) > 0 || l.Payment == nil || l.Shipment == nil || l.Notifications == nil {
+		t.Fatalf("GET ledger %s: %s did not answer: %s", id, l.Unanswered, r.Body)
+	}
+	return Books{Payment: *l.Payment, Shipment: *l.Shipment, Notifications: *l.Notifications}
+}
+
+// Books are an order's ledger when every service answered.
+type Books struct {
+	Payment       contract.PaymentLedgerReply
+	Shipment      contract.ShipmentLedgerReply
+	Notifications contract.NotificationLedgerReply
 }
 
 // WaitLedger polls an order's ledger until it equals want (the services
 // record asynchronously: notifications follow the outcome) and returns the
 // last one seen, for the caller's diff.
-func (s *System) WaitLedger(t testing.TB, id string, want api.Ledger, timeout time.Duration) api.Ledger {
+func (s *System) WaitLedger(t testing.TB, id string, want Books, timeout time.Duration) Books {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {

@@ -1,11 +1,12 @@
 package api
 
 import (
+	"context"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/sagaflow/sagaflow/internal/contract"
 	"github.com/sagaflow/sagaflow/orchestrator/order"
@@ -13,16 +14,19 @@ import (
 	"github.com/sagaflow/sagaflow/saga/pgstore"
 )
 
-// Ledger is what the workers themselves recorded for an order.
+// Ledger is what the workers themselves recorded for an order. A service
+// that did not answer in time has no section (null) and is named in
+// Unanswered: the ledger says what it knows instead of failing whole.
 type Ledger struct {
-	Payment       contract.PaymentLedgerReply      `json:"payment"`
-	Shipment      contract.ShipmentLedgerReply     `json:"shipment"`
-	Notifications contract.NotificationLedgerReply `json:"notifications"`
+	Payment       *contract.PaymentLedgerReply      `json:"payment"`
+	Shipment      *contract.ShipmentLedgerReply     `json:"shipment"`
+	Notifications *contract.NotificationLedgerReply `json:"notifications"`
+	Unanswered    []string                          `json:"unanswered"`
 }
 
-// ledger asks payment, shipping and notification, over RPC, what they
-// recorded for an order: the services' own books, to reconcile with the
-// saga's view.
+// ledger asks payment, shipping and notification, over RPC and at once,
+// what they recorded for an order: the services' own books, to reconcile
+// with the saga's view. It answers within LedgerTimeout with what came.
 func (s *server) ledger(c *gin.Context) {
 	in, err := s.loadOrder(c)
 	if err != nil {
@@ -30,14 +34,42 @@ func (s *server) ledger(c *gin.Context) {
 		return
 	}
 	ref := contract.OrderRef{OrderID: in.ID.String()}
-	var l Ledger
-	g, ctx := errgroup.WithContext(c)
-	g.Go(func() error { return s.rpc.call(ctx, contract.PaymentLedger, ref, &l.Payment) })
-	g.Go(func() error { return s.rpc.call(ctx, contract.ShippingLedger, ref, &l.Shipment) })
-	g.Go(func() error { return s.rpc.call(ctx, contract.NotificationLedger, ref, &l.Notifications) })
-	if err := g.Wait(); err != nil {
-		abort(c, err)
-		return
+	l := Ledger{Unanswered: []string{}}
+	ask := func(typ string, out any) error {
+		ctx, cancel := context.WithTimeout(c, s.LedgerTimeout)
+		defer cancel()
+		err := s.rpc.call(ctx, typ, ref, out)
+		if err != nil {
+			logOf(c).Warn().Err(err).Str("service", serviceOf(typ)).Msg("ledger: a service did not answer")
+		}
+		return err
+	}
+	var (
+		wg                    sync.WaitGroup
+		pay                   contract.PaymentLedgerReply
+		ship                  contract.ShipmentLedgerReply
+		note                  contract.NotificationLedgerReply
+		payErr, shipErr, nErr error
+	)
+	wg.Add(3)
+	go func() { defer wg.Done(); payErr = ask(contract.PaymentLedger, &pay) }()
+	go func() { defer wg.Done(); shipErr = ask(contract.ShippingLedger, &ship) }()
+	go func() { defer wg.Done(); nErr = ask(contract.NotificationLedger, &note) }()
+	wg.Wait()
+	if payErr == nil {
+		l.Payment = &pay
+	} else {
+		l.Unanswered = append(l.Unanswered, "payment")
+	}
+	if shipErr == nil {
+		l.Shipment = &ship
+	} else {
+		l.Unanswered = append(l.Unanswered, "shipping")
+	}
+	if nErr == nil {
+		l.Notifications = &note
+	} else {
+		l.Unanswered = append(l.Unanswered, "notification")
 	}
 	c.JSON(http.StatusOK, l)
 }

@@ -40,6 +40,9 @@ type Deps struct {
 	RPCTimeout time.Duration
 	// MaxBodyBytes bounds request bodies (default 1 MiB).
 	MaxBodyBytes int64
+	// LedgerTimeout bounds each service's answer to the ledger (default
+	// 1s): one that is away is marked, not waited for.
+	LedgerTimeout time.Duration
 	// ProductRate is how many GET /products/{sku} one client (IP address)
 	// may send per second (default 20), with bursts of ProductBurst
 	// (default 40); more answer 429 with Retry-After.
@@ -64,6 +67,9 @@ func New(d Deps) http.Handler {
 	}
 	if d.MaxBodyBytes <= 0 {
 		d.MaxBodyBytes = 1 << 20
+	}
+	if d.LedgerTimeout <= 0 {
+		d.LedgerTimeout = time.Second
 	}
 	if d.ProductRate <= 0 {
 		d.ProductRate = 20
