@@ -596,7 +596,7 @@ func decodeReply(body []byte) (Input, error) {
 	}
 	return Input{Kind: InputReply, SagaID: id, Reply: &Reply{
 		CorrelationID: env.CorrelationID, Status: env.Status, Code: env.Code,
-		Message: env.Message, Payload: env.Payload,
+		Message: env.Message, Payload: env.Payload, Attempt: env.Attempt,
 	}}, nil
 }
 

@@ -74,6 +74,11 @@ type Reply struct {
 	Message string
 	// Payload is merged into the saga's data when Status is ok.
 	Payload json.RawMessage
+	// Attempt is the attempt of the command answered (0: unknown). A
+	// retry answer to an attempt already counted (an earlier one, or the
+	// current one while the saga waits to re-send) is a duplicate and
+	// changes nothing: a redelivered retry must not spend the budget.
+	Attempt int
 }
 
 // Command is a message the saga sends to a worker.
@@ -478,6 +483,10 @@ func (x *decider) reply(r *Reply) error {
 	name, _, _, ok := x.current()
 	if !ok || x.in.Phase.Terminal() || x.in.Phase == Pending || r.CorrelationID != MessageID(x.in.ID, name) {
 		return nil // a duplicate or a reply to a command the saga moved past
+	}
+	if r.Status == ReplyRetry && r.Attempt > 0 &&
+		(r.Attempt < x.in.Attempt || (r.Attempt == x.in.Attempt && x.in.Waiting)) {
+		return nil // a retry answer already counted
 	}
 	if x.in.Phase == Stuck {
 		// The command that ran out of attempts answered after all.

@@ -126,6 +126,13 @@ func failedIn(step, code, msg string) Input {
 }
 func retryIn(step, code, msg string) Input { return replyIn(mid(step), ReplyRetry, code, msg, "") }
 
+// retryOf is a retry answer to a given attempt.
+func retryOf(step string, attempt int) Input {
+	in := retryIn(step, "db_busy", "")
+	in.Reply.Attempt = attempt
+	return in
+}
+
 // Views.
 
 type recView struct {
@@ -1156,6 +1163,33 @@ func TestDecideTransientFailure(t *testing.T) {
 				History: []recView{recFail(stReserve, act, 3, gaveUp), recRun(stRelease, comp, 1, "")}},
 			Commands: []cmdView{cmdOf(d, stRelease, 1, ts(17*s))},
 			Events:   []evView{{"shop.compensating", evID(2)}},
+		}},
+	})
+}
+
+// TestDecideRetryAnswersCountOncePerAttempt: a retry answer delivered
+// again (the broker redelivers, a worker answers twice) does not spend a
+// second attempt: it changed nothing before it was numbered, it burnt one.
+func TestDecideRetryAnswersCountOncePerAttempt(t *testing.T) {
+	t.Parallel()
+	d := testDefinition(t)
+	in := runningAt(t, d, 0) // attempt 1, deadline t0+10s
+	waiting := instView{Phase: Running, State: "reserving_stock", Step: 0, Attempt: 1, Waiting: true, Deadline: ts(3 * s), Seq: 1,
+		History: []recView{recRun(stReserve, act, 1, "db_busy")}}
+	play(t, d, in, []move{
+		{"retry answer to attempt 1", ts(2 * s), retryOf(stReserve, 1), decView{
+			Changed: true, Transitions: []string{"retry"}, Instance: waiting,
+		}},
+		{"the same answer again, while waiting", ts(2500 * time.Millisecond), retryOf(stReserve, 1), decView{Instance: waiting}},
+		{"backoff over: re-sent", ts(3 * s), timeoutIn(), decView{
+			Changed: true, Transitions: []string{"retry"},
+			Instance: instView{Phase: Running, State: "reserving_stock", Step: 0, Attempt: 2, Deadline: ts(23 * s), Seq: 1,
+				History: []recView{recRun(stReserve, act, 2, "db_busy")}},
+			Commands: []cmdView{cmdOf(d, stReserve, 2, ts(23*s))},
+		}},
+		{"attempt 1's answer once more, late", ts(4 * s), retryOf(stReserve, 1), decView{
+			Instance: instView{Phase: Running, State: "reserving_stock", Step: 0, Attempt: 2, Deadline: ts(23 * s), Seq: 1,
+				History: []recView{recRun(stReserve, act, 2, "db_busy")}},
 		}},
 	})
 }

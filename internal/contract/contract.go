@@ -212,8 +212,8 @@ type ChargeRequest struct {
 
 // Validate checks what payment needs to charge.
 func (r *ChargeRequest) Validate() error {
-	if r.OrderID == "" || r.AmountCents <= 0 || r.PaymentToken == "" {
-		return errors.New("order_id, a positive amount_cents and payment_token are required")
+	if r.OrderID == "" || r.AmountCents < 0 || r.PaymentToken == "" {
+		return errors.New("order_id, an amount_cents of 0 or more and payment_token are required")
 	}
 	return nil
 }

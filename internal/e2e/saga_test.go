@@ -379,3 +379,15 @@ func TestListOrdersNewestFirstWithCursor(t *testing.T) {
 		}
 	}
 }
+
+// TestFreeProductOrderCompletes: a product priced 0 can be ordered (the
+// charge of 0 was refused as invalid, so every such order was cancelled).
+func TestFreeProductOrderCompletes(t *testing.T) {
+	s := system(t)
+	sk := sku(t, "a")
+	s.PutProduct(t, sk, "Sticker", 0, 5)
+	id := s.Place(t, testenv.OrderSpec{Items: testenv.Items(sk, 2)})
+	if v := s.WaitTerminal(t, []string{id}, waitFor)[id]; v.State != order.StateCompleted || v.AmountCents != 0 {
+		t.Errorf("order of a free product: %s (%s), amount %d; want completed, 0", v.State, v.Reason, v.AmountCents)
+	}
+}

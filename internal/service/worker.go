@@ -41,6 +41,9 @@ type WorkerConfig struct {
 	// EventPrefetch is how many events a subscriber takes at once, and its
 	// largest batch per transaction (default 256).
 	EventPrefetch int `env:"EVENT_PREFETCH" envDefault:"256" help:"events per batch, one transaction each (notification, audit)"`
+	// InboxRetention is how long processed commands stay in the inbox
+	// (default 168h).
+	InboxRetention time.Duration `env:"INBOX_RETENTION" envDefault:"168h" help:"how long processed commands stay in the inbox (a re-sent copy finds its reply); older ones are deleted hourly"`
 	// SimLatency is added before each command (default 0s).
 	SimLatency time.Duration `env:"SIM_LATENCY" envDefault:"0s" help:"simulation: latency added before each command"`
 	// SimFailureRate is the probability of a transient failure (default 0).
@@ -63,6 +66,9 @@ func (c *WorkerConfig) Validate() []error {
 	}
 	if c.Batch < 1 {
 		errs = append(errs, fmt.Errorf("WORKER_BATCH: want at least 1, got %d", c.Batch))
+	}
+	if c.InboxRetention < time.Hour {
+		errs = append(errs, fmt.Errorf("INBOX_RETENTION: want at least 1h (longer than a saga retries a step), got %s", c.InboxRetention))
 	}
 	if c.SimLatency < 0 {
 		errs = append(errs, fmt.Errorf("SIM_LATENCY: want a non-negative duration, got %s", c.SimLatency))
@@ -148,7 +154,7 @@ func runWorker(spec WorkerSpec, cfg *WorkerConfig, log zerolog.Logger) error {
 
 	rt := worker.New(worker.Config{
 		Queue: spec.Queue, RequestQueue: spec.RequestQueue, Prefetch: cfg.Prefetch, Batch: cfg.Batch, IDName: "order_id",
-		EventPrefetch: cfg.EventPrefetch,
+		EventPrefetch: cfg.EventPrefetch, InboxRetention: cfg.InboxRetention,
 		Simulate: worker.Simulation{
 			Latency: cfg.SimLatency, FailureRate: cfg.SimFailureRate, DropReplyRate: cfg.SimDropReplyRate,
 			DropFirstReply: cfg.SimDropFirstReply,

@@ -203,6 +203,11 @@ type Config struct {
 	// IDName is the domain's name for a saga id ("order_id"); log lines
 	// about a command carry the saga id under this name too.
 	IDName string
+	// InboxRetention is how long processed commands stay in the inbox
+	// (default 7 days): a copy of a command redelivered or re-sent within
+	// it finds its reply; older entries are deleted, in batches, every
+	// hour at most. Keep it well above the longest a saga retries a step.
+	InboxRetention time.Duration
 	// Service names the worker in the replies it sends when it cannot
 	// finish a command now: code "<Service>_unavailable", message "the
 	// <Service> service failed temporarily" (default: Queue up to its
@@ -273,6 +278,9 @@ func New(cfg Config, pool *pgxpool.Pool, bus *amqpbus.Bus, log zerolog.Logger) *
 	if cfg.RequestPrefetch <= 0 {
 		cfg.RequestPrefetch = 16
 	}
+	if cfg.InboxRetention <= 0 {
+		cfg.InboxRetention = 7 * 24 * time.Hour
+	}
 	if cfg.Service == "" {
 		cfg.Service, _, _ = strings.Cut(cmp.Or(cfg.Queue, cfg.RequestQueue), ".")
 	}
@@ -333,7 +341,47 @@ func (r *Runtime) Run(ctx context.Context) error {
 	for _, sub := range r.subs {
 		g.Go(func() error { return r.consumeEvents(ctx, sub) })
 	}
+	g.Go(func() error { r.pruneLoop(ctx); return nil })
 	return g.Wait()
+}
+
+// pruneLoop deletes inbox entries older than InboxRetention, a minute
+// after start and then every tenth of the retention (an hour at most).
+func (r *Runtime) pruneLoop(ctx context.Context) {
+	every := min(r.cfg.InboxRetention/10, time.Hour)
+	wait := min(time.Minute, every)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = every
+		n, err := r.Prune(ctx, time.Now().Add(-r.cfg.InboxRetention))
+		switch {
+		case err != nil && ctx.Err() == nil:
+			r.log.Warn().Err(err).Msg("inbox prune failed; next time")
+		case n > 0:
+			r.log.Info().Int64("deleted", n).Dur("retention", r.cfg.InboxRetention).Msg("inbox pruned")
+		}
+	}
+}
+
+// Prune deletes the inbox entries processed before cutoff, 5000 at a time
+// (short transactions, no long lock), and returns how many it deleted.
+func (r *Runtime) Prune(ctx context.Context, cutoff time.Time) (int64, error) {
+	var total int64
+	for {
+		tag, err := r.pool.Exec(ctx, `DELETE FROM inbox WHERE message_id IN
+			(SELECT message_id FROM inbox WHERE processed_at < $1 LIMIT 5000)`, cutoff)
+		if err != nil {
+			return total, fmt.Errorf("worker: prune inbox: %w", err)
+		}
+		total += tag.RowsAffected()
+		if tag.RowsAffected() < 5000 {
+			return total, nil
+		}
+	}
 }
 
 // from is deliverBatch for the deliveries of one queue.
@@ -484,7 +532,7 @@ func (r *Runtime) replyMessage(ctx context.Context, d *amqp.Delivery, env saga.E
 		Body: saga.Envelope{
 			ID: env.ID + ":reply", CorrelationID: d.CorrelationId, SagaID: env.SagaID,
 			Type: env.Type + ".reply", At: time.Now().UTC(), Status: res.Status, Code: res.Code,
-			Message: res.Message, Payload: res.Payload,
+			Message: res.Message, Payload: res.Payload, Attempt: env.Attempt,
 		}.Encode(),
 	}
 	// The reply continues the trace: its parent is this worker's span.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -551,5 +552,35 @@ func TestBatchesRacingOnTheSameCommandsHaveOneEffectEach(t *testing.T) {
 	}
 	if n, m := count(t, pool, "effects"), count(t, pool, "inbox"); n != 4 || m != 4 {
 		t.Errorf("effects %d, inbox %d; want 4 and 4 (one per command)", n, m)
+	}
+}
+
+// TestPruneDeletesOnlyOldInboxEntries: entries processed before the
+// cutoff go, in batches; newer ones (whose commands may still be re-sent)
+// stay. The inbox grew without bound before.
+func TestPruneDeletesOnlyOldInboxEntries(t *testing.T) {
+	t.Parallel()
+	rt, pool := newRuntime(t, Config{Queue: "q"})
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, `INSERT INTO inbox (message_id, type, processed_at)
+		SELECT 'old-' || g, 't', now() - interval '8 days' FROM generate_series(1, 12000) g`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO inbox (message_id, type) VALUES ('new-1', 't'), ('new-2', 't')`); err != nil {
+		t.Fatal(err)
+	}
+	n, err := rt.Prune(ctx, time.Now().Add(-rt.cfg.InboxRetention))
+	if err != nil || n != 12000 {
+		t.Fatalf("Prune = %d, %v; want the 12000 old entries", n, err)
+	}
+	var left []string
+	rows, _ := pool.Query(ctx, `SELECT message_id FROM inbox ORDER BY 1`)
+	for rows.Next() {
+		var id string
+		_ = rows.Scan(&id)
+		left = append(left, id)
+	}
+	if fmt.Sprint(left) != "[new-1 new-2]" {
+		t.Errorf("left in the inbox: %v, want the two new entries", left)
 	}
 }

@@ -121,6 +121,13 @@ func charge(pays map[string]*payment, req contract.ChargeRequest) (worker.Result
 			return worker.Fail(contract.CodeAlreadyRefunded, "order %s was refunded before its charge arrived", req.OrderID)
 		}
 	}
+	if req.AmountCents == 0 {
+		// Nothing to charge (a product priced 0): recorded as charged, the
+		// gateway is not asked, so it cannot decline.
+		p := &payment{customer: req.CustomerID, status: charged, ref: "free_" + uuid.NewString(), isNew: true}
+		pays[req.OrderID] = p
+		return worker.OK(contract.ChargeReply{PaymentID: p.ref})
+	}
 	if req.PaymentToken == contract.DeclineToken {
 		pays[req.OrderID] = &payment{customer: req.CustomerID, status: declined, code: contract.CodeCardDeclined, isNew: true}
 		return worker.Fail(contract.CodeCardDeclined, "the card was declined")

@@ -220,7 +220,6 @@ func TestInvalidPayloadsAreRejected(t *testing.T) {
 		call    func(context.Context, worker.Command) (worker.Result, error)
 		payload string
 	}{
-		{"charge amount 0", contract.PaymentCharge, inTxCall(handle), `{"order_id":"o1","customer_id":"c1","amount_cents":0,"payment_token":"tok_visa"}`},
 		{"charge negative amount", contract.PaymentCharge, inTxCall(handle), `{"order_id":"o1","amount_cents":-5,"payment_token":"tok_visa"}`},
 		{"charge missing token", contract.PaymentCharge, inTxCall(handle), `{"order_id":"o1","customer_id":"c1","amount_cents":100}`},
 		{"charge missing order_id", contract.PaymentCharge, inTxCall(handle), `{"amount_cents":100,"payment_token":"tok_visa"}`},
@@ -265,11 +264,13 @@ func TestBatchOfChargesAndRefunds(t *testing.T) {
 		charge("o3", 300, contract.DeclineToken),
 		refund("o4"), // before its charge
 		charge("o4", 400, "tok_visa"),
-		command(t, contract.PaymentCharge, `{"order_id":"o5","amount_cents":0,"payment_token":"tok_visa"}`),
+		// A product priced 0: nothing to charge, and so nothing to decline.
+		command(t, contract.PaymentCharge, `{"order_id":"o5","amount_cents":0,"payment_token":"tok_decline"}`),
+		command(t, contract.PaymentCharge, `{"order_id":"o6","amount_cents":-1,"payment_token":"tok_visa"}`),
 	)
 	got := workertest.Verdicts(vs)
 	want := []verdict{okVerdict, okVerdict, okVerdict, failed(contract.CodeCardDeclined), okVerdict,
-		failed(contract.CodeAlreadyRefunded), workertest.Invalid}
+		failed(contract.CodeAlreadyRefunded), okVerdict, workertest.Invalid}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("verdicts (-want +got):\n%s", diff)
 	}
@@ -281,5 +282,6 @@ func TestBatchOfChargesAndRefunds(t *testing.T) {
 		"o2": {Status: "charged", Charged: 200},
 		"o3": {Status: "declined", DeclineCode: contract.CodeCardDeclined},
 		"o4": {Status: "refunded"},
+		"o5": {Status: "charged"},
 	})
 }
