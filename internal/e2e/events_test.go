@@ -460,3 +460,49 @@ func TestQuorumQueues(t *testing.T) {
 		}
 	}
 }
+
+// TestNormalOrdersAreNotStarvedByHighOnes: with few orders admitted at
+// once and a crowd of high-priority orders waiting behind a few normal
+// ones, admission still gives the oldest their share (ADMISSION_OLDEST_SHARE),
+// so the normal orders finish early instead of after every high one, as
+// strict priority made them.
+func TestNormalOrdersAreNotStarvedByHighOnes(t *testing.T) {
+	s := testenv.StartT(t, testenv.Options{
+		Env:        map[string]string{"MAX_ACTIVE_SAGAS": "4", "LOG_LEVEL": "warn"},
+		ServiceEnv: map[string]map[string]string{"payment": {"SIM_LATENCY": "20ms"}},
+	})
+	s.PutProduct(t, "fair-a", "Rope", 300, 10_000)
+	// The first orders fill admission, so the rest wait as pending.
+	placeMany(t, s, 8, func(int) testenv.OrderSpec { return testenv.OrderSpec{Items: testenv.Items("fair-a", 1), Priority: "high"} })
+	normal := placeMany(t, s, 10, func(int) testenv.OrderSpec { return testenv.OrderSpec{Items: testenv.Items("fair-a", 1)} })
+	high := placeMany(t, s, 120, func(int) testenv.OrderSpec {
+		return testenv.OrderSpec{Items: testenv.Items("fair-a", 1), Priority: "high"}
+	})
+	s.WaitTerminal(t, append(append([]string(nil), normal...), high...), 3*waitFor)
+
+	rows, err := s.Pool(t, "orchestrator").Query(context.Background(),
+		`SELECT id::text FROM sagas WHERE id = ANY($1::uuid[]) ORDER BY updated_at, id`, append(normal, high...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rank := map[string]int{}
+	for i := 0; rows.Next(); i++ {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		rank[id] = i
+	}
+	rows.Close()
+	last := 0
+	for _, id := range normal {
+		last = max(last, rank[id])
+	}
+	t.Logf("the last of the %d normal orders finished %d-th of %d (strict priority: after every high one)", len(normal), last+1, len(rank))
+	if last >= len(rank)-len(normal) {
+		t.Errorf("the normal orders finished after every high one (last at %d of %d): starved", last+1, len(rank))
+	}
+	if last > len(rank)*3/4 {
+		t.Errorf("the last normal order finished %d-th of %d: want within the first three quarters", last+1, len(rank))
+	}
+}
