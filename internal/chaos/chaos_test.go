@@ -26,10 +26,13 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
+	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/sagaflow/sagaflow/internal/contract"
 	"github.com/sagaflow/sagaflow/internal/testenv"
 	"github.com/sagaflow/sagaflow/orchestrator/order"
+	"github.com/sagaflow/sagaflow/saga"
+	"github.com/sagaflow/sagaflow/saga/amqpbus"
 )
 
 func envInt(name string, def int) int {
@@ -102,7 +105,8 @@ type figures struct {
 	charged, refunded, expectedNet                        int64
 	shipmentsCompleted, activeShipmentsOther              int
 	kills                                                 map[string]int
-	brokerRestarts                                        int
+	brokerRestarts, dbRestarts                            int
+	poisonSent, duplicatesSent                            int
 	stock                                                 map[string][4]int64 // initial, available, reserved, sold
 }
 
@@ -177,15 +181,28 @@ func TestChaos(t *testing.T) {
 		}()
 	}
 
-	// The chaos monkey: kill -9 a process, restart it; restart the broker
+	// The chaos monkey: kill -9 a process, restart it; crash PostgreSQL
+	// (an immediate stop) once, a third of the way; restart the broker
 	// once, half way.
 	f := figures{kills: map[string]int{}, stock: map[string][4]int64{}}
 	monkeyDone := make(chan error, 1)
-	victims := []string{"orchestrator", "inventory", "payment", "shipping", "orchestrator-2"}
+	victims := []string{"orchestrator", "inventory", "payment", "shipping", "orchestrator-2", "notification", "audit"}
 	rounds := envInt("CHAOS_KILLS", 2) * len(victims)
 	go func() {
 		for i := 0; i < rounds; i++ {
 			time.Sleep(time.Duration(200+rand.IntN(600)) * time.Millisecond)
+			if i == rounds/3 {
+				t.Logf("chaos: PostgreSQL stopped in immediate mode and started (%d orders placed)", placed.Load())
+				err := priv.Postgres.Stop("immediate")
+				if err == nil {
+					err = priv.Postgres.Start()
+				}
+				if err != nil {
+					monkeyDone <- err
+					return
+				}
+				f.dbRestarts++
+			}
 			if i == rounds/2 {
 				t.Logf("chaos: restarting RabbitMQ (%d orders placed)", placed.Load())
 				err := priv.RabbitMQ.Stop()
@@ -212,6 +229,15 @@ func TestChaos(t *testing.T) {
 		}
 		monkeyDone <- nil
 	}()
+	// Meanwhile, poison and duplicates on the bus: an event nobody can
+	// read, and copies of events already delivered (taken from the audit
+	// log), which every consumer must take once.
+	injectDone := make(chan struct{})
+	stopInject := make(chan struct{})
+	go func() {
+		defer close(injectDone)
+		inject(t, s, &f, stopInject)
+	}()
 	// Pace the orders over the chaos, about a second a round, so that
 	// processes die with sagas in every state.
 	pace := time.Duration(float64(rounds) * float64(time.Second) / float64(orders))
@@ -226,6 +252,8 @@ func TestChaos(t *testing.T) {
 	if err := <-monkeyDone; err != nil {
 		t.Fatalf("chaos monkey: %v", err)
 	}
+	close(stopInject)
+	<-injectDone
 	acceptedIn := time.Since(start)
 	if n := failures.Load(); n > 0 {
 		t.Fatalf("%d orders could not be placed, first: %v", n, firstErr.Load())
@@ -238,8 +266,10 @@ func TestChaos(t *testing.T) {
 	f.accepted = len(ids)
 	waitAllTerminal(t, db, ids, 5*time.Minute)
 	reconcile(t, db, ids, initial, &f)
+	reconcileEvents(t, db, ids, 2*time.Minute)
 	t.Logf("chaos: %d orders accepted in %s, all terminal after %s", f.accepted, acceptedIn.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
-	t.Logf("chaos: kills %v, RabbitMQ restarts %d", f.kills, f.brokerRestarts)
+	t.Logf("chaos: kills %v, RabbitMQ restarts %d, PostgreSQL crashes %d, poison events %d, duplicate events %d",
+		f.kills, f.brokerRestarts, f.dbRestarts, f.poisonSent, f.duplicatesSent)
 	t.Logf("chaos: outcomes completed %d, cancelled %d, rejected %d, not terminal %d", f.completed, f.cancelled, f.rejected, f.notTerminal)
 	t.Logf("chaos: charged %d, refunded %d, net %d cents = completed orders' amounts %d", f.charged, f.refunded, f.charged-f.refunded, f.expectedNet)
 	t.Logf("chaos: shipments of completed orders %d (want %d), live shipments of other orders %d (want 0)", f.shipmentsCompleted, f.completed, f.activeShipmentsOther)
@@ -426,4 +456,94 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	testenv.RemoveBinaries()
 	os.Exit(code)
+}
+
+// inject publishes, every ~300 ms until stop, a poison event and copies of
+// a few events the audit log already holds.
+func inject(t *testing.T, s *testenv.System, f *figures, stop <-chan struct{}) {
+	conn, err := amqp.Dial(s.AMQPURL)
+	if err != nil {
+		t.Errorf("inject: %v", err)
+		return
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Errorf("inject: %v", err)
+		return
+	}
+	db := s.Pool(t, "audit")
+	for {
+		select {
+		case <-stop:
+			return
+		case <-time.After(300 * time.Millisecond):
+		}
+		pub := func(key, id string, body []byte) {
+			_ = ch.PublishWithContext(context.Background(), amqpbus.EventExchange, key, false, false,
+				amqp.Publishing{MessageId: id, DeliveryMode: amqp.Persistent, Body: body})
+		}
+		pub(contract.EventOrderCompleted, uuid.NewString(), []byte("poison: not an event"))
+		f.poisonSent++
+		rows, err := db.Query(context.Background(), `SELECT id, saga_id, type, at, payload FROM events ORDER BY random() LIMIT 3`)
+		if err != nil {
+			continue // PostgreSQL may be down right now
+		}
+		for rows.Next() {
+			var (
+				id, sagaID uuid.UUID
+				typ        string
+				at         time.Time
+				payload    []byte
+			)
+			if rows.Scan(&id, &sagaID, &typ, &at, &payload) != nil {
+				continue
+			}
+			env := saga.Envelope{ID: id.String(), CorrelationID: sagaID.String(), SagaID: sagaID.String(), Type: typ, At: at, Payload: payload}
+			pub(typ, id.String(), env.Encode())
+			f.duplicatesSent++
+		}
+		rows.Close()
+	}
+}
+
+// reconcileEvents checks what customers and auditors were told: for every
+// terminal order exactly one email and one SMS, and an audit trail that
+// ends in the order's terminal event. Consumers are asynchronous: it waits
+// up to timeout for them to catch up.
+func reconcileEvents(t *testing.T, db *pgxpool.Pool, ids []string, timeout time.Duration) {
+	t.Helper()
+	ctx := context.Background()
+	var bad []string
+	for deadline := time.Now().Add(timeout); ; time.Sleep(500 * time.Millisecond) {
+		bad = bad[:0]
+		rows, err := db.Query(ctx, `
+			SELECT s.id::text, s.state,
+				(SELECT count(*) FROM notification.notifications n WHERE n.order_id = s.id::text AND n.channel = 'email'),
+				(SELECT count(*) FROM notification.notifications n WHERE n.order_id = s.id::text AND n.channel = 'sms'),
+				coalesce((SELECT e.type FROM audit.events e WHERE e.saga_id = s.id ORDER BY e.seq DESC LIMIT 1), '')
+			FROM orchestrator.sagas s WHERE s.id = ANY($1::uuid[])`, ids)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var id, state, last string
+			var email, sms int
+			if err := rows.Scan(&id, &state, &email, &sms, &last); err != nil {
+				t.Fatal(err)
+			}
+			if email != 1 || sms != 1 || last != "order."+state {
+				bad = append(bad, fmt.Sprintf("%s %s: %d email, %d SMS, audit trail ends in %q", id, state, email, sms, last))
+			}
+		}
+		rows.Close()
+		if len(bad) == 0 {
+			t.Logf("chaos: every one of %d orders has exactly one email, one SMS, and an audit trail ending in its outcome", len(ids))
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("%d orders were not told their outcome exactly once, e.g.:\n%s", len(bad), strings.Join(bad[:min(len(bad), 10)], "\n"))
+			return
+		}
+	}
 }
