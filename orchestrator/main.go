@@ -91,11 +91,12 @@ func run(cfg *Config, log zerolog.Logger) error {
 	}
 	reg := service.NewRegistry()
 	metrics.RegisterOrchestrator(reg, store)
-	reg.MustRegister(metrics.QueueCollector{Broker: bus, Queues: []string{amqpbus.DeadLetterQueue, amqpbus.ReplyQueue,
+	queues := metrics.NewQueueCollector(bus, amqpbus.DeadLetterQueue, amqpbus.ReplyQueue,
 		contract.InventoryQueue, contract.PaymentQueue, contract.ShippingQueue,
 		contract.InventoryRequests, contract.PaymentRequests, contract.ShippingRequests,
 		contract.NotificationRequests, contract.AuditRequests,
-		contract.EmailQueue, contract.SMSQueue, contract.AuditEventsQueue}})
+		contract.EmailQueue, contract.SMSQueue, contract.AuditEventsQueue)
+	reg.MustRegister(queues)
 	coord, err := saga.NewCoordinator(saga.Config{
 		BatchSize: cfg.BatchSize, Workers: cfg.BatchWorkers, TimerInterval: cfg.TimerInterval,
 		MaxActive: cfg.MaxActiveSagas, OldestShare: cfg.OldestShareOrStrict(), Observer: metrics.SagaObserver{}, Clock: clock,
@@ -111,6 +112,7 @@ func run(cfg *Config, log zerolog.Logger) error {
 	coordDone := make(chan struct{})
 	go func() { defer close(coordDone); _ = coord.Run(coordCtx) }()
 	go clock.Run(coordCtx, time.Minute, func(err error) { log.Warn().Err(err).Msg("clock sync failed") })
+	go queues.Run(coordCtx, 5*time.Second)
 
 	consumerDone := make(chan error, 1)
 	go func() {

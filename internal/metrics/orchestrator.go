@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -152,36 +153,64 @@ type QueueInspector interface {
 	Inspect(ctx context.Context, queue string) (messages, consumers int, err error)
 }
 
-// QueueCollector reads, at scrape time, the depth and consumer count of
-// the queues an operator watches: saga.dead growing, a command queue with
-// no consumer.
+// QueueCollector reports the depth and consumer count of the queues an
+// operator watches (saga.dead growing, a command queue with no consumer),
+// as read by its Run loop every few seconds: a scrape never waits on the
+// broker, which may be slow to answer when it is busiest.
 type QueueCollector struct {
-	Broker QueueInspector
-	Queues []string
+	broker QueueInspector
+	queues []string
+
+	mu    sync.Mutex
+	state map[string][2]int
+}
+
+// NewQueueCollector returns a collector of queues; Run keeps it current.
+func NewQueueCollector(broker QueueInspector, queues ...string) *QueueCollector {
+	return &QueueCollector{broker: broker, queues: queues, state: map[string][2]int{}}
+}
+
+// Run reads the queues every interval until ctx is done; a queue that
+// cannot be read drops out of the metrics until it can.
+func (c *QueueCollector) Run(ctx context.Context, every time.Duration) {
+	for {
+		for _, q := range c.queues {
+			qctx, cancel := context.WithTimeout(ctx, every)
+			n, consumers, err := c.broker.Inspect(qctx, q)
+			cancel()
+			c.mu.Lock()
+			if err != nil {
+				delete(c.state, q)
+			} else {
+				c.state[q] = [2]int{n, consumers}
+			}
+			c.mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(every):
+		}
+	}
 }
 
 var (
-	queueMessagesDesc  = prometheus.NewDesc("sagaflow_queue_messages", "Messages ready in a queue (saga.dead: dead letters kept).", []string{"queue"}, nil)
-	queueConsumersDesc = prometheus.NewDesc("sagaflow_queue_consumers", "Consumers of a queue.", []string{"queue"}, nil)
+	queueMessagesDesc  = prometheus.NewDesc("sagaflow_queue_messages", "Messages ready in a queue (saga.dead: dead letters kept), read every few seconds.", []string{"queue"}, nil)
+	queueConsumersDesc = prometheus.NewDesc("sagaflow_queue_consumers", "Consumers of a queue, read every few seconds.", []string{"queue"}, nil)
 )
 
 // Describe implements prometheus.Collector.
-func (c QueueCollector) Describe(ch chan<- *prometheus.Desc) {
+func (c *QueueCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- queueMessagesDesc
 	ch <- queueConsumersDesc
 }
 
-// Collect implements prometheus.Collector; a broker that does not answer
-// within a second leaves the gauges out of this scrape.
-func (c QueueCollector) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	for _, q := range c.Queues {
-		n, consumers, err := c.Broker.Inspect(ctx, q)
-		if err != nil {
-			continue
-		}
-		ch <- prometheus.MustNewConstMetric(queueMessagesDesc, prometheus.GaugeValue, float64(n), q)
-		ch <- prometheus.MustNewConstMetric(queueConsumersDesc, prometheus.GaugeValue, float64(consumers), q)
+// Collect implements prometheus.Collector.
+func (c *QueueCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for q, st := range c.state {
+		ch <- prometheus.MustNewConstMetric(queueMessagesDesc, prometheus.GaugeValue, float64(st[0]), q)
+		ch <- prometheus.MustNewConstMetric(queueConsumersDesc, prometheus.GaugeValue, float64(st[1]), q)
 	}
 }

@@ -94,6 +94,9 @@ type Bus struct {
 	pubNext int
 	gen     uint64 // connection generation, bumped on every reconnect
 	rpc     *rpcClient
+
+	inspectMu sync.Mutex
+	inspectCh *amqp.Channel // Inspect's channel, kept between calls
 }
 
 // Dial connects to the broker. The first connection must succeed within

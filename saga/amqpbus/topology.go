@@ -280,16 +280,36 @@ func declareTopology(ch *amqp.Channel, t Topology) error {
 }
 
 // Inspect reads a queue's ready messages and consumers (a passive
-// declare); a queue that does not exist is an error.
+// declare), on a channel of its own kept between calls; a queue that does
+// not exist is an error. It gives up when ctx is done, though the
+// broker's answer may still come later (the channel is then dropped).
 func (b *Bus) Inspect(ctx context.Context, queue string) (messages, consumers int, err error) {
-	ch, err := b.Channel(ctx)
-	if err != nil {
-		return 0, 0, err
+	b.inspectMu.Lock()
+	defer b.inspectMu.Unlock()
+	if b.inspectCh == nil || b.inspectCh.IsClosed() {
+		if b.inspectCh, err = b.Channel(ctx); err != nil {
+			return 0, 0, err
+		}
 	}
-	defer ch.Close()
-	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
-	if err != nil {
-		return 0, 0, fmt.Errorf("amqpbus: inspect %s: %w", queue, err)
+	ch := b.inspectCh
+	type answer struct {
+		q   amqp.Queue
+		err error
 	}
-	return q.Messages, q.Consumers, nil
+	done := make(chan answer, 1)
+	go func() {
+		q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+		done <- answer{q, err}
+	}()
+	select {
+	case a := <-done:
+		if a.err != nil {
+			return 0, 0, fmt.Errorf("amqpbus: inspect %s: %w", queue, a.err)
+		}
+		return a.q.Messages, a.q.Consumers, nil
+	case <-ctx.Done():
+		b.inspectCh = nil
+		go func() { <-done; ch.Close() }()
+		return 0, 0, fmt.Errorf("amqpbus: inspect %s: %w", queue, ctx.Err())
+	}
 }

@@ -39,6 +39,7 @@ type Options struct {
 	JSON        string
 	Procs       []string
 	Quiet       bool
+	Flood       int
 }
 
 func main() {
@@ -59,6 +60,7 @@ func main() {
 	flag.StringVar(&o.JSON, "json", "", "also write the report as JSON to this file")
 	flag.StringVar(&procs, "procs", "orchestrator,inventory,payment,shipping,notification,audit,postgres,beam.smp", "processes whose peak RSS and CPU to report (matched by name)")
 	flag.BoolVar(&o.Quiet, "quiet", false, "no progress line")
+	flag.IntVar(&o.Flood, "flood", 0, "clients asking GET /products/{sku} as fast as answered while orders are placed (0: none)")
 	flag.Parse()
 
 	if mix == "" {

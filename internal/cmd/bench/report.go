@@ -35,6 +35,8 @@ type Report struct {
 	Incorrect          int            `json:"incorrect"`
 	Examples           []string       `json:"examples,omitempty"`
 	Processes          []ProcessUsage `json:"processes"`
+	// Flood counts the answers to the -flood clients, by status.
+	Flood map[string]int `json:"flood,omitempty"`
 }
 
 func (r *Report) addExample(s string) {
@@ -76,6 +78,9 @@ func (r *Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "outcomes     %v; not terminal %d, incorrect %d\n", r.Outcomes, r.NotTerminal, r.Incorrect)
 	for _, e := range r.Examples {
 		fmt.Fprintf(w, "  %s\n", e)
+	}
+	if len(r.Flood) > 0 {
+		fmt.Fprintf(w, "flood        GET /products/{sku} answers by status: %v\n", r.Flood)
 	}
 	fmt.Fprintf(w, "%-14s %5s %12s %10s %8s\n", "process", "procs", "peak RSS MB", "CPU s", "CPU %")
 	for _, p := range r.Processes {

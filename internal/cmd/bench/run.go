@@ -166,6 +166,11 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		}()
 	}
 
+	// A flood of the public product route, from clients of its own, while
+	// the orders are placed: what it costs the sagas shows in their latency.
+	floodCtx, stopFlood := context.WithCancel(ctx)
+	flood := startFlood(floodCtx, o.Flood, c, run+"-0")
+
 	start := time.Now()
 	progress := make(chan struct{})
 	go func() {
@@ -214,6 +219,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	close(jobs)
 	wg.Wait()
+	stopFlood()
 	acceptDone := time.Since(start)
 	<-progress
 	drainDone := time.Since(start)
@@ -227,7 +233,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		ErrorSamples: firstErrs, AcceptSeconds: acceptDone.Seconds(), DrainSeconds: drainDone.Seconds(),
 		Concurrency: o.Concurrency, Rate: o.Rate, Mix: o.Mix.String(), StartedAt: start.UTC(),
 		ScheduleSlipMS: float64(behind.Microseconds()) / 1000, Outcomes: map[string]int{},
-		Processes: sampler.report(),
+		Processes: sampler.report(), Flood: flood(),
 	}
 	rep.AcceptRate = float64(rep.Accepted) / acceptDone.Seconds()
 	var lat []time.Duration
@@ -457,4 +463,45 @@ func percentiles(d []time.Duration) Percentiles {
 		return float64(d[i].Microseconds()) / 1000
 	}
 	return Percentiles{P50: at(0.50), P90: at(0.90), P99: at(0.99), Max: at(1)}
+}
+
+// startFlood runs n clients that ask GET /products/{sku} as fast as they
+// are answered until ctx is done, and returns a function that waits for
+// them and counts their answers by status ("200", "429", "error", ...).
+func startFlood(ctx context.Context, n int, c *client, sku string) func() map[string]int {
+	if n <= 0 {
+		return func() map[string]int { return nil }
+	}
+	fc := &client{hc: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		MaxIdleConns: n, MaxIdleConnsPerHost: n, IdleConnTimeout: time.Minute,
+	}}, api: c.api}
+	var mu sync.Mutex
+	counts := map[string]int{}
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			local := map[string]int{}
+			for ctx.Err() == nil {
+				status, _, err := fc.do(ctx, http.MethodGet, "/products/"+sku, nil, nil)
+				switch {
+				case ctx.Err() != nil:
+				case err != nil:
+					local["error"]++
+				default:
+					local[strconv.Itoa(status)]++
+				}
+			}
+			mu.Lock()
+			for k, v := range local {
+				counts[k] += v
+			}
+			mu.Unlock()
+		}()
+	}
+	return func() map[string]int {
+		wg.Wait()
+		return counts
+	}
 }
