@@ -473,7 +473,9 @@ func TestNormalOrdersAreNotStarvedByHighOnes(t *testing.T) {
 	})
 	s.PutProduct(t, "fair-a", "Rope", 300, 10_000)
 	// The first orders fill admission, so the rest wait as pending.
-	placeMany(t, s, 8, func(int) testenv.OrderSpec { return testenv.OrderSpec{Items: testenv.Items("fair-a", 1), Priority: "high"} })
+	placeMany(t, s, 8, func(int) testenv.OrderSpec {
+		return testenv.OrderSpec{Items: testenv.Items("fair-a", 1), Priority: "high"}
+	})
 	normal := placeMany(t, s, 10, func(int) testenv.OrderSpec { return testenv.OrderSpec{Items: testenv.Items("fair-a", 1)} })
 	high := placeMany(t, s, 120, func(int) testenv.OrderSpec {
 		return testenv.OrderSpec{Items: testenv.Items("fair-a", 1), Priority: "high"}

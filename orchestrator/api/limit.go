@@ -5,10 +5,12 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/google/uuid"
 	"golang.org/x/sync/singleflight"
 	"golang.org/x/time/rate"
 
@@ -63,13 +65,19 @@ func (l *clientLimiter) allow(client string, now time.Time) (bool, time.Duration
 	return true, 0
 }
 
-// rateLimited answers 429 with Retry-After (whole seconds, at least 1) to
-// a client over its rate.
-func (l *clientLimiter) middleware(c *gin.Context) {
-	ok, wait := l.allow(c.ClientIP(), time.Now())
+// limitProducts answers 429 with Retry-After (whole seconds, at least 1)
+// to a client over its rate of GET /products/{sku}.
+func (s *server) limitProducts(c *gin.Context) {
+	if c.Request.Method != http.MethodGet || !strings.HasPrefix(c.Request.URL.Path, "/products/") {
+		c.Next()
+		return
+	}
+	ok, wait := s.limiter.allow(c.ClientIP(), time.Now())
 	if !ok {
 		c.Header("Retry-After", strconv.Itoa(int(math.Ceil(max(wait, time.Second).Seconds()))))
-		abort(c, errorf(http.StatusTooManyRequests, CodeRateLimited, "too many requests from this client; retry after %s", wait.Round(time.Millisecond)))
+		c.Header("X-Request-ID", uuid.NewString())
+		c.AbortWithStatusJSON(http.StatusTooManyRequests, gin.H{"error": gin.H{"code": CodeRateLimited,
+			"message": "too many requests from this client; retry after " + wait.Round(time.Millisecond).String()}})
 		return
 	}
 	c.Next()
