@@ -57,6 +57,7 @@ type server struct {
 	Deps
 	rpc      rpc
 	limiter  *clientLimiter
+	tarpit   chan struct{}
 	products *productCache
 }
 
@@ -81,7 +82,8 @@ func New(d Deps) http.Handler {
 		d.ProductCacheTTL = time.Second
 	}
 	s := &server{Deps: d, rpc: rpc{bus: d.Bus, timeout: d.RPCTimeout},
-		limiter: newClientLimiter(d.ProductRate, d.ProductBurst), products: newProductCache(d.ProductCacheTTL)}
+		limiter: newClientLimiter(d.ProductRate, d.ProductBurst), tarpit: make(chan struct{}, maxTarpitted),
+		products: newProductCache(d.ProductCacheTTL)}
 	gin.SetMode(gin.ReleaseMode)
 	r := gin.New()
 	// A client is its connection's address: X-Forwarded-For is anyone's to

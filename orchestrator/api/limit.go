@@ -74,7 +74,21 @@ func (s *server) limitProducts(c *gin.Context) {
 	}
 	ok, wait := s.limiter.allow(c.ClientIP(), time.Now())
 	if !ok {
-		c.Header("Retry-After", strconv.Itoa(int(math.Ceil(max(wait, time.Second).Seconds()))))
+		after := int(math.Ceil(max(wait, time.Second).Seconds()))
+		// Tarpit: the refusal itself waits a second (for at most
+		// maxTarpitted requests at once), so a client that does not wait
+		// by itself is slowed to a request per connection per second
+		// instead of costing the server a refusal per microsecond.
+		select {
+		case s.tarpit <- struct{}{}:
+			select {
+			case <-time.After(time.Second):
+			case <-c.Request.Context().Done():
+			}
+			<-s.tarpit
+		default:
+		}
+		c.Header("Retry-After", strconv.Itoa(after))
 		c.Header("X-Request-ID", uuid.NewString())
 		c.AbortWithStatusJSON(http.StatusTooManyRequests, gin.H{"error": gin.H{"code": CodeRateLimited,
 			"message": "too many requests from this client; retry after " + wait.Round(time.Millisecond).String()}})
@@ -82,6 +96,9 @@ func (s *server) limitProducts(c *gin.Context) {
 	}
 	c.Next()
 }
+
+// maxTarpitted bounds the refused requests held before their answer.
+const maxTarpitted = 4096
 
 // productCache keeps inventory's answers to product queries for a short
 // time, and sends one query for a SKU however many clients ask at once:
