@@ -209,29 +209,20 @@ func (s *server) loadOrder(c *gin.Context) (saga.Instance, error) {
 	return in, err
 }
 
-func (s *server) getOrder(c *gin.Context) {
-	in, err := s.loadOrder(c)
-	if err != nil {
-		abort(c, err)
-		return
-	}
-	v, err := order.ViewOf(&in)
-	if err != nil {
-		abort(c, err)
-		return
-	}
-	c.JSON(http.StatusOK, v)
-}
+func (s *server) getOrder(c *gin.Context) { showOrder(s, c, order.ViewOf) }
 
 // getAdminOrder shows an order with what the public view leaves out: the
 // shipping address and the tracking number.
-func (s *server) getAdminOrder(c *gin.Context) {
+func (s *server) getAdminOrder(c *gin.Context) { showOrder(s, c, order.AdminViewOf) }
+
+// showOrder answers an order, rendered by view.
+func showOrder[V any](s *server, c *gin.Context, view func(*saga.Instance) (V, error)) {
 	in, err := s.loadOrder(c)
 	if err != nil {
 		abort(c, err)
 		return
 	}
-	v, err := order.AdminViewOf(&in)
+	v, err := view(&in)
 	if err != nil {
 		abort(c, err)
 		return
