@@ -696,12 +696,12 @@ func (c *Coordinator) observe(outs []Outcome) {
 		c.cfg.Observer.SagaChanged(def, o.Decision)
 		for _, tr := range o.Transitions {
 			switch tr {
-			case "start", "resume", "resume_compensation":
+			case TransitionStart, TransitionResume, TransitionResumeCompensation:
 				c.adjustActive(+1)
 			}
 		}
 		if o.Instance.Phase.Terminal() || o.Instance.Phase == Stuck {
-			if len(o.Transitions) > 0 && o.Transitions[0] != "abort" {
+			if len(o.Transitions) > 0 && o.Transitions[0] != TransitionAbort {
 				c.adjustActive(-1)
 			}
 			c.wakeStarter() // room for a pending saga
@@ -709,18 +709,18 @@ func (c *Coordinator) observe(outs []Outcome) {
 		for _, tr := range o.Transitions {
 			var ev *zerolog.Event
 			switch tr {
-			case "compensate":
+			case TransitionCompensate:
 				ev = c.log.Info().Str("reason", o.Instance.Reason)
-			case "stick":
+			case TransitionStick:
 				ev = c.log.Warn().Str("reason", o.Instance.StuckReason)
-			case "resume", "resume_compensation":
+			case TransitionResume, TransitionResumeCompensation:
 				ev = c.log.Info()
-			case "retry", "retry_compensation":
+			case TransitionRetry, TransitionRetryCompensation:
 				ev = c.log.Debug().Int("attempt", o.Instance.Attempt)
 			default:
 				continue
 			}
-			c.sagaFields(ev, def, &o.Instance).Str("transition", tr).Str("state", o.Instance.State).Msg("saga " + tr)
+			c.sagaFields(ev, def, &o.Instance).Str("transition", string(tr)).Str("state", o.Instance.State).Msg("saga " + string(tr))
 		}
 	}
 }

@@ -120,10 +120,31 @@ type Decision struct {
 	// reply, a timer that lost a race); nothing needs saving then.
 	Changed bool
 	// Transitions are the state machine events fired, in order.
-	Transitions []string
+	Transitions []Transition
 	Commands    []Command
 	Events      []Event
 }
+
+// Transition is an event of the saga state machine. Decision.Transitions
+// lists the ones a decision fired; observers and admission count by them.
+type Transition string
+
+// The transitions of the state machine (the table is transitions).
+const (
+	TransitionStart Transition = "start"
+	TransitionAdvance Transition = "advance"
+	TransitionRetry Transition = "retry"
+	TransitionComplete Transition = "complete"
+	TransitionReject Transition = "reject"
+	TransitionCompensate Transition = "compensate"
+	TransitionCompensateNext Transition = "compensate_next"
+	TransitionRetryCompensation Transition = "retry_compensation"
+	TransitionFinishCompensation Transition = "finish_compensation"
+	TransitionStick Transition = "stick"
+	TransitionResume Transition = "resume"
+	TransitionResumeCompensation Transition = "resume_compensation"
+	TransitionAbort Transition = "abort"
+)
 
 // ErrConflict is returned when an operator asks for something the saga's
 // state does not allow (replay a completed saga, cancel past the pivot).
@@ -132,19 +153,19 @@ var ErrConflict = errors.New("saga: not allowed in this state")
 // The state machine, as a table. Decide rebuilds it from the persisted
 // phase for every decision; it has no callbacks and does no I/O.
 var transitions = fsm.Events{
-	{Name: "start", Src: []string{string(Pending)}, Dst: string(Running)},
-	{Name: "advance", Src: []string{string(Running)}, Dst: string(Running)},
-	{Name: "retry", Src: []string{string(Running)}, Dst: string(Running)},
-	{Name: "complete", Src: []string{string(Running)}, Dst: string(Completed)},
-	{Name: "reject", Src: []string{string(Running)}, Dst: string(Rejected)},
-	{Name: "compensate", Src: []string{string(Running)}, Dst: string(Compensating)},
-	{Name: "compensate_next", Src: []string{string(Compensating)}, Dst: string(Compensating)},
-	{Name: "retry_compensation", Src: []string{string(Compensating)}, Dst: string(Compensating)},
-	{Name: "finish_compensation", Src: []string{string(Compensating)}, Dst: string(Cancelled)},
-	{Name: "stick", Src: []string{string(Running), string(Compensating)}, Dst: string(Stuck)},
-	{Name: "resume", Src: []string{string(Stuck)}, Dst: string(Running)},
-	{Name: "resume_compensation", Src: []string{string(Stuck)}, Dst: string(Compensating)},
-	{Name: "abort", Src: []string{string(Pending)}, Dst: string(Cancelled)},
+	{Name: string(TransitionStart), Src: []string{string(Pending)}, Dst: string(Running)},
+	{Name: string(TransitionAdvance), Src: []string{string(Running)}, Dst: string(Running)},
+	{Name: string(TransitionRetry), Src: []string{string(Running)}, Dst: string(Running)},
+	{Name: string(TransitionComplete), Src: []string{string(Running)}, Dst: string(Completed)},
+	{Name: string(TransitionReject), Src: []string{string(Running)}, Dst: string(Rejected)},
+	{Name: string(TransitionCompensate), Src: []string{string(Running)}, Dst: string(Compensating)},
+	{Name: string(TransitionCompensateNext), Src: []string{string(Compensating)}, Dst: string(Compensating)},
+	{Name: string(TransitionRetryCompensation), Src: []string{string(Compensating)}, Dst: string(Compensating)},
+	{Name: string(TransitionFinishCompensation), Src: []string{string(Compensating)}, Dst: string(Cancelled)},
+	{Name: string(TransitionStick), Src: []string{string(Running), string(Compensating)}, Dst: string(Stuck)},
+	{Name: string(TransitionResume), Src: []string{string(Stuck)}, Dst: string(Running)},
+	{Name: string(TransitionResumeCompensation), Src: []string{string(Stuck)}, Dst: string(Compensating)},
+	{Name: string(TransitionAbort), Src: []string{string(Pending)}, Dst: string(Cancelled)},
 }
 
 // Transitions returns the state machine table, for documentation and tests.
@@ -225,13 +246,13 @@ type decider struct {
 	now      time.Time
 	m        *fsm.FSM
 	changed  bool
-	fired    []string
+	fired    []Transition
 	commands []Command
 	events   []Event
 }
 
-func (x *decider) fire(event string) error {
-	err := x.m.Event(context.Background(), event)
+func (x *decider) fire(event Transition) error {
+	err := x.m.Event(context.Background(), string(event))
 	var same fsm.NoTransitionError
 	if err != nil && !errors.As(err, &same) {
 		return fmt.Errorf("saga %s: %s in phase %s: %w", x.in.ID, event, x.in.Phase, err)
@@ -269,7 +290,7 @@ func MessageID(sagaID uuid.UUID, step string) string {
 }
 
 func (x *decider) start() error {
-	if err := x.fire("start"); err != nil {
+	if err := x.fire(TransitionStart); err != nil {
 		return err
 	}
 	x.begin(0, KindAction)
@@ -415,11 +436,11 @@ func (x *decider) fail(msg string, transient bool) error {
 	return x.resend()
 }
 
-func (x *decider) retryEvent() string {
+func (x *decider) retryEvent() Transition {
 	if x.in.Phase == Compensating {
-		return "retry_compensation"
+		return TransitionRetryCompensation
 	}
-	return "retry"
+	return TransitionRetry
 }
 
 // resend sends the outstanding command again, same idempotency key.
@@ -448,7 +469,7 @@ func (x *decider) exhausted(msg string) error {
 		return x.compensateFrom(x.in.Step, msg)
 	}
 	prev := x.in.Phase
-	if err := x.fire("stick"); err != nil {
+	if err := x.fire(TransitionStick); err != nil {
 		return err
 	}
 	x.in.StuckIn = prev
@@ -464,14 +485,14 @@ func (x *decider) exhausted(msg string) error {
 func (x *decider) compensateFrom(from int, reason string) error {
 	x.in.Reason = reason
 	if from < 0 {
-		if err := x.fire("reject"); err != nil {
+		if err := x.fire(TransitionReject); err != nil {
 			return err
 		}
 		x.in.Deadline = time.Time{}
 		x.emit(x.def.Name+".rejected", eventDetail{})
 		return nil
 	}
-	if err := x.fire("compensate"); err != nil {
+	if err := x.fire(TransitionCompensate); err != nil {
 		return err
 	}
 	x.emit(x.def.Name+".compensating", eventDetail{})
@@ -490,9 +511,9 @@ func (x *decider) reply(r *Reply) error {
 	}
 	if x.in.Phase == Stuck {
 		// The command that ran out of attempts answered after all.
-		ev := "resume"
+		ev := TransitionResume
 		if x.in.StuckIn == Compensating {
-			ev = "resume_compensation"
+			ev = TransitionResumeCompensation
 		}
 		if err := x.fire(ev); err != nil {
 			return err
@@ -506,13 +527,13 @@ func (x *decider) reply(r *Reply) error {
 		x.in.Data = mergeObject(x.in.Data, r.Payload)
 		x.emit(step.SucceededEvent, eventDetail{Step: name})
 		if x.in.Step+1 < len(x.def.Steps) {
-			if err := x.fire("advance"); err != nil {
+			if err := x.fire(TransitionAdvance); err != nil {
 				return err
 			}
 			x.begin(x.in.Step+1, KindAction)
 			return nil
 		}
-		if err := x.fire("complete"); err != nil {
+		if err := x.fire(TransitionComplete); err != nil {
 			return err
 		}
 		x.in.Deadline = time.Time{}
@@ -522,13 +543,13 @@ func (x *decider) reply(r *Reply) error {
 		x.finishRecord(name, StepSucceeded, "")
 		x.emit(step.Compensation.Event, eventDetail{Step: name})
 		if x.in.Step > 0 {
-			if err := x.fire("compensate_next"); err != nil {
+			if err := x.fire(TransitionCompensateNext); err != nil {
 				return err
 			}
 			x.begin(x.in.Step-1, KindCompensation)
 			return nil
 		}
-		if err := x.fire("finish_compensation"); err != nil {
+		if err := x.fire(TransitionFinishCompensation); err != nil {
 			return err
 		}
 		x.in.Deadline = time.Time{}
@@ -572,9 +593,9 @@ func (x *decider) replay() error {
 	case x.in.Phase == Pending:
 		return x.start()
 	case x.in.Phase == Stuck:
-		ev := "resume"
+		ev := TransitionResume
 		if x.in.StuckIn == Compensating {
-			ev = "resume_compensation"
+			ev = TransitionResumeCompensation
 		}
 		if err := x.fire(ev); err != nil {
 			return err
@@ -604,7 +625,7 @@ func (x *decider) cancel(reason string) error {
 		return fmt.Errorf("%w: saga is %s", ErrConflict, x.in.Phase)
 	case x.in.Phase == Pending:
 		x.in.Reason = reason
-		if err := x.fire("abort"); err != nil {
+		if err := x.fire(TransitionAbort); err != nil {
 			return err
 		}
 		x.in.Deadline = time.Time{}

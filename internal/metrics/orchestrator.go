@@ -77,13 +77,13 @@ func (SagaObserver) SagaChanged(def *saga.Definition, d saga.Decision) {
 	}
 	for _, t := range d.Transitions {
 		switch t {
-		case "retry", "retry_compensation":
+		case saga.TransitionRetry, saga.TransitionRetryCompensation:
 			if n := len(d.Commands); n > 0 {
 				StepRetries.WithLabelValues(d.Commands[n-1].Step).Inc()
 			}
-		case "compensate":
+		case saga.TransitionCompensate:
 			Compensations.Inc()
-		case "stick":
+		case saga.TransitionStick:
 			SagasStuck.Inc()
 		}
 	}

@@ -791,7 +791,7 @@ func TestApplyDue(t *testing.T) {
 		t.Errorf("ApplyDue(limit 2) staged %d messages, want 2", len(msgs))
 	}
 	for _, o := range outs {
-		if o.Err != nil || !o.Changed || o.Instance.Phase != saga.Running || len(o.Transitions) == 0 || o.Transitions[0] != "start" {
+		if o.Err != nil || !o.Changed || o.Instance.Phase != saga.Running || len(o.Transitions) == 0 || o.Transitions[0] != saga.TransitionStart {
 			t.Errorf("outcome for %s = %+v, err %v; want the timeout to start it", o.Instance.ID, o.Decision, o.Err)
 		}
 	}
