@@ -16,14 +16,6 @@ import (
 
 // Config tunes a Coordinator. Zero fields take the documented defaults.
 type Config struct {
-	// CommandExchange receives commands, routed by their type
-	// (default "saga.commands").
-	CommandExchange string
-	// EventExchange receives domain events, routed by their type
-	// (default "saga.events").
-	EventExchange string
-	// ReplyQueue is where workers send replies (default "saga.replies").
-	ReplyQueue string
 	// CommandTTL sets each command's message TTL to its deadline, so that a
 	// command nobody picked up in time is dead-lettered instead of executed
 	// late (default true; set DisableCommandTTL to turn it off).
@@ -84,11 +76,6 @@ type Config struct {
 }
 
 func (c Config) withDefaults() Config {
-	def := func(s *string, v string) {
-		if *s == "" {
-			*s = v
-		}
-	}
 	defInt := func(n *int, v int) {
 		if *n <= 0 {
 			*n = v
@@ -99,9 +86,6 @@ func (c Config) withDefaults() Config {
 			*d = v
 		}
 	}
-	def(&c.CommandExchange, "saga.commands")
-	def(&c.EventExchange, "saga.events")
-	def(&c.ReplyQueue, "saga.replies")
 	defInt(&c.BatchSize, 256)
 	defDur(&c.Linger, 3*time.Millisecond)
 	defDur(&c.CreateLinger, time.Millisecond)
@@ -657,8 +641,7 @@ func (c *Coordinator) messages(d Decision, now time.Time) []Message {
 	}
 	for _, cmd := range d.Commands {
 		m := Message{
-			Exchange: c.cfg.CommandExchange, RoutingKey: cmd.Type, MessageID: cmd.MessageID,
-			CorrelationID: cmd.MessageID, ReplyTo: c.cfg.ReplyQueue, Type: cmd.Type,
+			Kind: MessageCommand, Type: cmd.Type, MessageID: cmd.MessageID, CorrelationID: cmd.MessageID,
 			Priority: cmd.Priority, Timestamp: now, Headers: headers,
 			Body: Envelope{
 				ID: cmd.MessageID, CorrelationID: cmd.MessageID, SagaID: cmd.SagaID.String(),
@@ -666,15 +649,15 @@ func (c *Coordinator) messages(d Decision, now time.Time) []Message {
 			}.Encode(),
 		}
 		if !c.cfg.DisableCommandTTL {
-			m.Expiration = cmd.Deadline.Sub(now)
+			m.TTL = cmd.Deadline.Sub(now)
 		}
 		msgs = append(msgs, m)
 	}
 	for _, ev := range d.Events {
 		id := ev.ID.String()
 		msgs = append(msgs, Message{
-			Exchange: c.cfg.EventExchange, RoutingKey: ev.Type, MessageID: id,
-			CorrelationID: ev.SagaID.String(), Type: ev.Type, Priority: d.Instance.Priority,
+			Kind: MessageEvent, Type: ev.Type, MessageID: id,
+			CorrelationID: ev.SagaID.String(), Priority: d.Instance.Priority,
 			Timestamp: ev.At, Headers: headers,
 			Body: Envelope{
 				ID: id, CorrelationID: ev.SagaID.String(), SagaID: ev.SagaID.String(),

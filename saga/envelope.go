@@ -85,24 +85,61 @@ func AtEOF(dec *json.Decoder) bool {
 	return err == io.EOF
 }
 
+// MessageKind says what a message is to a saga. A transport routes by it
+// (and by the message's type): the engine names no exchange, queue or
+// reply address.
+type MessageKind uint8
+
+// The kinds of messages.
+const (
+	// MessageCommand asks a worker to act; its answer comes back on the
+	// transport's reply route to the coordinators.
+	MessageCommand MessageKind = iota + 1
+	// MessageEvent tells every subscriber of its type what happened.
+	MessageEvent
+	// MessageReply answers a command or a request; Key is the address the
+	// requester gave.
+	MessageReply
+	// MessageRequest asks a worker for an answer now (an API's query); the
+	// caller waits for it (Publisher's transport: Call).
+	MessageRequest
+)
+
+func (k MessageKind) String() string {
+	switch k {
+	case MessageCommand:
+		return "command"
+	case MessageEvent:
+		return "event"
+	case MessageReply:
+		return "reply"
+	case MessageRequest:
+		return "request"
+	}
+	return "message"
+}
+
 // Message is a message to publish, independent of the transport. The
 // coordinator stages messages in its outbox; a Publisher sends them.
 type Message struct {
 	// OutboxID is the outbox row this message came from (zero when none).
-	OutboxID   uuid.UUID
-	Exchange   string
-	RoutingKey string
-	// MessageID is the AMQP message_id: the idempotency key of a command.
+	OutboxID uuid.UUID
+	Kind     MessageKind
+	// Type is what the message is about ("payment.charge",
+	// "order.completed"): commands, requests and events are routed by it.
+	Type string
+	// Key addresses a reply: the requester's address, as the transport
+	// gave it. Empty for the other kinds.
+	Key string
+	// MessageID is the message's id: the idempotency key of a command.
 	MessageID     string
 	CorrelationID string
-	ReplyTo       string
-	Type          string
 	Priority      Priority
-	// Expiration is the message TTL; zero for none.
-	Expiration time.Duration
-	Timestamp  time.Time
-	Headers    map[string]string
-	Body       []byte
-	// Transient messages are not written to disk by the broker (RPC queries).
+	// TTL is how long the message is worth delivering; zero for ever.
+	TTL       time.Duration
+	Timestamp time.Time
+	Headers   map[string]string
+	Body      []byte
+	// Transient messages need not survive a broker restart (requests).
 	Transient bool
 }

@@ -55,7 +55,7 @@ func (r rpc) callAs(ctx context.Context, id, typ string, req, out any) error {
 	}
 	now := time.Now().UTC()
 	d, err := r.bus.Call(ctx, saga.Message{
-		Exchange: amqpbus.CommandExchange, RoutingKey: typ, Type: typ, MessageID: id,
+		Type: typ, MessageID: id,
 		// Each call its own: the same request (message id) may be in
 		// flight twice, and each caller waits for its own answer.
 		CorrelationID: uuid.NewString(), Timestamp: now, Headers: traceHeaders(ctx),

@@ -124,6 +124,19 @@ func declareQueue(t *testing.T, b *amqpbus.Bus, o amqpbus.QueueOptions, first ..
 	return name
 }
 
+// requestQueue declares a uniquely named queue bound to the command
+// exchange by a type of its own, and returns both: where requests and
+// commands of that type arrive.
+func requestQueue(t *testing.T, b *amqpbus.Bus) (queue, typ string) {
+	t.Helper()
+	queue, typ = sagatest.Name("q_"), sagatest.Name("test.req_")
+	top := amqpbus.SagaTopology(amqpbus.QueueOptions{}).Merge(amqpbus.CommandQueue(queue, []string{typ}, amqpbus.QueueOptions{}))
+	if err := b.Declare(testContext(t), top); err != nil {
+		t.Fatalf("Declare: %v", err)
+	}
+	return queue, typ
+}
+
 // rawChannel opens a plain channel on the bus's connection, closed at
 // cleanup.
 func rawChannel(t *testing.T, b *amqpbus.Bus) *amqp.Channel {
@@ -250,21 +263,21 @@ func TestPublishBatchConsumedOnceWithProperties(t *testing.T) {
 	want := map[string]props{}
 	for i := range msgs {
 		m := saga.Message{
-			Exchange: "", RoutingKey: q, MessageID: fmt.Sprintf("m-%03d", i), CorrelationID: fmt.Sprintf("c-%03d", i),
-			ReplyTo: "saga.replies", Type: "test.thing", Priority: saga.Priority(i % 10),
+			Kind: saga.MessageReply, Key: q, MessageID: fmt.Sprintf("m-%03d", i), CorrelationID: fmt.Sprintf("c-%03d", i),
+			Type: "test.thing", Priority: saga.Priority(i % 10),
 			Timestamp: ts.Add(time.Duration(i) * time.Second),
 			Headers:   map[string]string{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "i": strconv.Itoa(i)},
 			Body:      fmt.Appendf(nil, `{"i":%d}`, i),
 		}
 		p := props{
-			MessageID: m.MessageID, CorrelationID: m.CorrelationID, ReplyTo: m.ReplyTo, Type: m.Type,
+			MessageID: m.MessageID, CorrelationID: m.CorrelationID, Type: m.Type,
 			ContentType: "application/json", Priority: uint8(m.Priority), DeliveryMode: amqp.Persistent,
 			Timestamp: m.Timestamp, Headers: map[string]any{"traceparent": m.Headers["traceparent"], "i": strconv.Itoa(i)},
 			Body: string(m.Body),
 		}
 		switch i % 4 {
 		case 1:
-			m.Expiration, p.Expiration = 90*time.Second, "90000"
+			m.TTL, p.Expiration = 90*time.Second, "90000"
 		case 2:
 			m.Transient, p.DeliveryMode = true, amqp.Transient
 		case 3:
@@ -330,7 +343,7 @@ func TestConsumeNilAcks(t *testing.T) {
 	const n = 20
 	var msgs []saga.Message
 	for i := range n {
-		msgs = append(msgs, saga.Message{RoutingKey: q, MessageID: strconv.Itoa(i), Body: []byte("x")})
+		msgs = append(msgs, saga.Message{Kind: saga.MessageReply, Key: q, MessageID: strconv.Itoa(i), Body: []byte("x")})
 	}
 	publish(t, b, msgs...)
 	if d := queueDepth(t, b, q); d != n {
@@ -437,7 +450,7 @@ func TestConsumePoisonDeadLetters(t *testing.T) {
 				ids[id] = true
 				mu.Unlock()
 				publish(t, b, saga.Message{
-					RoutingKey: q, MessageID: id, CorrelationID: "corr-" + id, ReplyTo: "saga.replies", Type: "test.poison",
+					Kind: saga.MessageReply, Key: q, MessageID: id, CorrelationID: "corr-" + id, Type: "test.poison",
 					Headers: map[string]string{"traceparent": "tp-1"}, Body: []byte(`{"not":"valid"}`),
 				})
 				var calls atomic.Int32
@@ -451,7 +464,7 @@ func TestConsumePoisonDeadLetters(t *testing.T) {
 				stop()
 				got := propsOf(&d)
 				want := props{
-					MessageID: id, CorrelationID: "corr-" + id, ReplyTo: "saga.replies", Type: "test.poison",
+					MessageID: id, CorrelationID: "corr-" + id, Type: "test.poison",
 					ContentType: "application/json", DeliveryMode: amqp.Persistent, Body: `{"not":"valid"}`,
 					Headers: map[string]any{
 						"traceparent": "tp-1", "x-sagaflow-reason": tc.wantReason, "x-sagaflow-queue": q,
@@ -529,7 +542,7 @@ func TestConsumeTransientErrorRequeues(t *testing.T) {
 			}
 			return nil
 		})
-	publish(t, b, saga.Message{RoutingKey: q, MessageID: "m-1", Body: []byte("x")})
+	publish(t, b, saga.Message{Kind: saga.MessageReply, Key: q, MessageID: "m-1", Body: []byte("x")})
 
 	var got []call
 	for range 2 {
@@ -578,8 +591,8 @@ func TestConsumeFailingMessageIsRetriedAtTheTailThenDeadLettered(t *testing.T) {
 			return nil
 		})
 	defer stop()
-	publish(t, b, saga.Message{RoutingKey: q, MessageID: bad, Body: []byte("x")},
-		saga.Message{RoutingKey: q, MessageID: good, Body: []byte("y")})
+	publish(t, b, saga.Message{Kind: saga.MessageReply, Key: q, MessageID: bad, Body: []byte("x")},
+		saga.Message{Kind: saga.MessageReply, Key: q, MessageID: good, Body: []byte("y")})
 	if d := receive(t, handled, 10*time.Second, "the message behind the failing one"); d.MessageId != good {
 		t.Errorf("handled %s, want %s", d.MessageId, good)
 	}
@@ -613,7 +626,7 @@ func TestConsumeBatchIsolatesAFailingMessage(t *testing.T) {
 	goods := []string{sagatest.Name("good_"), sagatest.Name("good_"), sagatest.Name("good_")}
 	var msgs []saga.Message
 	for _, id := range []string{goods[0], bad, goods[1], poison, goods[2]} {
-		msgs = append(msgs, saga.Message{RoutingKey: q, MessageID: id, Body: []byte(id)})
+		msgs = append(msgs, saga.Message{Kind: saga.MessageReply, Key: q, MessageID: id, Body: []byte(id)})
 	}
 	publish(t, b, msgs...) // before the consumer: one batch
 	var (
@@ -681,7 +694,7 @@ func startResponder(t *testing.T, b *amqpbus.Bus, queue string, requests chan<- 
 				requests <- *d
 			}
 			_, err := b.Publish(ctx, []saga.Message{{
-				Exchange: "", RoutingKey: d.ReplyTo, MessageID: "reply-" + d.MessageId,
+				Kind: saga.MessageReply, Key: d.ReplyTo, MessageID: "reply-" + d.MessageId,
 				CorrelationID: d.CorrelationId, Type: d.Type + ".reply", Transient: true,
 				Body: append([]byte("echo:"), d.Body...),
 			}})
@@ -692,7 +705,7 @@ func startResponder(t *testing.T, b *amqpbus.Bus, queue string, requests chan<- 
 func TestCallRoundTrip(t *testing.T) {
 	t.Parallel()
 	b := newBus(t, amqpbus.Config{})
-	q := declareQueue(t, b, amqpbus.QueueOptions{})
+	q, typ := requestQueue(t, b)
 	const n = 20
 	requests := make(chan amqp.Delivery, n)
 	startResponder(t, b, q, requests)
@@ -708,7 +721,7 @@ func TestCallRoundTrip(t *testing.T) {
 		wg.Go(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)
 			defer cancel()
-			m := saga.Message{Exchange: "", RoutingKey: q, Type: "query.echo", Body: fmt.Appendf(nil, "req-%d", i)}
+			m := saga.Message{Type: typ, Body: fmt.Appendf(nil, "req-%d", i)}
 			if i%2 == 0 {
 				m.CorrelationID = fmt.Sprintf("corr-%d", i) // else Call makes one up
 			}
@@ -762,8 +775,9 @@ func TestCallNoReply(t *testing.T) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	// Nobody consumes this routing key: the request is dropped.
-	d, err := b.Call(ctx, saga.Message{Exchange: "", RoutingKey: sagatest.Name("nobody_"), Type: "query.lost", Body: []byte("?")})
+	// Nobody consumes this type: the request goes nowhere (the command
+	// exchange's alternate exchange takes it).
+	d, err := b.Call(ctx, saga.Message{Type: sagatest.Name("query.lost_"), Body: []byte("?")})
 	elapsed := time.Since(start)
 	if d != nil || !errors.Is(err, amqpbus.ErrNoReply) {
 		t.Fatalf("Call = %v, %v; want an error wrapping ErrNoReply", d, err)
@@ -789,12 +803,12 @@ func TestPriorityQueueDeliversHighFirst(t *testing.T) {
 	var batch []saga.Message
 	for i := range 50 {
 		id := fmt.Sprintf("low-%02d", i)
-		batch = append(batch, saga.Message{Exchange: amqpbus.CommandExchange, RoutingKey: typ, MessageID: id, Priority: 1, Body: []byte(id)})
+		batch = append(batch, saga.Message{Kind: saga.MessageCommand, Type: typ, MessageID: id, Priority: 1, Body: []byte(id)})
 		msgs = append(msgs, id)
 	}
 	for i := range 5 {
 		id := fmt.Sprintf("high-%d", i)
-		batch = append(batch, saga.Message{Exchange: amqpbus.CommandExchange, RoutingKey: typ, MessageID: id, Priority: 9, Body: []byte(id)})
+		batch = append(batch, saga.Message{Kind: saga.MessageCommand, Type: typ, MessageID: id, Priority: 9, Body: []byte(id)})
 		wantOrder = append(wantOrder, id)
 	}
 	wantOrder = append(wantOrder, msgs...)
@@ -817,12 +831,12 @@ func TestPriorityQueueDeliversHighFirst(t *testing.T) {
 
 func TestPublishToMissingExchange(t *testing.T) {
 	t.Parallel()
-	b := newBus(t, amqpbus.Config{PublishChannels: 1})
+	b := newBus(t, amqpbus.Config{PublishChannels: 1, EventExchange: sagatest.Name("missing_")})
 	q := declareQueue(t, b, amqpbus.QueueOptions{})
 	ctx := testContext(t)
 	var bad []saga.Message
 	for i := range 3 {
-		bad = append(bad, saga.Message{Exchange: sagatest.Name("missing_"), RoutingKey: "k", MessageID: strconv.Itoa(i), Body: []byte("x")})
+		bad = append(bad, saga.Message{Kind: saga.MessageEvent, Type: "k", MessageID: strconv.Itoa(i), Body: []byte("x")})
 	}
 	ok, err := b.Publish(ctx, bad)
 	if err == nil || len(ok) != 0 {
@@ -831,7 +845,7 @@ func TestPublishToMissingExchange(t *testing.T) {
 	// The broken channel is not reused.
 	got := make(chan amqp.Delivery, 1)
 	startConsumer(t, b, amqpbus.ConsumerConfig{Queue: q}, collect(got))
-	publish(t, b, saga.Message{RoutingKey: q, MessageID: "after", Body: []byte("x")})
+	publish(t, b, saga.Message{Kind: saga.MessageReply, Key: q, MessageID: "after", Body: []byte("x")})
 	if d := receive(t, got, 10*time.Second, "the message published after the failure"); d.MessageId != "after" {
 		t.Errorf("received %q, want %q", d.MessageId, "after")
 	}
@@ -845,7 +859,7 @@ func TestReconnect(t *testing.T) {
 	ctx := testContext(t)
 	q := declareQueue(t, b, amqpbus.QueueOptions{})
 	gone := declareQueue(t, b, amqpbus.QueueOptions{DeadLetter: true}, amqpbus.SagaTopology(amqpbus.QueueOptions{}))
-	rpcQ := declareQueue(t, b, amqpbus.QueueOptions{})
+	rpcQ, rpcType := requestQueue(t, b)
 
 	got := make(chan amqp.Delivery, 16)
 	startConsumer(t, b, amqpbus.ConsumerConfig{Queue: q, RequeueDelay: 50 * time.Millisecond}, collect(got))
@@ -854,7 +868,7 @@ func TestReconnect(t *testing.T) {
 		t.Helper()
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		d, err := b.Call(cctx, saga.Message{RoutingKey: rpcQ, Type: "query.echo", Body: []byte(what)})
+		d, err := b.Call(cctx, saga.Message{Type: rpcType, Body: []byte(what)})
 		if err != nil {
 			t.Fatalf("Call %s: %v", what, err)
 		}
@@ -862,7 +876,7 @@ func TestReconnect(t *testing.T) {
 			t.Errorf("Call %s got %q", what, d.Body)
 		}
 	}
-	publish(t, b, saga.Message{RoutingKey: q, MessageID: "before", Body: []byte("x")})
+	publish(t, b, saga.Message{Kind: saga.MessageReply, Key: q, MessageID: "before", Body: []byte("x")})
 	if d := receive(t, got, 10*time.Second, "the message before the outage"); d.MessageId != "before" {
 		t.Fatalf("received %q, want before", d.MessageId)
 	}
@@ -892,7 +906,7 @@ func TestReconnect(t *testing.T) {
 	}
 
 	// Publishing works again and the running consumer resumed.
-	publish(t, b, saga.Message{RoutingKey: q, MessageID: "after", Body: []byte("x")})
+	publish(t, b, saga.Message{Kind: saga.MessageReply, Key: q, MessageID: "after", Body: []byte("x")})
 	if d := receive(t, got, 10*time.Second, "the message after the reconnect"); d.MessageId != "after" {
 		t.Errorf("received %q, want after", d.MessageId)
 	}
@@ -900,7 +914,7 @@ func TestReconnect(t *testing.T) {
 	if d := queueDepth(t, b, gone); d != 0 {
 		t.Errorf("re-declared queue holds %d messages, want 0", d)
 	}
-	publish(t, b, saga.Message{RoutingKey: gone, MessageID: "routed", Body: []byte("x")})
+	publish(t, b, saga.Message{Kind: saga.MessageReply, Key: gone, MessageID: "routed", Body: []byte("x")})
 	waitFor(t, 5*time.Second, "the message in the re-declared queue", func() bool { return queueDepth(t, b, gone) == 1 })
 	// RPC opens a new reply consumer.
 	call("after")
@@ -1028,7 +1042,7 @@ func TestCloseIdempotent(t *testing.T) {
 	if err := b.Err(); !errors.Is(err, amqpbus.ErrClosed) {
 		t.Errorf("Err() after Close = %v, want ErrClosed", err)
 	}
-	if _, err := b.Publish(ctx, []saga.Message{{RoutingKey: "x", Body: []byte("x")}}); !errors.Is(err, amqpbus.ErrClosed) {
+	if _, err := b.Publish(ctx, []saga.Message{{Kind: saga.MessageReply, Key: "x", Body: []byte("x")}}); !errors.Is(err, amqpbus.ErrClosed) {
 		t.Errorf("Publish after Close = %v, want ErrClosed", err)
 	}
 	if _, err := b.Channel(ctx); !errors.Is(err, amqpbus.ErrClosed) {
@@ -1037,7 +1051,7 @@ func TestCloseIdempotent(t *testing.T) {
 	if err := b.Declare(ctx, amqpbus.Topology{}); !errors.Is(err, amqpbus.ErrClosed) {
 		t.Errorf("Declare after Close = %v, want ErrClosed", err)
 	}
-	if _, err := b.Call(ctx, saga.Message{RoutingKey: "x"}); !errors.Is(err, amqpbus.ErrClosed) {
+	if _, err := b.Call(ctx, saga.Message{Kind: saga.MessageReply, Key: "x"}); !errors.Is(err, amqpbus.ErrClosed) {
 		t.Errorf("Call after Close = %v, want ErrClosed", err)
 	}
 }
@@ -1064,5 +1078,26 @@ func TestDeclareKeepsAnExistingQueueWithOtherArguments(t *testing.T) {
 	}
 	if _, err := rawChannel(t, b).QueueDeclarePassive(other, true, false, false, false, nil); err != nil {
 		t.Errorf("the queue after the kept one was not declared: %v", err)
+	}
+}
+
+// TestPublishingMapsKindsToTheBroker: the engine's messages name no
+// exchange, queue or reply address; the bus maps each kind.
+func TestPublishingMapsKindsToTheBroker(t *testing.T) {
+	b := newBus(t, amqpbus.Config{})
+	for _, tc := range []struct {
+		m                      saga.Message
+		exchange, key, replyTo string
+	}{
+		{saga.Message{Kind: saga.MessageCommand, Type: "payment.charge"}, amqpbus.CommandExchange, "payment.charge", amqpbus.ReplyQueue},
+		{saga.Message{Kind: saga.MessageRequest, Type: "inventory.get_product"}, amqpbus.CommandExchange, "inventory.get_product", ""},
+		{saga.Message{Kind: saga.MessageEvent, Type: "order.completed"}, amqpbus.EventExchange, "order.completed", ""},
+		{saga.Message{Kind: saga.MessageReply, Type: "payment.charge.reply", Key: "amq.rabbitmq.reply-to.x"}, "", "amq.rabbitmq.reply-to.x", ""},
+	} {
+		exchange, key, p := b.Publishing(&tc.m)
+		if exchange != tc.exchange || key != tc.key || p.ReplyTo != tc.replyTo {
+			t.Errorf("%s %s: exchange %q, key %q, reply_to %q; want %q, %q, %q",
+				tc.m.Kind, tc.m.Type, exchange, key, p.ReplyTo, tc.exchange, tc.key, tc.replyTo)
+		}
 	}
 }

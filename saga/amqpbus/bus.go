@@ -46,6 +46,15 @@ type Config struct {
 	// OnDeadLetter, when set, is called after each message this process
 	// dead-lettered (for metrics).
 	OnDeadLetter func(queue, reason string)
+	// CommandExchange receives commands and requests, routed by their type
+	// (default CommandExchange, "saga.commands").
+	CommandExchange string
+	// EventExchange receives events, routed by their type (default
+	// EventExchange, "saga.events").
+	EventExchange string
+	// ReplyQueue is where workers answer commands: every coordinator
+	// consumes it (default ReplyQueue, "saga.replies").
+	ReplyQueue string
 }
 
 func (c Config) withDefaults() Config {
@@ -66,6 +75,15 @@ func (c Config) withDefaults() Config {
 	}
 	if c.PublishChannels <= 0 {
 		c.PublishChannels = 1
+	}
+	if c.CommandExchange == "" {
+		c.CommandExchange = CommandExchange
+	}
+	if c.EventExchange == "" {
+		c.EventExchange = EventExchange
+	}
+	if c.ReplyQueue == "" {
+		c.ReplyQueue = ReplyQueue
 	}
 	return c
 }

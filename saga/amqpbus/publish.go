@@ -35,12 +35,13 @@ func (b *Bus) Send(ctx context.Context, msgs []saga.Message) saga.Confirms {
 	var pubErr error
 	for i := range msgs {
 		m := &msgs[i]
-		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, m.Exchange, m.RoutingKey,
+		exchange, key, p := b.Publishing(m)
+		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key,
 			false, // mandatory: unroutable commands go to the alternate exchange
 			false, // immediate
-			Publishing(m))
+			p)
 		if err != nil {
-			pubErr = fmt.Errorf("amqpbus: publish %s: %w", m.RoutingKey, err)
+			pubErr = fmt.Errorf("amqpbus: publish %s %s: %w", m.Kind, m.Type, err)
 			if ctx.Err() == nil {
 				// Broken mid-batch: never reuse it. (Out of time is not
 				// broken: the channel is shared, and closing it would nack
@@ -64,7 +65,7 @@ func (b *Bus) Send(ctx context.Context, msgs []saga.Message) saga.Confirms {
 			}
 			if !acked {
 				if err == nil {
-					err = fmt.Errorf("amqpbus: broker nacked %s (or the channel closed)", msgs[i].RoutingKey)
+					err = fmt.Errorf("amqpbus: broker nacked %s %s (or the channel closed)", msgs[i].Kind, msgs[i].Type)
 				}
 				continue
 			}
@@ -79,34 +80,37 @@ func (b *Bus) Publish(ctx context.Context, msgs []saga.Message) ([]saga.Message,
 	return b.Send(ctx, msgs)(ctx)
 }
 
-// PublishOne publishes one message and waits for its confirm.
-func (b *Bus) PublishOne(ctx context.Context, m saga.Message) error {
-	_, err := b.Publish(ctx, []saga.Message{m})
-	return err
-}
-
-// Publishing converts a message to its AMQP form.
-func Publishing(m *saga.Message) amqp.Publishing {
-	p := amqp.Publishing{
+// Publishing maps a message to the broker: the exchange and routing key
+// it goes to, and its AMQP form. Commands and requests go to the command
+// exchange and events to the event exchange, routed by their type; a
+// command names the reply queue as reply_to; a reply goes straight to the
+// queue its Key names (the requester's reply_to).
+func (b *Bus) Publishing(m *saga.Message) (exchange, key string, p amqp.Publishing) {
+	p = amqp.Publishing{
 		ContentType:   "application/json",
 		DeliveryMode:  amqp.Persistent,
 		MessageId:     m.MessageID,
 		CorrelationId: m.CorrelationID,
-		ReplyTo:       m.ReplyTo,
 		Type:          m.Type,
 		Priority:      uint8(m.Priority),
 		Timestamp:     m.Timestamp,
 		Body:          m.Body,
 	}
+	switch m.Kind {
+	case saga.MessageCommand:
+		exchange, key, p.ReplyTo = b.cfg.CommandExchange, m.Type, b.cfg.ReplyQueue
+	case saga.MessageRequest:
+		exchange, key = b.cfg.CommandExchange, m.Type
+	case saga.MessageEvent:
+		exchange, key = b.cfg.EventExchange, m.Type
+	default: // a reply, or anything addressed by Key
+		exchange, key = "", m.Key
+	}
 	if m.Transient {
 		p.DeliveryMode = amqp.Transient
 	}
-	if m.Expiration > 0 {
-		ms := m.Expiration.Milliseconds()
-		if ms < 1 {
-			ms = 1
-		}
-		p.Expiration = strconv.FormatInt(ms, 10)
+	if m.TTL > 0 {
+		p.Expiration = strconv.FormatInt(max(m.TTL.Milliseconds(), 1), 10)
 	}
 	if len(m.Headers) > 0 {
 		p.Headers = amqp.Table{}
@@ -114,7 +118,7 @@ func Publishing(m *saga.Message) amqp.Publishing {
 			p.Headers[k] = v
 		}
 	}
-	return p
+	return exchange, key, p
 }
 
 // publishChannel returns one of the shared confirm-mode channels of the

@@ -56,13 +56,13 @@ func (r *rpcClient) call(ctx context.Context, m saga.Message) (*amqp.Delivery, e
 	if m.MessageID == "" {
 		m.MessageID = m.CorrelationID
 	}
-	m.ReplyTo = directReplyTo
+	m.Kind = saga.MessageRequest
 	m.Transient = true
 	ttl := 30 * time.Second
 	if dl, ok := ctx.Deadline(); ok {
 		ttl = time.Until(dl)
 	}
-	m.Expiration = ttl
+	m.TTL = ttl
 	wait := make(chan amqp.Delivery, 1)
 	r.mu.Lock()
 	r.pending[m.CorrelationID] = waiter{ch: ch, w: wait}
@@ -72,20 +72,22 @@ func (r *rpcClient) call(ctx context.Context, m saga.Message) (*amqp.Delivery, e
 		delete(r.pending, m.CorrelationID)
 		r.mu.Unlock()
 	}()
-	if err := ch.PublishWithContext(ctx, m.Exchange, m.RoutingKey,
+	exchange, key, p := r.b.Publishing(&m)
+	p.ReplyTo = directReplyTo
+	if err := ch.PublishWithContext(ctx, exchange, key,
 		false, // mandatory
 		false, // immediate
-		Publishing(&m)); err != nil {
+		p); err != nil {
 		return nil, noReply(ctx, m, err)
 	}
 	select {
 	case d, ok := <-wait:
 		if !ok {
-			return nil, fmt.Errorf("amqpbus: call %s: connection lost", m.RoutingKey)
+			return nil, fmt.Errorf("amqpbus: call %s: connection lost", m.Type)
 		}
 		return &d, nil
 	case <-ctx.Done():
-		return nil, fmt.Errorf("%w to %s: %w", ErrNoReply, m.RoutingKey, ctx.Err())
+		return nil, fmt.Errorf("%w to %s: %w", ErrNoReply, m.Type, ctx.Err())
 	}
 }
 
@@ -93,9 +95,9 @@ func (r *rpcClient) call(ctx context.Context, m saga.Message) (*amqp.Delivery, e
 // whose time ran out meanwhile wraps ErrNoReply, like one that waited in vain.
 func noReply(ctx context.Context, m saga.Message, err error) error {
 	if ctx.Err() != nil {
-		return fmt.Errorf("%w to %s: %w", ErrNoReply, m.RoutingKey, ctx.Err())
+		return fmt.Errorf("%w to %s: %w", ErrNoReply, m.Type, ctx.Err())
 	}
-	return fmt.Errorf("amqpbus: call %s: %w", m.RoutingKey, err)
+	return fmt.Errorf("amqpbus: call %s: %w", m.Type, err)
 }
 
 // channel returns the RPC channel, opening it (and its reply consumer) on

@@ -14,18 +14,22 @@ import (
 
 // The outbox keeps a transaction's messages in one bytea: a version byte,
 // then the frame, compressed with zstd since version 2. The frame holds
-// the message count, then per message its strings and bytes each prefixed
-// by a uvarint length, its priority, expiration (ms) and timestamp (Unix
-// ns) as varints, and its headers as a count and key/value pairs. Bodies
-// are opaque bytes.
+// the message count, then per message its kind (a byte), its strings and
+// bytes each prefixed by a uvarint length, its priority, TTL (ms) and
+// timestamp (Unix ns) as varints, and its headers as a count and key/value
+// pairs. Bodies are opaque bytes.
 //
 // Compression is for the write-ahead log: the outbox row is a third of
 // what a saga writes to it, and its JSON shrinks about sixfold, so most
 // rows stay small enough to be stored inline instead of in TOAST chunks.
-// Version 1 (uncompressed) rows, left by an older release, still decode.
+//
+// Versions 1 (plain) and 2 (zstd), left by an older release, framed each
+// message with its AMQP exchange, routing key and reply_to instead of its
+// kind and key: they still decode, their addresses read back as kinds.
 const (
-	codecPlain = 1
-	codecZstd  = 2
+	codecPlain     = 1
+	codecZstd      = 2
+	codecZstdKinds = 3
 )
 
 // maxFrame bounds a decompressed frame: far above any batch's messages
@@ -50,7 +54,7 @@ func must[T any](v T, err error) T {
 
 func encodeMessages(msgs []saga.Message) []byte {
 	f := appendFrame(nil, msgs)
-	return zenc.EncodeAll(f, append(make([]byte, 0, 1+len(f)/4), codecZstd))
+	return zenc.EncodeAll(f, append(make([]byte, 0, 1+len(f)/4), codecZstdKinds))
 }
 
 func decodeMessages(b []byte) ([]saga.Message, error) {
@@ -59,23 +63,37 @@ func decodeMessages(b []byte) ([]saga.Message, error) {
 	}
 	switch b[0] {
 	case codecPlain:
-		return decodeFrame(b[1:])
-	case codecZstd:
+		return decodeFrame(b[1:], true)
+	case codecZstd, codecZstdKinds:
 		f, err := zdec.DecodeAll(b[1:], nil)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", errCorrupt, err)
 		}
-		return decodeFrame(f)
+		return decodeFrame(f, b[0] == codecZstd)
 	}
 	return nil, errCorrupt
+}
+
+// kindOfAddress reads the AMQP address a version 1 or 2 row kept as a
+// message kind: what the engine then sent to the command exchange carried
+// the reply queue as reply_to, events did not, and a message to the
+// default exchange was addressed to a queue by its routing key.
+func kindOfAddress(exchange, routingKey, replyTo string) (saga.MessageKind, string) {
+	switch {
+	case exchange == "":
+		return saga.MessageReply, routingKey
+	case replyTo != "":
+		return saga.MessageCommand, ""
+	}
+	return saga.MessageEvent, ""
 }
 
 // appendFrame appends msgs, framed, to b.
 func appendFrame(b []byte, msgs []saga.Message) []byte {
 	size := 0
 	for i := range msgs {
-		size += 64 + len(msgs[i].Body) + len(msgs[i].Exchange) + len(msgs[i].RoutingKey) + len(msgs[i].MessageID) +
-			len(msgs[i].CorrelationID) + len(msgs[i].ReplyTo) + len(msgs[i].Type)
+		size += 64 + len(msgs[i].Body) + len(msgs[i].Key) + len(msgs[i].MessageID) +
+			len(msgs[i].CorrelationID) + len(msgs[i].Type)
 		for k, v := range msgs[i].Headers {
 			size += len(k) + len(v) + 4
 		}
@@ -85,14 +103,13 @@ func appendFrame(b []byte, msgs []saga.Message) []byte {
 	str := func(s string) { b = binary.AppendUvarint(b, uint64(len(s))); b = append(b, s...) }
 	for i := range msgs {
 		m := &msgs[i]
-		str(m.Exchange)
-		str(m.RoutingKey)
+		b = append(b, byte(m.Kind))
+		str(m.Type)
+		str(m.Key)
 		str(m.MessageID)
 		str(m.CorrelationID)
-		str(m.ReplyTo)
-		str(m.Type)
 		b = append(b, byte(m.Priority))
-		b = binary.AppendVarint(b, m.Expiration.Milliseconds())
+		b = binary.AppendVarint(b, m.TTL.Milliseconds())
 		var ts int64 // zero: none (UnixNano of the zero time overflows)
 		if !m.Timestamp.IsZero() {
 			ts = m.Timestamp.UnixNano()
@@ -161,7 +178,9 @@ func (r *reader) byte() byte {
 	return v
 }
 
-func decodeFrame(b []byte) ([]saga.Message, error) {
+// decodeFrame reads a frame; addressed (versions 1 and 2) frames carry
+// AMQP addresses where newer ones carry a kind and a key.
+func decodeFrame(b []byte, addressed bool) ([]saga.Message, error) {
 	r := &reader{b: b}
 	n := r.uvarint()
 	if r.err != nil || n > uint64(len(b)) {
@@ -170,14 +189,22 @@ func decodeFrame(b []byte) ([]saga.Message, error) {
 	out := make([]saga.Message, 0, n)
 	for range n {
 		var m saga.Message
-		m.Exchange = string(r.bytes())
-		m.RoutingKey = string(r.bytes())
-		m.MessageID = string(r.bytes())
-		m.CorrelationID = string(r.bytes())
-		m.ReplyTo = string(r.bytes())
-		m.Type = string(r.bytes())
+		if addressed {
+			exchange, routingKey := string(r.bytes()), string(r.bytes())
+			m.MessageID = string(r.bytes())
+			m.CorrelationID = string(r.bytes())
+			replyTo := string(r.bytes())
+			m.Type = string(r.bytes())
+			m.Kind, m.Key = kindOfAddress(exchange, routingKey, replyTo)
+		} else {
+			m.Kind = saga.MessageKind(r.byte())
+			m.Type = string(r.bytes())
+			m.Key = string(r.bytes())
+			m.MessageID = string(r.bytes())
+			m.CorrelationID = string(r.bytes())
+		}
 		m.Priority = saga.Priority(r.byte())
-		m.Expiration = time.Duration(r.varint()) * time.Millisecond
+		m.TTL = time.Duration(r.varint()) * time.Millisecond
 		if ts := r.varint(); ts != 0 {
 			m.Timestamp = time.Unix(0, ts).UTC()
 		}

@@ -104,9 +104,9 @@ func commandMessages(d saga.Decision, at time.Time) []saga.Message {
 	msgs := make([]saga.Message, 0, len(d.Commands))
 	for _, c := range d.Commands {
 		msgs = append(msgs, saga.Message{
-			Exchange: "saga.commands", RoutingKey: c.Type, MessageID: c.MessageID,
-			CorrelationID: c.MessageID, ReplyTo: "saga.replies", Type: c.Type, Priority: c.Priority,
-			Expiration: c.Deadline.Sub(at), Headers: map[string]string{"x-step": c.Step}, Body: c.Payload,
+			Kind: saga.MessageCommand, MessageID: c.MessageID,
+			CorrelationID: c.MessageID, Type: c.Type, Priority: c.Priority,
+			TTL: c.Deadline.Sub(at), Headers: map[string]string{"x-step": c.Step}, Body: c.Payload,
 		})
 	}
 	return msgs
@@ -310,7 +310,7 @@ func TestCreateIdempotencyKey(t *testing.T) {
 	def := tripDefinition(t)
 	t0 := now()
 	msg := func(in saga.Instance) []saga.Message {
-		return []saga.Message{{Exchange: "saga.events", RoutingKey: "trip.created", MessageID: in.ID.String(), Body: []byte(`{}`)}}
+		return []saga.Message{{Kind: saga.MessageEvent, Type: "trip.created", MessageID: in.ID.String(), Body: []byte(`{}`)}}
 	}
 
 	first := newSaga(t, def, t0, t0.Add(time.Second))
@@ -423,13 +423,13 @@ func TestOutboxLease(t *testing.T) {
 	messages := func(in saga.Instance) []saga.Message {
 		return []saga.Message{
 			{
-				Exchange: "saga.commands", RoutingKey: "hotel.book", MessageID: in.ID.String() + ":book_hotel",
-				CorrelationID: in.ID.String() + ":book_hotel", ReplyTo: "saga.replies", Type: "hotel.book",
-				Priority: 7, Expiration: 90 * time.Second, Headers: map[string]string{"traceparent": "00-abc-def-01", "x-a": "b"},
+				Kind: saga.MessageCommand, MessageID: in.ID.String() + ":book_hotel",
+				CorrelationID: in.ID.String() + ":book_hotel", Type: "hotel.book",
+				Priority: 7, TTL: 90 * time.Second, Headers: map[string]string{"traceparent": "00-abc-def-01", "x-a": "b"},
 				Body: []byte(`{"v":1,"id":"x"}`),
 			},
-			{Exchange: "saga.events", RoutingKey: "trip.created", MessageID: "ev-1", CorrelationID: in.ID.String(), Type: "trip.created", Body: []byte("\x00binary\xff")},
-			{Exchange: "saga.events", RoutingKey: "trip.noted", MessageID: "ev-2", Body: []byte(`{}`)},
+			{Kind: saga.MessageEvent, MessageID: "ev-1", CorrelationID: in.ID.String(), Type: "trip.created", Body: []byte("\x00binary\xff")},
+			{Kind: saga.MessageEvent, Type: "trip.noted", MessageID: "ev-2", Body: []byte(`{}`)},
 		}
 	}
 
@@ -529,8 +529,8 @@ func TestClaimOutboxLimit(t *testing.T) {
 	for i := range 5 {
 		in := newSaga(t, def, now(), now())
 		msgs := []saga.Message{
-			{Exchange: "x", RoutingKey: "k", MessageID: fmt.Sprintf("%d-a", i), Body: []byte("b")},
-			{Exchange: "x", RoutingKey: "k", MessageID: fmt.Sprintf("%d-b", i), Body: []byte("b")},
+			{Kind: saga.MessageEvent, Type: "k", MessageID: fmt.Sprintf("%d-a", i), Body: []byte("b")},
+			{Kind: saga.MessageEvent, Type: "k", MessageID: fmt.Sprintf("%d-b", i), Body: []byte("b")},
 		}
 		if _, _, staged, err := writer.Create(ctx, saga.NewSaga{Instance: in, Messages: msgs}); err != nil || len(staged) != 2 {
 			t.Fatalf("Create = %d messages, %v", len(staged), err)
@@ -649,7 +649,7 @@ func TestApplyTransitionError(t *testing.T) {
 	ok := transition(def, t0)
 	fn := func(in saga.Instance, inp saga.Input) (saga.Decision, []saga.Message, error) {
 		if in.ID == b.ID {
-			return saga.Decision{}, []saga.Message{{Exchange: "x", RoutingKey: "must-not-stage", MessageID: "m", Body: []byte("b")}}, errBoom
+			return saga.Decision{}, []saga.Message{{Kind: saga.MessageEvent, Type: "must-not-stage", MessageID: "m", Body: []byte("b")}}, errBoom
 		}
 		return ok(in, inp)
 	}
@@ -680,7 +680,7 @@ func TestApplyTransitionError(t *testing.T) {
 		t.Errorf("Apply staged %d messages, want 2 (one command each for a and c)", len(staged))
 	}
 	for _, m := range staged {
-		if m.RoutingKey == "must-not-stage" {
+		if m.Type == "must-not-stage" {
 			t.Errorf("the failing input's message was staged")
 		}
 	}
@@ -1059,7 +1059,7 @@ func TestOutboxRowsOfAnOlderRelease(t *testing.T) {
 		t.Fatalf("ClaimOutbox = %d messages, want the version 1 row's one", len(claimed))
 	}
 	m := claimed[0]
-	if m.OutboxID != id || m.Exchange != "saga.events" || m.RoutingKey != "trip.created" || m.MessageID != "ev-old" ||
+	if m.OutboxID != id || m.Kind != saga.MessageEvent || m.Type != "trip.created" || m.MessageID != "ev-old" ||
 		m.CorrelationID != "corr-old" || string(m.Body) != `{"staged_by":"v1"}` {
 		t.Errorf("claimed %+v, want the version 1 row's event", m)
 	}
@@ -1068,7 +1068,7 @@ func TestOutboxRowsOfAnOlderRelease(t *testing.T) {
 	in := newSaga(t, def, now(), now())
 	body := []byte(strings.Repeat(`{"order_id":"`+in.ID.String()+`","note":"repetitive"}`, 20))
 	if _, _, _, err := store.Create(ctx, saga.NewSaga{Instance: in, Messages: []saga.Message{
-		{Exchange: "saga.events", RoutingKey: "trip.created", MessageID: "ev-new", Body: body},
+		{Kind: saga.MessageEvent, Type: "trip.created", MessageID: "ev-new", Body: body},
 	}}); err != nil {
 		t.Fatalf("Create: %v", err)
 	}
@@ -1076,7 +1076,7 @@ func TestOutboxRowsOfAnOlderRelease(t *testing.T) {
 	if err := pool.QueryRow(ctx, `SELECT get_byte(payload, 0), length(payload) FROM outbox WHERE id <> $1`, id).Scan(&version, &size); err != nil {
 		t.Fatalf("read the new row: %v", err)
 	}
-	if version != 2 || size >= len(body) {
-		t.Errorf("new outbox row: version %d, %d bytes for a %d-byte body; want version 2, compressed", version, size, len(body))
+	if version != 3 || size >= len(body) {
+		t.Errorf("new outbox row: version %d, %d bytes for a %d-byte body; want version 3, compressed", version, size, len(body))
 	}
 }

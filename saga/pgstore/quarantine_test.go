@@ -157,7 +157,7 @@ func TestUndecodableOutboxRowIsQuarantined(t *testing.T) {
 	def := tripDefinition(t)
 	t0 := now()
 	in := newSaga(t, def, t0, t0)
-	_, _, msgs, err := s.Create(ctx, saga.NewSaga{Instance: in, Messages: []saga.Message{{RoutingKey: "k", MessageID: "m-1", Body: []byte("x")}}})
+	_, _, msgs, err := s.Create(ctx, saga.NewSaga{Instance: in, Messages: []saga.Message{{Kind: saga.MessageEvent, Type: "k", MessageID: "m-1", Body: []byte("x")}}})
 	if err != nil || len(msgs) != 1 {
 		t.Fatalf("Create: %d messages, %v", len(msgs), err)
 	}

@@ -527,7 +527,7 @@ func (r *Runtime) once(ctx context.Context, h *handler, cmd Command) (Result, er
 // correlation id.
 func (r *Runtime) replyMessage(ctx context.Context, d *amqp.Delivery, env saga.Envelope, res Result) saga.Message {
 	m := saga.Message{
-		Exchange: "", RoutingKey: d.ReplyTo, MessageID: env.ID + ":reply",
+		Kind: saga.MessageReply, Key: d.ReplyTo, MessageID: env.ID + ":reply",
 		CorrelationID: d.CorrelationId, Type: env.Type + ".reply", Timestamp: time.Now().UTC(),
 		Body: saga.Envelope{
 			ID: env.ID + ":reply", CorrelationID: d.CorrelationId, SagaID: env.SagaID,
