@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/rs/zerolog"
 
 	"github.com/sagaflow/sagaflow/internal/contract"
@@ -116,43 +115,9 @@ func run(cfg *Config, log zerolog.Logger) error {
 
 	consumerDone := make(chan error, 1)
 	go func() {
-		// Replies are taken in batches, in queue order, and acked once their
-		// transitions committed.
-		consumerDone <- bus.ConsumeBatchAsync(ctx, amqpbus.ConsumerConfig{
-			Queue: amqpbus.ReplyQueue, Prefetch: cfg.ReplyPrefetch, Transient: pgstore.Transient,
-		}, cfg.BatchSize, func(hctx context.Context, ds []*amqp.Delivery) (amqpbus.Settle, error) {
-			bodies := make([][]byte, len(ds))
-			for i, d := range ds {
-				bodies[i] = d.Body
-			}
-			poison, wait := coord.HandleReplies(hctx, bodies)
-			if len(ds) == 1 && poison[0] != nil {
-				return nil, amqpbus.Poison(poison[0]) // the consumer dead-letters it
-			}
-			// Dead letters go once the batch committed: a batch that fails is
-			// taken apart by the consumer, and each reply handled again alone.
-			return func(sctx context.Context) error {
-				dead, err := wait(sctx)
-				if err != nil {
-					return err
-				}
-				if dead == nil {
-					dead = map[int]error{}
-				}
-				for i, why := range poison {
-					if why != nil {
-						dead[i] = why
-					}
-				}
-				for i, why := range dead {
-					log.Warn().Err(why).Str("message_id", ds[i].MessageId).Msg("dead-lettering a reply")
-					if err := bus.DeadLetter(sctx, ds[i], amqpbus.ReplyQueue, why.Error()); err != nil {
-						return err
-					}
-				}
-				return nil
-			}, nil
-		})
+		consumerDone <- bus.ServeReplies(ctx, coord, amqpbus.ConsumerConfig{
+			Prefetch: cfg.ReplyPrefetch, Transient: pgstore.Transient,
+		}, cfg.BatchSize)
 	}()
 
 	srv := &http.Server{

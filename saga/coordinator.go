@@ -12,6 +12,8 @@ import (
 	json "github.com/goccy/go-json"
 	"github.com/google/uuid"
 	"github.com/rs/zerolog"
+
+	"github.com/sagaflow/sagaflow/saga/internal/collect"
 )
 
 // Config tunes a Coordinator. Zero fields take the documented defaults.
@@ -157,7 +159,6 @@ type Coordinator struct {
 	inputs  chan *queued
 	creates chan *creation
 	relayq  chan []Message
-	kick    chan struct{}
 	wake    chan struct{} // the starter: new pending sagas, or room freed
 
 	// active estimates the sagas in flight between counts in the store:
@@ -199,7 +200,6 @@ func NewCoordinator(cfg Config, store Store, pub Publisher, log zerolog.Logger, 
 		inputs:  make(chan *queued, cfg.QueueSize),
 		creates: make(chan *creation, cfg.QueueSize),
 		relayq:  make(chan []Message, 1024),
-		kick:    make(chan struct{}, 1),
 		wake:    make(chan struct{}, 1),
 		deletes: make(chan []uuid.UUID, 1024),
 	}
@@ -272,7 +272,7 @@ func (c *Coordinator) createLoop(ctx context.Context) {
 	defer linger.Stop()
 	var batch, next []*creation
 	for {
-		batch, next = gather(ctx, c.creates, next, c.cfg.BatchSize, linger, c.cfg.CreateLinger, nil)
+		batch, next, _ = collect.Batch(ctx, c.creates, next, c.cfg.BatchSize, linger, c.cfg.CreateLinger, nil)
 		if batch == nil {
 			return
 		}
@@ -374,45 +374,6 @@ func (c *Coordinator) startAtOnce(ctx context.Context, batch []*creation) []*Dec
 	return starts
 }
 
-// gather takes the next item from ch (or carry, the next of the previous
-// call), then whatever else arrives within wait while the items' total size
-// (size of each; nil counts 1 each) stays within limit: a batch of what is
-// waiting, taken without waiting long. Items are never split: the one that
-// would pass limit comes back as next, to open the following batch, and
-// one larger than limit makes a batch of its own. It returns nil once ctx
-// is done and nothing is carried.
-func gather[T any](ctx context.Context, ch <-chan T, carry []T, limit int, linger *time.Timer, wait time.Duration, size func(T) int) (items, next []T) {
-	if size == nil {
-		size = func(T) int { return 1 }
-	}
-	if len(carry) == 0 {
-		select {
-		case it := <-ch:
-			carry = []T{it}
-		case <-ctx.Done():
-			return nil, nil
-		}
-	}
-	items = carry
-	n := size(items[0])
-	linger.Reset(wait)
-	for n < limit {
-		select {
-		case it := <-ch:
-			if n+size(it) > limit {
-				linger.Stop()
-				return items, []T{it}
-			}
-			items = append(items, it)
-			n += size(it)
-		case <-linger.C:
-			return items, nil
-		}
-	}
-	linger.Stop()
-	return items, nil
-}
-
 func (c *Coordinator) wakeStarter() {
 	select {
 	case c.wake <- struct{}{}:
@@ -492,21 +453,6 @@ func (c *Coordinator) startLoop(ctx context.Context) {
 			}
 		}
 	}
-}
-
-// HandleReply decodes a worker's reply and applies it, returning once the
-// resulting state is committed (ack the delivery then). An error wrapping
-// ErrMalformed or ErrUnknownVersion marks a poison message.
-func (c *Coordinator) HandleReply(ctx context.Context, body []byte) error {
-	poison, wait := c.HandleReplies(ctx, [][]byte{body})
-	if poison[0] != nil {
-		return poison[0]
-	}
-	dead, err := wait(ctx)
-	if err == nil && dead[0] != nil {
-		return fmt.Errorf("%w: %w", ErrMalformed, dead[0])
-	}
-	return err
 }
 
 // ReplyWait waits until queued replies are committed. It returns, by
@@ -607,14 +553,6 @@ func (c *Coordinator) applyNow(ctx context.Context, inp Input) (Instance, error)
 	c.observe(outs)
 	c.offerRelay(msgs)
 	return outs[0].Instance, outs[0].Err
-}
-
-// Kick wakes the timer now instead of at its next interval.
-func (c *Coordinator) Kick() {
-	select {
-	case c.kick <- struct{}{}:
-	default:
-	}
 }
 
 // transition is the TransitionFunc: decide, then turn the decision into
@@ -768,7 +706,7 @@ func (c *Coordinator) batchLoop(ctx context.Context) {
 	defer linger.Stop()
 	var batch, next []*queued
 	for {
-		batch, next = gather(ctx, c.inputs, next, c.cfg.BatchSize, linger, c.cfg.Linger, func(q *queued) int { return len(q.inputs) })
+		batch, next, _ = collect.Batch(ctx, c.inputs, next, c.cfg.BatchSize, linger, c.cfg.Linger, func(q *queued) int { return len(q.inputs) })
 		if batch == nil {
 			return
 		}
@@ -835,7 +773,7 @@ func (c *Coordinator) relayLoop(ctx context.Context) {
 	defer linger.Stop()
 	var parts, next [][]Message
 	for {
-		parts, next = gather(ctx, c.relayq, next, c.cfg.OutboxBatch, linger, c.cfg.Linger, func(m []Message) int { return len(m) })
+		parts, next, _ = collect.Batch(ctx, c.relayq, next, c.cfg.OutboxBatch, linger, c.cfg.Linger, func(m []Message) int { return len(m) })
 		if parts == nil {
 			return
 		}
@@ -915,7 +853,7 @@ func (c *Coordinator) deleteLoop(ctx context.Context) {
 	defer linger.Stop()
 	var parts, next [][]uuid.UUID
 	for {
-		parts, next = gather(ctx, c.deletes, next, 4*c.cfg.OutboxBatch, linger, 10*c.cfg.Linger, func(ids []uuid.UUID) int { return len(ids) })
+		parts, next, _ = collect.Batch(ctx, c.deletes, next, 4*c.cfg.OutboxBatch, linger, 10*c.cfg.Linger, func(ids []uuid.UUID) int { return len(ids) })
 		if parts == nil {
 			return
 		}
@@ -938,7 +876,6 @@ func (c *Coordinator) timerLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-c.cfg.Clock.After(c.cfg.TimerInterval):
-		case <-c.kick:
 		}
 		for ctx.Err() == nil {
 			began := time.Now()

@@ -131,19 +131,19 @@ type Transition string
 
 // The transitions of the state machine (the table is transitions).
 const (
-	TransitionStart Transition = "start"
-	TransitionAdvance Transition = "advance"
-	TransitionRetry Transition = "retry"
-	TransitionComplete Transition = "complete"
-	TransitionReject Transition = "reject"
-	TransitionCompensate Transition = "compensate"
-	TransitionCompensateNext Transition = "compensate_next"
-	TransitionRetryCompensation Transition = "retry_compensation"
+	TransitionStart              Transition = "start"
+	TransitionAdvance            Transition = "advance"
+	TransitionRetry              Transition = "retry"
+	TransitionComplete           Transition = "complete"
+	TransitionReject             Transition = "reject"
+	TransitionCompensate         Transition = "compensate"
+	TransitionCompensateNext     Transition = "compensate_next"
+	TransitionRetryCompensation  Transition = "retry_compensation"
 	TransitionFinishCompensation Transition = "finish_compensation"
-	TransitionStick Transition = "stick"
-	TransitionResume Transition = "resume"
+	TransitionStick              Transition = "stick"
+	TransitionResume             Transition = "resume"
 	TransitionResumeCompensation Transition = "resume_compensation"
-	TransitionAbort Transition = "abort"
+	TransitionAbort              Transition = "abort"
 )
 
 // ErrConflict is returned when an operator asks for something the saga's

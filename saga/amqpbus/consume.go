@@ -13,6 +13,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/sagaflow/sagaflow/saga"
+	"github.com/sagaflow/sagaflow/saga/internal/collect"
 )
 
 // Handler processes one delivery. Returning nil acks it. An error for which
@@ -362,28 +363,13 @@ func (b *Bus) consumeBatchOnce(ctx context.Context, cfg ConsumerConfig, maxBatch
 	linger := time.NewTimer(cfg.Linger)
 	defer linger.Stop()
 	for {
-		var batch []*amqp.Delivery
-		select {
-		case d, ok := <-deliveries:
-			if !ok {
-				return nil
-			}
-			batch = append(batch, &d)
-		case <-ctx.Done():
-			return nil
+		got, _, closed := collect.Batch(ctx, deliveries, nil, maxBatch, linger, cfg.Linger, nil)
+		if len(got) == 0 {
+			return nil // stopping, or the channel is gone (resume consumes again)
 		}
-		linger.Reset(cfg.Linger)
-	drain:
-		for len(batch) < maxBatch {
-			select {
-			case d, ok := <-deliveries:
-				if !ok {
-					break drain
-				}
-				batch = append(batch, &d)
-			case <-linger.C:
-				break drain
-			}
+		batch := make([]*amqp.Delivery, len(got))
+		for i := range got {
+			batch[i] = &got[i]
 		}
 		p := pending{batch: batch, done: make(chan error, 1)}
 		settle, err := h(work, batch)
@@ -396,6 +382,9 @@ func (b *Bus) consumeBatchOnce(ctx context.Context, cfg ConsumerConfig, maxBatch
 			go func() { p.done <- settle(work) }()
 		}
 		queue <- p
+		if closed {
+			return nil
+		}
 	}
 }
 

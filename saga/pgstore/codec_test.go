@@ -163,7 +163,7 @@ func benchMessages(n int) []saga.Message {
 			`"amount_cents":%d,"payment_token":"tok_%08x"}}`, id, id, id, i, id, i, 1000+37*i, 7919*i)
 		msgs[i] = saga.Message{Kind: saga.MessageCommand, Type: "payment.charge", MessageID: id + ":charge_payment",
 			CorrelationID: id + ":charge_payment",
-			Priority: 1, TTL: 10 * time.Second, Timestamp: time.Now(),
+			Priority:      1, TTL: 10 * time.Second, Timestamp: time.Now(),
 			Headers: map[string]string{"traceparent": fmt.Sprintf("00-%032x-%016x-01", i*7919, i*104729)},
 			Body:    []byte(body)}
 	}

@@ -29,32 +29,24 @@ type Event struct {
 // message, so only the culprit goes.
 func Poison(err error) error { return amqpbus.Poison(err) }
 
-// EventHandlerFunc applies a batch of new events with tx. For Subscribe,
-// tx is a transaction the runtime commits together with the inbox records
-// of the events, so each event is applied once per subscription even when
-// delivered again; for SubscribeIdempotent see there.
+// EventHandlerFunc applies a batch of events. It must apply each event at
+// most once by itself (a unique key on the event id, say): an event can be
+// delivered again (a redelivery after a crash, a copy the outbox published
+// twice). tx is the pool: each statement commits on its own, and a batch
+// redelivered after a crash runs them all again, which their own keys
+// make harmless; one statement per batch costs one round trip.
 type EventHandlerFunc func(ctx context.Context, tx Tx, events []Event) error
 
 type subscription struct {
 	queue string
 	h     EventHandlerFunc
-	inbox bool // deduplicate through the inbox
 }
 
 // Subscribe consumes a queue of domain events in batches of up to
-// Config.EventPrefetch, one transaction per batch, each event applied once
-// (the inbox records it). Unparseable events are dead-lettered.
+// Config.EventPrefetch. A batch that fails is retried event by event, and
+// an event that cannot be read or handled goes to the dead letters alone
+// (amqpbus isolates it); see EventHandlerFunc for what a handler owes.
 func (r *Runtime) Subscribe(queue string, h EventHandlerFunc) {
-	r.subs = append(r.subs, subscription{queue: queue, h: h, inbox: true})
-}
-
-// SubscribeIdempotent is Subscribe for a handler that applies an event at
-// most once by itself (a unique key on the event id, say): no inbox record
-// is written and no transaction is opened, so a batch costs one round trip
-// when the handler issues one statement. Each statement commits on its
-// own; a batch redelivered after a crash runs them all again, which their
-// own keys make harmless.
-func (r *Runtime) SubscribeIdempotent(queue string, h EventHandlerFunc) {
 	r.subs = append(r.subs, subscription{queue: queue, h: h})
 }
 
@@ -66,8 +58,6 @@ func (r *Runtime) consumeEvents(ctx context.Context, sub subscription) error {
 func (r *Runtime) deliverEvents(ctx context.Context, sub subscription, ds []*amqp.Delivery) error {
 	start := time.Now()
 	events := make([]Event, 0, len(ds))
-	keys := make([]string, 0, len(ds))
-	types := make([]string, 0, len(ds))
 	for _, d := range ds {
 		env, err := saga.Decode(d.Body)
 		if err != nil {
@@ -79,39 +69,13 @@ func (r *Runtime) deliverEvents(ctx context.Context, sub subscription, ds []*amq
 		ev := Event{Envelope: env}
 		ev.TraceParent, _ = d.Headers["traceparent"].(string)
 		events = append(events, ev)
-		// One inbox entry per event and subscription: the email and the SMS
-		// queue each see every event once.
-		keys = append(keys, env.ID+"@"+sub.queue)
-		types = append(types, env.Type)
 	}
 	if len(events) == 0 {
 		return nil
 	}
-	if !sub.inbox {
-		defer r.traceEvents(ctx, sub, events, start)()
-		if err := sub.h(ctx, r.pool, events); err != nil {
-			return err
-		}
-		r.observeEvents(events, start)
-		return nil
-	}
-	tx, err := r.pool.Begin(ctx)
-	if err != nil {
-		return fmt.Errorf("worker: begin: %w", err)
-	}
-	defer tx.Rollback(ctx)
-	news, err := r.freshEvents(ctx, tx, sub, events, keys, types)
-	if err != nil {
+	defer r.traceEvents(ctx, sub, events, start)()
+	if err := sub.h(ctx, r.pool, events); err != nil {
 		return err
-	}
-	defer r.traceEvents(ctx, sub, news, start)()
-	if len(news) > 0 {
-		if err := sub.h(ctx, tx, news); err != nil {
-			return err
-		}
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("worker: commit: %w", err)
 	}
 	r.observeEvents(events, start)
 	return nil
@@ -140,38 +104,4 @@ func (r *Runtime) observeEvents(events []Event, start time.Time) {
 	for _, ev := range events {
 		r.observer.Handled(ev.Type, "event", each)
 	}
-}
-
-// freshEvents records the events in the inbox and returns those it had not
-// seen; without an inbox (SubscribeIdempotent) it returns them all.
-func (r *Runtime) freshEvents(ctx context.Context, tx Tx, sub subscription, events []Event, keys, types []string) ([]Event, error) {
-	if !sub.inbox {
-		return events, nil
-	}
-	rows, err := tx.Query(ctx, `INSERT INTO inbox (message_id, type)
-		SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (message_id) DO NOTHING
-		RETURNING message_id`, keys, types)
-	if err != nil {
-		return nil, fmt.Errorf("worker: inbox: %w", err)
-	}
-	defer rows.Close()
-	fresh := map[string]bool{}
-	for rows.Next() {
-		var k string
-		if err := rows.Scan(&k); err != nil {
-			return nil, fmt.Errorf("worker: inbox: %w", err)
-		}
-		fresh[k] = true
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("worker: inbox: %w", err)
-	}
-	var news []Event
-	for i, ev := range events {
-		if fresh[keys[i]] {
-			news = append(news, ev)
-			delete(fresh, keys[i]) // a duplicate within the batch counts once
-		}
-	}
-	return news, nil
 }

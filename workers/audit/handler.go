@@ -15,15 +15,14 @@ import (
 )
 
 func register(rt *worker.Runtime, db *pgxpool.Pool) {
-	rt.SubscribeIdempotent(contract.AuditEventsQueue, appendEvents)
+	rt.Subscribe(contract.AuditEventsQueue, appendEvents)
 	rt.Query(contract.AuditOrderEvents, func(ctx context.Context, cmd worker.Command) (worker.Result, error) {
 		return orderEvents(ctx, db, cmd)
 	})
 }
 
 // appendEvents appends a batch of events with one statement; an event
-// already in the log (the inbox lets none through twice, the unique id is
-// the last guard) is skipped.
+// already in the log (delivered again) is skipped by its unique id.
 func appendEvents(ctx context.Context, tx worker.Tx, events []worker.Event) error {
 	n := len(events)
 	var (

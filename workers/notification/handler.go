@@ -21,8 +21,8 @@ const (
 )
 
 func register(rt *worker.Runtime, db *pgxpool.Pool) {
-	rt.SubscribeIdempotent(contract.EmailQueue, sender(email))
-	rt.SubscribeIdempotent(contract.SMSQueue, sender(sms))
+	rt.Subscribe(contract.EmailQueue, sender(email))
+	rt.Subscribe(contract.SMSQueue, sender(sms))
 	rt.Query(contract.NotificationLedger, func(ctx context.Context, cmd worker.Command) (worker.Result, error) {
 		return ledger(ctx, db, cmd)
 	})
