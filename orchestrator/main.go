@@ -23,8 +23,8 @@ import (
 	"github.com/sagaflow/sagaflow/internal/telemetry"
 	"github.com/sagaflow/sagaflow/orchestrator/api"
 	"github.com/sagaflow/sagaflow/orchestrator/order"
-	"github.com/sagaflow/sagaflow/saga"
 	"github.com/sagaflow/sagaflow/saga/amqpbus"
+	"github.com/sagaflow/sagaflow/saga/coordinator"
 	"github.com/sagaflow/sagaflow/saga/pgstore"
 )
 
@@ -96,7 +96,7 @@ func run(cfg *Config, log zerolog.Logger) error {
 		contract.NotificationRequests, contract.AuditRequests,
 		contract.EmailQueue, contract.SMSQueue, contract.AuditEventsQueue)
 	reg.MustRegister(queues)
-	coord, err := saga.NewCoordinator(saga.Config{
+	coord, err := coordinator.New(coordinator.Config{
 		BatchSize: cfg.BatchSize, Workers: cfg.BatchWorkers, TimerInterval: cfg.TimerInterval,
 		MaxActive: cfg.MaxActiveSagas, OldestShare: cfg.OldestShareOrStrict(), Observer: metrics.SagaObserver{}, Clock: clock,
 	}, store, bus, log, order.Definition(cfg.Retry()))

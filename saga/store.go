@@ -120,3 +120,10 @@ type Publisher interface {
 // returns the messages it confirmed; the others failed (the error says why)
 // and are the caller's to retry.
 type Confirms func(ctx context.Context) (confirmed []Message, err error)
+
+// ReplyWait waits until queued replies are committed. It returns, by
+// index, the replies to dead-letter and why: for a saga the store does not
+// have (another deployment sharing the broker, a hand-made message), or
+// one it quarantined. Any other failure of an input is the error (the
+// consumer retries it a bounded number of times).
+type ReplyWait func(ctx context.Context) (dead map[int]error, err error)

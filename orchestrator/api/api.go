@@ -21,14 +21,14 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 
 	"github.com/sagaflow/sagaflow/internal/service"
-	"github.com/sagaflow/sagaflow/saga"
 	"github.com/sagaflow/sagaflow/saga/amqpbus"
+	"github.com/sagaflow/sagaflow/saga/coordinator"
 	"github.com/sagaflow/sagaflow/saga/pgstore"
 )
 
 // Deps are what the API works with.
 type Deps struct {
-	Coordinator *saga.Coordinator
+	Coordinator *coordinator.Coordinator
 	Store       *pgstore.Store
 	Bus         *amqpbus.Bus
 	DB          *pgxpool.Pool

@@ -22,6 +22,7 @@ import (
 	"github.com/sagaflow/sagaflow/internal/contract"
 	"github.com/sagaflow/sagaflow/orchestrator/order"
 	"github.com/sagaflow/sagaflow/saga"
+	"github.com/sagaflow/sagaflow/saga/coordinator"
 	"github.com/sagaflow/sagaflow/saga/pgstore"
 )
 
@@ -170,7 +171,7 @@ func (s *server) createOrder(c *gin.Context) {
 		sum := sha256.Sum256(canon)
 		fingerprint = hex.EncodeToString(sum[:])
 	}
-	in, created, err := s.Coordinator.Submit(c, saga.Submission{
+	in, created, err := s.Coordinator.Submit(c, coordinator.Submission{
 		Definition: order.SagaName, ID: id, Data: data, Priority: prio,
 		Key: key, Fingerprint: fingerprint, TraceParent: traceHeaders(c.Request.Context())["traceparent"],
 	})

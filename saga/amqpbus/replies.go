@@ -8,6 +8,14 @@ import (
 	"github.com/sagaflow/sagaflow/saga"
 )
 
+// ReplySink takes replies in batches: a coordinator (saga/coordinator).
+// HandleReplies decodes bodies and queues them, in order; it returns why
+// each poison body cannot be applied (nil for the others) and a wait for
+// the commit of the others.
+type ReplySink interface {
+	HandleReplies(ctx context.Context, bodies [][]byte) (poison []error, wait saga.ReplyWait)
+}
+
 // ServeReplies consumes the reply queue (cfg.Queue, default the bus's
 // ReplyQueue) into coordinator c until ctx is done, and returns once the
 // replies in hand are settled. Replies are taken in batches of up to
@@ -18,7 +26,7 @@ import (
 // whose application fails is retried alone, then dead-lettered (see
 // ConsumerConfig.MaxDeliveries; set cfg.Transient to the store's
 // classification, so that a database restart requeues instead).
-func (b *Bus) ServeReplies(ctx context.Context, c *saga.Coordinator, cfg ConsumerConfig, maxBatch int) error {
+func (b *Bus) ServeReplies(ctx context.Context, c ReplySink, cfg ConsumerConfig, maxBatch int) error {
 	if cfg.Queue == "" {
 		cfg.Queue = b.cfg.ReplyQueue
 	}
