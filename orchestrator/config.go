@@ -4,8 +4,8 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/sagaflow/sagaflow/internal/service"
 	"github.com/sagaflow/sagaflow/saga"
+	"github.com/sagaflow/sagaflow/saga/service"
 )
 
 // Config is the orchestrator's configuration, read from the environment.

@@ -3,7 +3,7 @@ package main
 import (
 	"testing"
 
-	"github.com/sagaflow/sagaflow/internal/service"
+	"github.com/sagaflow/sagaflow/saga/service"
 )
 
 // TestREADMEListsEveryVariable keeps the README's configuration table true

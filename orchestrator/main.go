@@ -18,9 +18,9 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sagaflow/sagaflow/internal/contract"
-	"github.com/sagaflow/sagaflow/internal/metrics"
-	"github.com/sagaflow/sagaflow/internal/service"
-	"github.com/sagaflow/sagaflow/internal/telemetry"
+	"github.com/sagaflow/sagaflow/saga/sagaprom"
+	"github.com/sagaflow/sagaflow/saga/service"
+
 	"github.com/sagaflow/sagaflow/orchestrator/api"
 	"github.com/sagaflow/sagaflow/orchestrator/order"
 	"github.com/sagaflow/sagaflow/saga/amqpbus"
@@ -30,10 +30,13 @@ import (
 
 func main() {
 	cfg := Config{Base: service.Base{DBMaxConns: 16}}
-	service.HandleFlags("orchestrator", "the REST API and the coordinator of the order saga", &cfg)
+	cmd := service.HandleFlags("orchestrator", "the REST API and the coordinator of the order saga", &cfg)
 	if err := service.LoadConfig(&cfg); err != nil {
 		fmt.Fprintf(os.Stderr, "orchestrator: %v\n", err)
 		os.Exit(1)
+	}
+	if cmd != service.CommandServe {
+		os.Exit(service.RunMigrate(context.Background(), os.Stdout, &cfg.Base, "orchestrator", cmd, pgstore.Migrations))
 	}
 	log := service.Logger("orchestrator", &cfg.Base)
 	service.SetCheckLog(log)
@@ -54,7 +57,7 @@ func run(cfg *Config, log zerolog.Logger) error {
 		return err
 	}
 	defer ln.Close()
-	stopTracing, err := telemetry.Setup(ctx, "orchestrator")
+	stopTracing, err := service.SetupTracing(ctx, "orchestrator")
 	if err != nil {
 		return err
 	}
@@ -64,12 +67,12 @@ func run(cfg *Config, log zerolog.Logger) error {
 	}
 	sctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
 	defer cancel()
-	db, err := service.OpenDB(sctx, &cfg.Base, "orchestrator")
+	db, err := service.OpenDB(sctx, &cfg.Base, "orchestrator", log, pgstore.Migrations)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	bus, err := service.DialBus(sctx, &cfg.Base, "orchestrator", log)
+	bus, err := service.DialBus(sctx, &cfg.Base, "orchestrator", contract.Topology, log)
 	if err != nil {
 		return err
 	}
@@ -78,7 +81,7 @@ func run(cfg *Config, log zerolog.Logger) error {
 	store := pgstore.New(db, pgstore.Config{OutboxLease: cfg.OutboxLease,
 		OnQuarantine: func(kind string, id uuid.UUID, why error) {
 			log.Error().Err(why).Str("kind", kind).Str("id", id.String()).Msg("quarantined: set aside for an operator (GET /admin/quarantine)")
-			metrics.Quarantined.WithLabelValues(kind).Inc()
+			sagaprom.Quarantined.WithLabelValues(kind).Inc()
 		}})
 	// Deadlines follow the database's clock, whatever this host's says.
 	clock := pgstore.NewClock(db)
@@ -89,8 +92,8 @@ func run(cfg *Config, log zerolog.Logger) error {
 		log.Warn().Dur("offset", off).Msg("this host's clock differs from the database's; deadlines follow the database")
 	}
 	reg := service.NewRegistry()
-	metrics.RegisterOrchestrator(reg, store)
-	queues := metrics.NewQueueCollector(bus, amqpbus.DeadLetterQueue, amqpbus.ReplyQueue,
+	sagaprom.RegisterOrchestrator(reg, store)
+	queues := sagaprom.NewQueueCollector(bus, amqpbus.DeadLetterQueue, amqpbus.ReplyQueue,
 		contract.InventoryQueue, contract.PaymentQueue, contract.ShippingQueue,
 		contract.InventoryRequests, contract.PaymentRequests, contract.ShippingRequests,
 		contract.NotificationRequests, contract.AuditRequests,
@@ -98,7 +101,7 @@ func run(cfg *Config, log zerolog.Logger) error {
 	reg.MustRegister(queues)
 	coord, err := coordinator.New(coordinator.Config{
 		BatchSize: cfg.BatchSize, Workers: cfg.BatchWorkers, TimerInterval: cfg.TimerInterval,
-		MaxActive: cfg.MaxActiveSagas, OldestShare: cfg.OldestShareOrStrict(), Observer: metrics.SagaObserver{}, Clock: clock,
+		MaxActive: cfg.MaxActiveSagas, OldestShare: cfg.OldestShareOrStrict(), Observer: sagaprom.SagaObserver{}, Clock: clock,
 	}, store, bus, log, order.Definition(cfg.Retry()))
 	if err != nil {
 		return err

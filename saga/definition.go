@@ -1,10 +1,12 @@
-// Package saga is the engine of sagaflow: saga definitions, the state
-// machine that decides the next move from a reply or a timer, and the
-// coordinator that ties a Store and a Publisher together.
+// Package saga is the core of sagaflow's engine: saga definitions, the
+// state machine that decides the next move from a reply or a timer (with
+// typed transitions), the messages a decision causes, and the interfaces
+// of a Store and a Publisher.
 //
-// It knows nothing about orders, PostgreSQL or RabbitMQ: adapters
-// (saga/pgstore, saga/amqpbus, saga/worker) implement its interfaces, and
-// applications (the order saga) are built on top.
+// It knows nothing about orders, PostgreSQL or RabbitMQ: saga/coordinator
+// drives sagas through those interfaces, adapters (saga/pgstore,
+// saga/amqpbus, saga/worker) implement them, and applications (the order
+// saga, examples/trip) are built on top.
 package saga
 
 import (

@@ -8,10 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sagaflow/sagaflow/internal/service"
 	"github.com/sagaflow/sagaflow/internal/testenv"
 	"github.com/sagaflow/sagaflow/orchestrator/api"
 	"github.com/sagaflow/sagaflow/orchestrator/order"
+	"github.com/sagaflow/sagaflow/saga/service"
 )
 
 // TestPostgresOutage: while PostgreSQL is down the API answers 503 with a

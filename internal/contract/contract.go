@@ -14,6 +14,10 @@ import (
 	json "github.com/goccy/go-json"
 )
 
+// IDName is the order saga's name for a saga id: the order id. Log lines
+// of the orchestrator and the workers carry it.
+const IDName = "order_id"
+
 // Command types, also the routing keys on saga.commands.
 const (
 	InventoryReserve       = "inventory.reserve"

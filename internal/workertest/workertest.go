@@ -13,20 +13,21 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/sagaflow/sagaflow/internal/service"
 	"github.com/sagaflow/sagaflow/saga"
+	"github.com/sagaflow/sagaflow/saga/pgmigrate"
 	"github.com/sagaflow/sagaflow/saga/sagatest"
 	"github.com/sagaflow/sagaflow/saga/worker"
 )
 
-// DB creates a fresh database with a service's section of schema.sql and
-// returns a pool whose search_path is that schema, and the database URL.
-func DB(t testing.TB, schema string) (*pgxpool.Pool, string) {
+// DB creates a fresh database with a worker's tables in schema (the
+// runtime's inbox, then sets) and returns a pool whose search_path is that
+// schema, and the database URL.
+func DB(t testing.TB, schema string, sets ...pgmigrate.Set) (*pgxpool.Pool, string) {
 	t.Helper()
 	url := sagatest.NewDatabase(t)
 	pool := sagatest.Pool(t, url, schema)
-	if err := service.ApplySchema(context.Background(), pool, schema); err != nil {
-		t.Fatalf("apply schema %s: %v", schema, err)
+	if _, err := pgmigrate.Up(context.Background(), pool, append([]pgmigrate.Set{worker.Migrations}, sets...)...); err != nil {
+		t.Fatalf("migrate %s: %v", schema, err)
 	}
 	return pool, url
 }

@@ -1,5 +1,5 @@
 // Package api is the orchestrator's REST API (gin): orders, products,
-// admin routes, health and metrics. docs/api.md and docs/openapi.yaml are
+// admin routes, health and sagaprom. docs/api.md and docs/openapi.yaml are
 // its contract.
 package api
 
@@ -20,10 +20,10 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
 
-	"github.com/sagaflow/sagaflow/internal/service"
 	"github.com/sagaflow/sagaflow/saga/amqpbus"
 	"github.com/sagaflow/sagaflow/saga/coordinator"
 	"github.com/sagaflow/sagaflow/saga/pgstore"
+	"github.com/sagaflow/sagaflow/saga/service"
 )
 
 // Deps are what the API works with.

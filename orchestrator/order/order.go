@@ -89,7 +89,7 @@ func Definition(retry saga.Retry) *saga.Definition {
 		Retry:     retry,
 		Request:   request,
 		EventData: eventData,
-		IDName:    "order_id",
+		IDName:    contract.IDName,
 	}
 }
 

@@ -19,7 +19,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/goleak"
 
-	"github.com/sagaflow/sagaflow/internal/service"
 	"github.com/sagaflow/sagaflow/saga"
 	"github.com/sagaflow/sagaflow/saga/pgstore"
 	"github.com/sagaflow/sagaflow/saga/sagatest"
@@ -37,15 +36,15 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// newPool returns a pool on a fresh database holding the orchestrator's
-// tables.
+// newPool returns a pool on a fresh database holding the store's tables
+// (its migrations) in schema orchestrator.
 func newPool(t testing.TB) *pgxpool.Pool {
 	t.Helper()
 	pool := sagatest.Pool(t, sagatest.NewDatabase(t), "orchestrator")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := service.ApplySchema(ctx, pool, "orchestrator"); err != nil {
-		t.Fatalf("ApplySchema: %v", err)
+	if err := pgstore.Migrate(ctx, pool); err != nil {
+		t.Fatalf("Migrate: %v", err)
 	}
 	return pool
 }

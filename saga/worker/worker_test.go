@@ -19,26 +19,19 @@ import (
 	"github.com/sagaflow/sagaflow/saga/sagatest"
 )
 
-// testDDL is a worker's schema: the inbox (as in schema.sql) and a table of
-// effects the test handlers write to.
-const testDDL = `
-CREATE SCHEMA w;
-CREATE TABLE w.inbox (
-    message_id   text PRIMARY KEY,
-    type         text NOT NULL,
-    reply        bytea,
-    processed_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE w.effects (n int);
-`
-
-// newRuntime returns a runtime on a fresh database holding testDDL, and a
-// pool on that database.
+// newRuntime returns a runtime on a fresh database whose schema w holds
+// the inbox (the runtime's migrations) and a table of effects the test
+// handlers write to, and a pool on that database.
 func newRuntime(t *testing.T, cfg Config) (*Runtime, *pgxpool.Pool) {
 	t.Helper()
 	url := sagatest.NewDatabase(t)
-	sagatest.Exec(t, url, testDDL)
 	pool := sagatest.Pool(t, url, "w")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := Migrate(ctx, pool); err != nil {
+		t.Fatalf("Migrate: %v", err)
+	}
+	sagatest.Exec(t, url, `CREATE TABLE w.effects (n int)`)
 	return New(cfg, pool, nil, zerolog.Nop()), pool
 }
 

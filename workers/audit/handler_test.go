@@ -17,6 +17,7 @@ import (
 	"github.com/sagaflow/sagaflow/saga"
 	"github.com/sagaflow/sagaflow/saga/amqpbus"
 	"github.com/sagaflow/sagaflow/saga/worker"
+	"github.com/sagaflow/sagaflow/workers/audit/migrations"
 )
 
 // TestMain runs the tests in a local zone other than UTC: pgx reads a
@@ -30,7 +31,7 @@ func TestMain(m *testing.M) {
 // newDB creates a fresh database with the audit schema.
 func newDB(t *testing.T) *pgxpool.Pool {
 	t.Helper()
-	pool, _ := workertest.DB(t, "audit")
+	pool, _ := workertest.DB(t, "audit", migrations.Set)
 	return pool
 }
 

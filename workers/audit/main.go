@@ -7,7 +7,9 @@ import (
 	"os"
 
 	"github.com/sagaflow/sagaflow/internal/contract"
-	"github.com/sagaflow/sagaflow/internal/service"
+	"github.com/sagaflow/sagaflow/saga/pgmigrate"
+	"github.com/sagaflow/sagaflow/saga/service"
+	"github.com/sagaflow/sagaflow/workers/audit/migrations"
 )
 
 func main() {
@@ -16,6 +18,9 @@ func main() {
 		Summary:      "the audit service: every domain event, once, in an append-only log",
 		RequestQueue: contract.AuditRequests,
 		MetricsAddr:  ":9105",
+		Topology:     contract.Topology,
+		Migrations:   []pgmigrate.Set{migrations.Set},
+		IDName:       contract.IDName,
 		Register:     register,
 		DBConns:      4,
 	}))

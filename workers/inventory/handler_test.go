@@ -16,6 +16,7 @@ import (
 	"github.com/sagaflow/sagaflow/internal/workertest"
 	"github.com/sagaflow/sagaflow/saga"
 	"github.com/sagaflow/sagaflow/saga/worker"
+	"github.com/sagaflow/sagaflow/workers/inventory/migrations"
 )
 
 // --- helpers ---
@@ -24,7 +25,7 @@ import (
 // pool on it and its URL.
 func newDB(t *testing.T) (*pgxpool.Pool, string) {
 	t.Helper()
-	return workertest.DB(t, "inventory")
+	return workertest.DB(t, "inventory", migrations.Set)
 }
 
 // widePool opens a second, larger pool on url, so that concurrency tests

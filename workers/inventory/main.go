@@ -7,7 +7,9 @@ import (
 	"os"
 
 	"github.com/sagaflow/sagaflow/internal/contract"
-	"github.com/sagaflow/sagaflow/internal/service"
+	"github.com/sagaflow/sagaflow/saga/pgmigrate"
+	"github.com/sagaflow/sagaflow/saga/service"
+	"github.com/sagaflow/sagaflow/workers/inventory/migrations"
 )
 
 func main() {
@@ -17,6 +19,9 @@ func main() {
 		Queue:        contract.InventoryQueue,
 		RequestQueue: contract.InventoryRequests,
 		MetricsAddr:  ":9101",
+		Topology:     contract.Topology,
+		Migrations:   []pgmigrate.Set{migrations.Set},
+		IDName:       contract.IDName,
 		Register:     register,
 		DBConns:      10,
 	}))

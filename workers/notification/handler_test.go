@@ -16,12 +16,13 @@ import (
 	"github.com/sagaflow/sagaflow/saga"
 	"github.com/sagaflow/sagaflow/saga/amqpbus"
 	"github.com/sagaflow/sagaflow/saga/worker"
+	"github.com/sagaflow/sagaflow/workers/notification/migrations"
 )
 
 // newDB creates a fresh database with the notification schema.
 func newDB(t *testing.T) *pgxpool.Pool {
 	t.Helper()
-	pool, _ := workertest.DB(t, "notification")
+	pool, _ := workertest.DB(t, "notification", migrations.Set)
 	return pool
 }
 

@@ -8,7 +8,9 @@ import (
 	"os"
 
 	"github.com/sagaflow/sagaflow/internal/contract"
-	"github.com/sagaflow/sagaflow/internal/service"
+	"github.com/sagaflow/sagaflow/saga/pgmigrate"
+	"github.com/sagaflow/sagaflow/saga/service"
+	"github.com/sagaflow/sagaflow/workers/notification/migrations"
 )
 
 func main() {
@@ -17,6 +19,9 @@ func main() {
 		Summary:      "the notification service: one email and one SMS per order outcome (simulated)",
 		RequestQueue: contract.NotificationRequests,
 		MetricsAddr:  ":9104",
+		Topology:     contract.Topology,
+		Migrations:   []pgmigrate.Set{migrations.Set},
+		IDName:       contract.IDName,
 		Register:     register,
 		DBConns:      4,
 	}))

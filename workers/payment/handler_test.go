@@ -12,12 +12,13 @@ import (
 	"github.com/sagaflow/sagaflow/internal/contract"
 	"github.com/sagaflow/sagaflow/internal/workertest"
 	"github.com/sagaflow/sagaflow/saga/worker"
+	"github.com/sagaflow/sagaflow/workers/payment/migrations"
 )
 
 // newDB creates a fresh database with the payment schema.
 func newDB(t *testing.T) *pgxpool.Pool {
 	t.Helper()
-	pool, _ := workertest.DB(t, "payment")
+	pool, _ := workertest.DB(t, "payment", migrations.Set)
 	return pool
 }
 

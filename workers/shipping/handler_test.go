@@ -12,12 +12,13 @@ import (
 	"github.com/sagaflow/sagaflow/internal/contract"
 	"github.com/sagaflow/sagaflow/internal/workertest"
 	"github.com/sagaflow/sagaflow/saga/worker"
+	"github.com/sagaflow/sagaflow/workers/shipping/migrations"
 )
 
 // newDB creates a fresh database with the shipping schema.
 func newDB(t *testing.T) *pgxpool.Pool {
 	t.Helper()
-	pool, _ := workertest.DB(t, "shipping")
+	pool, _ := workertest.DB(t, "shipping", migrations.Set)
 	return pool
 }
 

@@ -29,17 +29,32 @@ func environment() map[string]string {
 	return m
 }
 
-// HandleFlags reads the command line every binary shares: -version prints
-// the version and -help the environment variables cfg reads, with their
-// defaults; both exit 0. Configuration itself comes from the environment
-// only, so any other argument is an error (exit 2). cfg is the binary's
-// configuration struct with its per-binary defaults already set.
-func HandleFlags(name, summary string, cfg any) {
+// Command is what a binary was asked to do.
+type Command int
+
+const (
+	// CommandServe runs the service (no argument).
+	CommandServe Command = iota
+	// CommandMigrate applies the pending migrations and exits ("migrate").
+	CommandMigrate
+	// CommandMigrateStatus prints where the migrations stand and exits
+	// ("migrate status").
+	CommandMigrateStatus
+)
+
+// HandleFlags reads the command line every binary shares and returns what
+// to do: serve (no argument), "migrate" or "migrate status". -version
+// prints the version and -help the environment variables cfg reads, with
+// their defaults; both exit 0. Configuration itself comes from the
+// environment only, so any other argument is an error (exit 2). cfg is the
+// binary's configuration struct with its per-binary defaults already set.
+func HandleFlags(name, summary string, cfg any) Command {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
 	err := fs.Parse(os.Args[1:])
+	args := fs.Args()
 	switch {
 	case err == flag.ErrHelp:
 		PrintHelp(os.Stdout, name, summary, cfg)
@@ -47,13 +62,20 @@ func HandleFlags(name, summary string, cfg any) {
 	case err != nil:
 		fmt.Fprintf(os.Stderr, "%s: %v (configuration comes from the environment; %s -help lists it)\n", name, err, name)
 		os.Exit(2)
-	case fs.NArg() > 0:
-		fmt.Fprintf(os.Stderr, "%s: unexpected argument %q (configuration comes from the environment; %s -help lists it)\n", name, fs.Arg(0), name)
-		os.Exit(2)
 	case *showVersion:
 		fmt.Printf("%s %s (%s)\n", name, sagaflow.Version(), runtime.Version())
 		os.Exit(0)
+	case len(args) == 0:
+		return CommandServe
+	case len(args) == 1 && args[0] == "migrate":
+		return CommandMigrate
+	case len(args) == 2 && args[0] == "migrate" && args[1] == "status":
+		return CommandMigrateStatus
 	}
+	fmt.Fprintf(os.Stderr, "%s: unexpected argument %q (usage: %s [migrate [status]]; configuration comes from the environment; %s -help lists it)\n",
+		name, strings.Join(args, " "), name, name)
+	os.Exit(2)
+	return CommandServe
 }
 
 // EnvVar is one environment variable a configuration reads.
@@ -97,7 +119,11 @@ func EnvVars(cfg any) []EnvVar {
 // PrintHelp writes what -help prints.
 func PrintHelp(w io.Writer, name, summary string, cfg any) {
 	fmt.Fprintf(w, "%s %s: %s\n\n", name, sagaflow.Version(), summary)
-	fmt.Fprintf(w, "Usage: %s [-version | -help]\n\n", name)
+	fmt.Fprintf(w, "Usage: %s [-version | -help | migrate [status]]\n\n", name)
+	fmt.Fprintf(w, "Without an argument it serves until SIGINT or SIGTERM, after applying its\n")
+	fmt.Fprintf(w, "pending database migrations (unless AUTO_MIGRATE=false). \"migrate\" applies\n")
+	fmt.Fprintf(w, "them and exits; \"migrate status\" prints where they stand and exits 0 when\n")
+	fmt.Fprintf(w, "the database is current, 3 when migrations are pending.\n\n")
 	fmt.Fprintf(w, "Configuration is read from these environment variables:\n\n")
 	for _, v := range EnvVars(cfg) {
 		def := v.Default

@@ -18,8 +18,9 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sagaflow/sagaflow"
-	"github.com/sagaflow/sagaflow/internal/metrics"
-	"github.com/sagaflow/sagaflow/internal/telemetry"
+	"github.com/sagaflow/sagaflow/saga/pgmigrate"
+	"github.com/sagaflow/sagaflow/saga/sagaprom"
+
 	"github.com/sagaflow/sagaflow/saga/amqpbus"
 	"github.com/sagaflow/sagaflow/saga/worker"
 )
@@ -89,29 +90,44 @@ type WorkerSpec struct {
 	Summary string
 	// Queue is its command queue (empty: it answers requests only).
 	Queue string
-	// RequestQueue is its queue of requests relayed by the API.
+	// RequestQueue is its queue of requests relayed by an API (empty:
+	// none).
 	RequestQueue string
 	// MetricsAddr is the default of METRICS_ADDR.
 	MetricsAddr string
+	// Topology is the system's broker topology, declared at start.
+	Topology TopologyFunc
+	// Migrations are the worker's own tables, applied after the runtime's
+	// inbox (worker.Migrations) in the worker's schema.
+	Migrations []pgmigrate.Set
+	// IDName is the saga definition's IDName ("order_id"): log lines name
+	// the saga id by it.
+	IDName string
 	// Register adds the worker's handlers to the runtime.
 	Register func(rt *worker.Runtime, db *pgxpool.Pool)
 	// DBConns is the default pool size (DB_MAX_CONNS overrides it).
 	DBConns int32
 }
 
-// RunWorker runs a command worker until SIGINT or SIGTERM and returns the
-// process exit code: 0 after a graceful stop, 1 on a start or run error.
+// RunWorker runs a command worker until SIGINT or SIGTERM, or carries out
+// its migrate command, and returns the process exit code: 0 after a
+// graceful stop, 1 on a start or run error (RunMigrate tells the codes of
+// migrate).
 func RunWorker(spec WorkerSpec) int {
 	cfg := WorkerConfig{MetricsAddr: spec.MetricsAddr, Base: Base{DBMaxConns: spec.DBConns}}
-	HandleFlags(spec.Name, spec.Summary, &cfg)
+	cmd := HandleFlags(spec.Name, spec.Summary, &cfg)
 	if err := LoadConfig(&cfg); err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", spec.Name, err)
 		return 1
 	}
+	sets := append([]pgmigrate.Set{worker.Migrations}, spec.Migrations...)
+	if cmd != CommandServe {
+		return RunMigrate(context.Background(), os.Stdout, &cfg.Base, spec.Name, cmd, sets...)
+	}
 	log := Logger(spec.Name, &cfg.Base)
 	SetCheckLog(log)
 	TuneGC(40)
-	if err := runWorker(spec, &cfg, log); err != nil {
+	if err := runWorker(spec, &cfg, sets, log); err != nil {
 		log.Error().Err(err).Msg("stopped with an error")
 		return 1
 	}
@@ -119,7 +135,7 @@ func RunWorker(spec WorkerSpec) int {
 	return 0
 }
 
-func runWorker(spec WorkerSpec, cfg *WorkerConfig, log zerolog.Logger) error {
+func runWorker(spec WorkerSpec, cfg *WorkerConfig, sets []pgmigrate.Set, log zerolog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
@@ -128,7 +144,7 @@ func runWorker(spec WorkerSpec, cfg *WorkerConfig, log zerolog.Logger) error {
 		return err
 	}
 	defer ln.Close()
-	stopTracing, err := telemetry.Setup(ctx, spec.Name)
+	stopTracing, err := SetupTracing(ctx, spec.Name)
 	if err != nil {
 		return err
 	}
@@ -138,29 +154,29 @@ func runWorker(spec WorkerSpec, cfg *WorkerConfig, log zerolog.Logger) error {
 	}
 	sctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
 	defer cancel()
-	db, err := OpenDB(sctx, &cfg.Base, spec.Name)
+	db, err := OpenDB(sctx, &cfg.Base, spec.Name, log, sets...)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	bus, err := DialBus(sctx, &cfg.Base, spec.Name, log)
+	bus, err := DialBus(sctx, &cfg.Base, spec.Name, spec.Topology, log)
 	if err != nil {
 		return err
 	}
 	defer bus.Close()
 
 	reg := NewRegistry()
-	metrics.RegisterWorker(reg)
+	sagaprom.RegisterWorker(reg)
 
 	rt := worker.New(worker.Config{
-		Queue: spec.Queue, RequestQueue: spec.RequestQueue, Prefetch: cfg.Prefetch, Batch: cfg.Batch, IDName: "order_id",
+		Queue: spec.Queue, RequestQueue: spec.RequestQueue, Prefetch: cfg.Prefetch, Batch: cfg.Batch, IDName: spec.IDName,
 		EventPrefetch: cfg.EventPrefetch, InboxRetention: cfg.InboxRetention,
 		Simulate: worker.Simulation{
 			Latency: cfg.SimLatency, FailureRate: cfg.SimFailureRate, DropReplyRate: cfg.SimDropReplyRate,
 			DropFirstReply: cfg.SimDropFirstReply,
 		},
 	}, db, bus, log)
-	rt.SetObserver(metrics.WorkerObserver{})
+	rt.SetObserver(sagaprom.WorkerObserver{})
 	spec.Register(rt, db)
 
 	srv := &http.Server{Handler: HealthMux(reg, db, bus), ReadHeaderTimeout: 5 * time.Second}
@@ -212,7 +228,7 @@ type Status struct {
 func NewRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		metrics.BuildInfo(sagaflow.Version()))
+		sagaprom.BuildInfo(sagaflow.Version()))
 	return reg
 }
 

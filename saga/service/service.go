@@ -1,13 +1,19 @@
-// Package service is the wiring every sagaflow binary shares: configuration
-// from the environment, logging, the PostgreSQL pool with its schema, the
-// RabbitMQ bus with the system's topology, the health and metrics server,
-// and an ordered, signal-aware shutdown.
+// Package service is the wiring a sagaflow binary needs around the engine:
+// configuration from the environment (Base, LoadConfig, HandleFlags with
+// its migrate command), logging, the PostgreSQL pool with its schema
+// migrated (OpenDB), the RabbitMQ bus with the system's topology declared
+// (DialBus), the health and metrics server, tracing, and an ordered,
+// signal-aware shutdown. RunWorker is a whole worker binary in one call.
+//
+// The order system's binaries are built on it, and so is the trip example
+// (examples/trip); docs/writing-a-saga.md walks through one.
 package service
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -21,9 +27,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
-	"github.com/sagaflow/sagaflow"
-	"github.com/sagaflow/sagaflow/internal/metrics"
 	"github.com/sagaflow/sagaflow/saga/amqpbus"
+	"github.com/sagaflow/sagaflow/saga/pgmigrate"
+	"github.com/sagaflow/sagaflow/saga/sagaprom"
 )
 
 // Base is the configuration every service shares. The defaults of
@@ -55,6 +61,9 @@ type Base struct {
 	// DeadLetterMax bounds saga.dead: past it the oldest dead letters are
 	// dropped (default 100000). Applied when the queue is created.
 	DeadLetterMax int64 `env:"DEAD_LETTER_MAX" envDefault:"100000" help:"most messages kept in saga.dead (the oldest are dropped); applied when the queue is created"`
+	// AutoMigrate applies pending migrations at start (default true); set
+	// false to apply them only with the migrate command.
+	AutoMigrate bool `env:"AUTO_MIGRATE" envDefault:"true" help:"apply pending database migrations at start; false: only with the migrate command, and refuse to start while any is pending"`
 	// PprofAddr serves Go's profiler (net/http/pprof) when set (default
 	// off); keep it on a private address.
 	PprofAddr string `env:"PPROF_ADDR" help:"serve Go's profiler (/debug/pprof/) on this address; unset: off"`
@@ -132,10 +141,39 @@ func Logger(service string, b *Base) zerolog.Logger {
 	return log.Level(level).With().Timestamp().Str("service", service).Logger()
 }
 
-// OpenDB connects to PostgreSQL with search_path set to schema, checks the
-// connection, and applies the service's section of schema.sql. The pool
-// holds DB_MAX_CONNS connections.
-func OpenDB(ctx context.Context, b *Base, schema string) (*pgxpool.Pool, error) {
+// OpenDB connects to PostgreSQL with search_path set to schema and checks
+// the connection. With AUTO_MIGRATE (the default) it applies the pending
+// migrations of sets, in order, in that schema (created if missing);
+// without, it refuses to start while any is pending. The pool holds
+// DB_MAX_CONNS connections.
+func OpenDB(ctx context.Context, b *Base, schema string, log zerolog.Logger, sets ...pgmigrate.Set) (*pgxpool.Pool, error) {
+	pool, err := openPool(ctx, b, schema)
+	if err != nil {
+		return nil, err
+	}
+	if !b.AutoMigrate {
+		st, err := pgmigrate.Check(ctx, pool, sets...)
+		if err == nil && pgmigrate.Pending(st) {
+			err = fmt.Errorf("migrations are pending and AUTO_MIGRATE is false: run this binary with the argument \"migrate\" first (\"migrate status\" lists them)")
+		}
+		if err != nil {
+			pool.Close()
+			return nil, fmt.Errorf("postgres %s: %w", redact(b.DatabaseURL), err)
+		}
+		return pool, nil
+	}
+	applied, err := pgmigrate.Up(ctx, pool, sets...)
+	for _, a := range applied {
+		log.Info().Str("set", a.Set).Int64("version", a.Version).Str("file", a.File).Dur("took", a.Duration).Msg("migration applied")
+	}
+	if err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("postgres %s: %w", redact(b.DatabaseURL), err)
+	}
+	return pool, nil
+}
+
+func openPool(ctx context.Context, b *Base, schema string) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(b.DatabaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("DATABASE_URL: %w", err)
@@ -160,46 +198,69 @@ func OpenDB(ctx context.Context, b *Base, schema string) (*pgxpool.Pool, error) 
 	if err != nil {
 		return nil, fmt.Errorf("postgres %s: %w", redact(b.DatabaseURL), err)
 	}
-	if err := ApplySchema(ctx, pool, schema); err != nil {
+	if err := pool.Ping(ctx); err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("postgres %s: %w", redact(b.DatabaseURL), err)
 	}
 	return pool, nil
 }
 
-// schemaLock serialises schema creation between services starting together.
-const schemaLock = 0x5a6af10
-
-// ApplySchema applies one section of schema.sql, idempotently, under an
-// advisory lock.
-func ApplySchema(ctx context.Context, pool *pgxpool.Pool, section string) error {
-	ddl, err := sagaflow.SchemaSection(section)
+// RunMigrate carries out a migrate command (CommandMigrate or CommandMigrateStatus) on
+// schema, printing to w, and returns the exit code: 0 done (or current),
+// 1 on an error, 3 when "migrate status" finds migrations pending.
+func RunMigrate(ctx context.Context, w io.Writer, b *Base, schema string, cmd Command, sets ...pgmigrate.Set) int {
+	ctx, cancel := context.WithTimeout(ctx, b.StartTimeout+time.Minute)
+	defer cancel()
+	pool, err := openPool(ctx, b, schema)
 	if err != nil {
-		return err
+		fmt.Fprintf(w, "migrate: %v\n", err)
+		return 1
 	}
-	tx, err := pool.Begin(ctx)
+	defer pool.Close()
+	if cmd == CommandMigrate {
+		applied, err := pgmigrate.Up(ctx, pool, sets...)
+		for _, a := range applied {
+			fmt.Fprintf(w, "applied %s %s (%s)\n", a.Set, a.File, a.Duration.Round(time.Millisecond))
+		}
+		if err != nil {
+			fmt.Fprintf(w, "migrate: %v\n", err)
+			return 1
+		}
+		if len(applied) == 0 {
+			fmt.Fprintf(w, "schema %s is current\n", schema)
+		}
+		return 0
+	}
+	st, err := pgmigrate.Check(ctx, pool, sets...)
 	if err != nil {
-		return fmt.Errorf("apply schema %s: %w", section, err)
+		fmt.Fprintf(w, "migrate: %v\n", err)
+		return 1
 	}
-	defer tx.Rollback(ctx)
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, schemaLock); err != nil {
-		return fmt.Errorf("apply schema %s: %w", section, err)
+	for _, s := range st {
+		fmt.Fprintf(w, "%s: version %d of %d", s.Set, s.Current, s.Latest)
+		if len(s.Pending) > 0 {
+			fmt.Fprintf(w, ", pending: %s", strings.Join(s.Pending, ", "))
+		}
+		fmt.Fprintln(w)
 	}
-	// No arguments: the simple protocol runs the whole section at once.
-	if _, err := tx.Exec(ctx, ddl); err != nil {
-		return fmt.Errorf("apply schema %s: %w", section, err)
+	if pgmigrate.Pending(st) {
+		return 3
 	}
-	return tx.Commit(ctx)
+	return 0
 }
+
+// TopologyFunc returns a system's broker topology for the configured queue
+// type and dead-letter bound (AMQP_QUEUE_TYPE, DEAD_LETTER_MAX).
+type TopologyFunc func(qt amqpbus.QueueType, deadLetterMax int64) amqpbus.Topology
 
 // DialBus connects to RabbitMQ and declares the system's topology (every
 // process declares all of it, so nobody has to start first).
-func DialBus(ctx context.Context, b *Base, name string, log zerolog.Logger) (*amqpbus.Bus, error) {
-	bus, err := amqpbus.Dial(ctx, amqpbus.Config{URL: b.AMQPURL, Name: name, OnDeadLetter: metrics.CountDeadLetter}, log)
+func DialBus(ctx context.Context, b *Base, name string, topology TopologyFunc, log zerolog.Logger) (*amqpbus.Bus, error) {
+	bus, err := amqpbus.Dial(ctx, amqpbus.Config{URL: b.AMQPURL, Name: name, OnDeadLetter: sagaprom.CountDeadLetter}, log)
 	if err != nil {
 		return nil, err
 	}
-	if err := bus.Declare(ctx, Topology(amqpbus.QueueType(b.QueueType), b.DeadLetterMax)); err != nil {
+	if err := bus.Declare(ctx, topology(amqpbus.QueueType(b.QueueType), b.DeadLetterMax)); err != nil {
 		bus.Close()
 		return nil, err
 	}

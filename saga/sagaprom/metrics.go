@@ -1,6 +1,6 @@
 // Package metrics defines sagaflow's Prometheus metrics, in one place so
 // names and labels stay consistent across binaries.
-package metrics
+package sagaprom
 
 import (
 	"runtime"

@@ -1,7 +1,8 @@
-// Package telemetry sets up OpenTelemetry tracing for a sagaflow binary:
-// W3C trace context propagated through HTTP and AMQP headers always, spans
-// exported over OTLP/HTTP only when an endpoint is configured.
-package telemetry
+package service
+
+// Tracing: W3C trace context propagated through HTTP and AMQP headers
+// always, spans exported over OTLP/HTTP only when an endpoint is
+// configured.
 
 import (
 	"context"
@@ -16,17 +17,17 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.26.0"
 )
 
-// Exporting reports whether spans will be exported: the standard
+// TracingExported reports whether spans will be exported: the standard
 // OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set.
-func Exporting() bool {
+func TracingExported() bool {
 	return os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != ""
 }
 
-// Setup installs the global tracer provider and the W3C propagator, and
+// SetupTracing installs the global tracer provider and the W3C propagator, and
 // returns the function that flushes and stops them. Without an endpoint,
 // spans still carry the trace context from message to message but are
 // dropped instead of exported.
-func Setup(ctx context.Context, service string) (func(context.Context) error, error) {
+func SetupTracing(ctx context.Context, service string) (func(context.Context) error, error) {
 	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
 	opts := []sdktrace.TracerProviderOption{
 		sdktrace.WithResource(resource.NewSchemaless(semconv.ServiceName("sagaflow-" + service))),
@@ -35,7 +36,7 @@ func Setup(ctx context.Context, service string) (func(context.Context) error, er
 		// flows from the request through every message.
 		sdktrace.WithSampler(sdktrace.NeverSample()),
 	}
-	if Exporting() {
+	if TracingExported() {
 		opts[1] = sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.AlwaysSample()))
 		// The exporter reads the standard OTEL_EXPORTER_OTLP_* variables.
 		exp, err := otlptracehttp.New(ctx)

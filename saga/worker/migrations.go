@@ -1,0 +1,25 @@
+package worker
+
+import (
+	"context"
+	"embed"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sagaflow/sagaflow/saga/pgmigrate"
+)
+
+//go:embed migrations/*.sql
+var migrationFiles embed.FS
+
+// Migrations creates and upgrades the runtime's inbox in the current
+// schema; its versions are recorded in sagaflow_inbox_version. A worker
+// applies it before its own tables' migrations.
+var Migrations = pgmigrate.Set{Name: "worker inbox", Table: "sagaflow_inbox_version", FS: pgmigrate.Sub(migrationFiles, "migrations")}
+
+// Migrate applies the inbox's pending migrations to the pool's current
+// schema (see pgmigrate).
+func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
+	_, err := pgmigrate.Up(ctx, pool, Migrations)
+	return err
+}
