@@ -347,7 +347,7 @@ func (x *decider) grow(base, limit time.Duration, name string) time.Duration {
 		f = float64(limit)
 	}
 	// Jitter after the cap: sagas at the cap stay spread out.
-	f *= 1 + r.Jitter*x.unit(name)
+	f *= 1 + max(r.Jitter, 0)*x.unit(name)
 	return time.Duration(f).Truncate(time.Microsecond)
 }
 

@@ -2042,10 +2042,11 @@ func TestRetryDefaults(t *testing.T) {
 			Timeout: 10 * s, MaxTimeout: 2 * time.Minute, Backoff: 200 * time.Millisecond, MaxBackoff: 30 * s,
 			Multiplier: 2, Jitter: 0.2, MaxAttempts: 5, CompensationAttempts: 10, RetriableAttempts: 20,
 		}},
-		{"explicit values kept", testRetry(), func() Retry { r := testRetry(); r.Jitter = 0; return r }()},
+		// No jitter is -1 after Validate, so that validating again keeps it.
+		{"explicit values kept", testRetry(), func() Retry { r := testRetry(); r.Jitter = -1; return r }()},
 		{"jitter out of range disables it", Retry{Jitter: 1.5, Multiplier: 0.5}, Retry{
 			Timeout: 10 * s, MaxTimeout: 2 * time.Minute, Backoff: 200 * time.Millisecond, MaxBackoff: 30 * s,
-			Multiplier: 2, Jitter: 0, MaxAttempts: 5, CompensationAttempts: 10, RetriableAttempts: 20,
+			Multiplier: 2, Jitter: -1, MaxAttempts: 5, CompensationAttempts: 10, RetriableAttempts: 20,
 		}},
 		{"jitter in range kept", Retry{Jitter: 0.5, Multiplier: 3}, Retry{
 			Timeout: 10 * s, MaxTimeout: 2 * time.Minute, Backoff: 200 * time.Millisecond, MaxBackoff: 30 * s,
@@ -2144,5 +2145,24 @@ func TestKindStrings(t *testing.T) {
 	want := []string{"start", "reply", "timeout", "replay", "cancel", "input(42)", "compensatable", "retriable"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("String() (-want +got):\n%s", diff)
+	}
+}
+
+// TestValidateIsIdempotent: a definition is validated by its author and
+// again by the coordinator; the second pass must not change it (a Jitter
+// of -1, "none", once became the default 0.2 on the second pass).
+func TestValidateIsIdempotent(t *testing.T) {
+	for _, r := range []Retry{{}, {Jitter: -1}, {Jitter: 0.5, Multiplier: 3, MaxAttempts: 2}, {Jitter: 7}} {
+		def := &Definition{Name: "t", Steps: []Step{{Name: "s", State: "s", Command: "c", Kind: Retriable}}, Retry: r}
+		if err := def.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		once := def.Retry
+		if err := def.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(once, def.Retry); diff != "" {
+			t.Errorf("Retry %+v: a second Validate changed it (-once +twice):\n%s", r, diff)
+		}
 	}
 }

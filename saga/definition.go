@@ -95,7 +95,8 @@ type Retry struct {
 	// Multiplier is the growth factor of timeouts and backoffs (default 2).
 	Multiplier float64
 	// Jitter lengthens each wait by up to this fraction, so that retries of
-	// many sagas do not arrive together (default 0.2).
+	// many sagas do not arrive together (default 0.2; negative, or 1 and
+	// more: none).
 	Jitter float64
 	// MaxAttempts is the budget of a compensatable step; when it runs out
 	// the saga compensates (default 5).
@@ -124,9 +125,10 @@ func (r Retry) withDefaults() Retry {
 	if r.Multiplier < 1 {
 		r.Multiplier = 2
 	}
-	if r.Jitter < 0 || r.Jitter >= 1 {
-		r.Jitter = 0
-	} else if r.Jitter == 0 {
+	switch {
+	case r.Jitter < 0 || r.Jitter >= 1:
+		r.Jitter = -1 // none; kept negative, so that a second pass keeps it
+	case r.Jitter == 0:
 		r.Jitter = 0.2
 	}
 	if r.MaxAttempts <= 0 {

@@ -96,7 +96,8 @@ type Store interface {
 	// CountActive counts the sagas with a command in flight (running or
 	// compensating): what admission control bounds.
 	CountActive(ctx context.Context) (int, error)
-	// ClaimOutbox leases up to limit outbox messages whose lease expired.
+	// ClaimOutbox leases up to limit outbox rows whose lease expired and
+	// returns their messages (a row holds a transaction's messages).
 	// Messages are leased to their writer when staged, so this finds only
 	// what a crashed or failing relay left behind.
 	ClaimOutbox(ctx context.Context, limit int) ([]Message, error)

@@ -56,7 +56,8 @@ type Config struct {
 	// OutboxInterval is how often the outbox is scanned for messages whose
 	// relay failed or crashed (default 1s).
 	OutboxInterval time.Duration
-	// OutboxBatch is the most messages claimed per scan (default 512).
+	// OutboxBatch is the most outbox rows claimed per recovery scan, and
+	// the most messages the relay publishes at once (default 512).
 	OutboxBatch int
 	// RelayInFlight is how many published batches may wait for their
 	// confirms at once (default 256). The relay publishes what commits at

@@ -2,6 +2,8 @@ package coordinator
 
 import (
 	"context"
+
+	"github.com/google/uuid"
 )
 
 // recoveryLoop publishes, every OutboxInterval, what the relay left
@@ -19,9 +21,10 @@ func (c *Coordinator) recoveryLoop(ctx context.Context) {
 	}
 }
 
-// recoveryPass claims up to OutboxBatch outbox messages whose lease
-// expired, publishes them and waits for their confirms; it reports whether
-// more may be waiting. Consumers deduplicate what was published twice.
+// recoveryPass claims up to OutboxBatch outbox rows whose lease expired,
+// publishes their messages and waits for their confirms; it reports
+// whether more may be waiting (it claimed a full batch of rows). Consumers
+// deduplicate what was published twice.
 func (c *Coordinator) recoveryPass(ctx context.Context) (more bool) {
 	msgs, err := c.store.ClaimOutbox(ctx, c.cfg.OutboxBatch)
 	if err != nil {
@@ -35,5 +38,9 @@ func (c *Coordinator) recoveryPass(ctx context.Context) (more bool) {
 	}
 	c.log.Debug().Int("messages", len(msgs)).Msg("recovery: republishing")
 	c.publish(ctx, msgs)
-	return len(msgs) == c.cfg.OutboxBatch
+	rows := map[uuid.UUID]bool{}
+	for _, m := range msgs {
+		rows[m.OutboxID] = true
+	}
+	return len(rows) == c.cfg.OutboxBatch
 }

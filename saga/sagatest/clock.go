@@ -1,6 +1,8 @@
 package sagatest
 
 import (
+	"context"
+	"fmt"
 	"sync"
 	"time"
 )
@@ -11,6 +13,8 @@ type Clock struct {
 	mu      sync.Mutex
 	now     time.Time
 	waiters []waiter
+	waits   int           // After calls so far
+	changed chan struct{} // closed (and replaced) when a wait begins
 }
 
 type waiter struct {
@@ -19,7 +23,9 @@ type waiter struct {
 }
 
 // NewClock returns a clock standing at start.
-func NewClock(start time.Time) *Clock { return &Clock{now: start.UTC()} }
+func NewClock(start time.Time) *Clock {
+	return &Clock{now: start.UTC(), changed: make(chan struct{})}
+}
 
 // Now returns the simulated time.
 func (c *Clock) Now() time.Time {
@@ -38,7 +44,37 @@ func (c *Clock) After(d time.Duration) <-chan time.Time {
 		return ch
 	}
 	c.waiters = append(c.waiters, waiter{at: c.now.Add(d), ch: ch})
+	c.waits++
+	close(c.changed)
+	c.changed = make(chan struct{})
 	return ch
+}
+
+// Waits counts the calls of After so far.
+func (c *Clock) Waits() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.waits
+}
+
+// BlockUntil returns once After has been called n times in all, or with
+// ctx's error. A test reads Waits, pokes a loop (a message, a wake-up),
+// and BlockUntil(ctx, waits+1) returns once the loop has gone back to
+// waiting on the clock: an Advance then reaches it.
+func (c *Clock) BlockUntil(ctx context.Context, n int) error {
+	for {
+		c.mu.Lock()
+		waits, changed := c.waits, c.changed
+		c.mu.Unlock()
+		if waits >= n {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return fmt.Errorf("sagatest: %d waits on the clock, want %d: %w", waits, n, ctx.Err())
+		}
+	}
 }
 
 // Advance moves the clock forward and fires the waits that fall due.

@@ -1,0 +1,193 @@
+package coordinator
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/uuid"
+
+	"github.com/sagaflow/sagaflow/saga"
+)
+
+// started creates sagas and starts them at once (there is room).
+func (h *harness) started(prios ...saga.Priority) []saga.Instance {
+	h.t.Helper()
+	subs := make([]Submission, len(prios))
+	for i, p := range prios {
+		subs[i] = submission(p)
+	}
+	out := h.create(subs...)
+	for i := range out {
+		out[i] = h.get(out[i].ID)
+		if out[i].Phase != saga.Running {
+			h.t.Fatalf("saga %d is %s, want running", i, out[i].Phase)
+		}
+	}
+	h.staged()
+	return out
+}
+
+func TestApplierAppliesRepliesAndStagesTheNextCommands(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, Config{})
+	sagas := h.started(normal, high)
+	poison, dead, err := h.applyReplies(h.reply(sagas[0], saga.ReplyOK, ""), h.reply(sagas[1], saga.ReplyOK, ""))
+	if err != nil || len(dead) > 0 || poison[0] != nil || poison[1] != nil {
+		t.Fatalf("applyReplies: poison %v, dead %v, err %v", poison, dead, err)
+	}
+	for _, in := range sagas {
+		if got := h.get(in.ID); got.Step != 1 || got.State != "booking_flight" {
+			t.Errorf("saga %s at step %d (%s), want book_flight", in.ID, got.Step, got.State)
+		}
+	}
+	// In the order the replies came (each decision's commands, then its
+	// events).
+	if diff := cmp.Diff([]string{"flight.book", "hotel.booked", "flight.book", "hotel.booked"}, types(h.staged())); diff != "" {
+		t.Errorf("staged (-want +got):\n%s", diff)
+	}
+	if h.obs.count(saga.TransitionAdvance) != 2 || h.obs.batch("inputs") != 2 {
+		t.Errorf("observer: %d advances, %d inputs; want 2 and 2", h.obs.count(saga.TransitionAdvance), h.obs.batch("inputs"))
+	}
+}
+
+// TestApplierSortsPoisonFromDeadFromApplied: a reply that cannot be read is
+// poison at once (the consumer dead-letters it); one for a saga the store
+// does not have, or has quarantined, is dead after the commit; the others
+// are applied.
+func TestApplierSortsPoisonFromDeadFromApplied(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, Config{})
+	sagas := h.started(normal, normal)
+	badStatus := saga.Envelope{ID: "r", SagaID: sagas[0].ID.String(), Type: "reply", Status: "maybe"}.Encode()
+	badID := saga.Envelope{ID: "r", SagaID: "not-a-uuid", Type: "reply", Status: saga.ReplyOK}.Encode()
+	stranger := sagas[0]
+	stranger.ID = uuid.Must(uuid.NewV7())
+	// Quarantine the second saga: its history no longer reads.
+	if _, err := h.pool.Exec(h.ctx, `UPDATE sagas SET history = '"not a list"' WHERE id = $1`, sagas[1].ID); err != nil {
+		t.Fatal(err)
+	}
+
+	poison, dead, err := h.applyReplies(
+		[]byte("{not json"), badStatus, badID,
+		h.reply(stranger, saga.ReplyOK, ""),
+		h.reply(sagas[1], saga.ReplyOK, ""),
+		h.reply(sagas[0], saga.ReplyOK, ""),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range poison {
+		if want := i < 3; (p != nil) != want {
+			t.Errorf("reply %d: poison %v, want poison %v", i, p, want)
+		}
+	}
+	if len(dead) != 2 || !errors.Is(dead[4], saga.ErrQuarantined) || dead[3] == nil {
+		t.Errorf("dead %v, want reply 3 (no such saga) and reply 4 (quarantined)", dead)
+	}
+	if got := h.get(sagas[0].ID); got.Step != 1 {
+		t.Errorf("the good reply was not applied: step %d", got.Step)
+	}
+}
+
+func TestApplierReportsAStoreFailureToTheWait(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, Config{})
+	in := h.started(normal)[0]
+	h.store.setDown(true)
+	if _, _, err := h.applyReplies(h.reply(in, saga.ReplyOK, "")); !errors.Is(err, errStoreDownByTheTest) {
+		t.Errorf("wait = %v, want the store's error (the consumer retries the delivery)", err)
+	}
+	h.store.setDown(false)
+	if got := h.get(in.ID); got.Step != 0 {
+		t.Errorf("a failed batch moved the saga to step %d", got.Step)
+	}
+	if got := h.staged(); len(got) != 0 {
+		t.Errorf("staged %v from a failed batch", types(got))
+	}
+	// All poison: nothing to wait for.
+	poison, dead, err := h.applyReplies([]byte("x"))
+	if poison[0] == nil || dead != nil || err != nil {
+		t.Errorf("only poison: poison %v, dead %v, err %v", poison, dead, err)
+	}
+}
+
+// TestApplierFailureCompensatesThenCancels walks a saga through a failed
+// step and its compensation.
+func TestApplierFailureCompensatesThenCancels(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, Config{})
+	in := h.started(normal)[0]
+	h.applyReplies(h.reply(in, saga.ReplyOK, ""))
+	h.staged()
+	in = h.get(in.ID)
+	h.applyReplies(h.reply(in, saga.ReplyFailed, "no_seat"))
+	in = h.get(in.ID)
+	if in.Phase != saga.Compensating {
+		t.Fatalf("after the flight failed: %s, want compensating", in.Phase)
+	}
+	if diff := cmp.Diff([]string{"hotel.cancel", "trip.compensating"}, types(h.staged())); diff != "" {
+		t.Errorf("staged (-want +got):\n%s", diff)
+	}
+	active, _ := h.c.activeSagas(h.ctx)
+	h.applyReplies(h.reply(in, saga.ReplyOK, ""))
+	if got := h.get(in.ID); got.Phase != saga.Cancelled {
+		t.Errorf("after the hotel was cancelled: %s, want cancelled", got.Phase)
+	}
+	if after, _ := h.c.activeSagas(h.ctx); after != active-1 {
+		t.Errorf("active estimate %d after the saga ended, want %d", after, active-1)
+	}
+	select {
+	case <-h.c.wake:
+	default:
+		t.Error("a saga that ended did not wake the starter (room for a pending one)")
+	}
+}
+
+func TestOperatorActions(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, Config{})
+	sagas := h.started(normal, normal)
+
+	// Cancel before the pivot compensates, starting with the step in
+	// flight (its command may have been carried out).
+	h.applyReplies(h.reply(sagas[0], saga.ReplyOK, ""))
+	h.staged()
+	got, err := h.c.Cancel(h.ctx, sagas[0].ID, "the traveller changed their mind")
+	if err != nil || got.Phase != saga.Compensating {
+		t.Errorf("Cancel = %s, %v; want compensating", got.Phase, err)
+	}
+	if diff := cmp.Diff([]string{"flight.cancel", "trip.compensating"}, types(h.staged())); diff != "" {
+		t.Errorf("staged by Cancel (-want +got):\n%s", diff)
+	}
+	if _, err := h.c.Cancel(h.ctx, sagas[0].ID, "again"); !errors.Is(err, saga.ErrConflict) {
+		t.Errorf("Cancel of a compensating saga: %v, want ErrConflict", err)
+	}
+
+	// Replay re-sends the command in flight with a fresh budget.
+	got, err = h.c.Replay(h.ctx, sagas[1].ID)
+	if err != nil || got.Phase != saga.Running {
+		t.Errorf("Replay = %s, %v", got.Phase, err)
+	}
+	if diff := cmp.Diff([]string{"hotel.book"}, types(h.staged())); diff != "" {
+		t.Errorf("staged by Replay (-want +got):\n%s", diff)
+	}
+	if _, err := h.c.Replay(h.ctx, uuid.Must(uuid.NewV7())); !errors.Is(err, saga.ErrNotFound) {
+		t.Errorf("Replay of an unknown saga: %v, want ErrNotFound", err)
+	}
+	h.store.setDown(true)
+	if _, err := h.c.Replay(h.ctx, sagas[1].ID); !errors.Is(err, errStoreDownByTheTest) {
+		t.Errorf("Replay with the store down: %v", err)
+	}
+}
+
+func TestTransitionOfAnUnknownDefinition(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, Config{})
+	if _, _, err := h.c.transition(saga.Instance{Definition: "cruise"}, saga.Input{Kind: saga.InputTimeout}); !errors.Is(err, ErrUnknownDefinition) {
+		t.Errorf("transition = %v, want ErrUnknownDefinition", err)
+	}
+	if h.c.Definition("trip") != h.def || h.c.Definition("cruise") != nil {
+		t.Error("Definition does not return the registered definitions only")
+	}
+}
