@@ -380,6 +380,65 @@ func TestListOrdersNewestFirstWithCursor(t *testing.T) {
 	}
 }
 
+// TestListsAreByDefinition: sagas of another definition sharing the
+// store (another team's, or a release that drives more than orders) are
+// neither orders nor in the way of a page of them (GET /orders filtered
+// after its LIMIT and gave empty pages), and the admin list filters by
+// definition with that definition's own states.
+func TestListsAreByDefinition(t *testing.T) {
+	s := system(t)
+	sk := sku(t, "a")
+	s.PutProduct(t, sk, "Pen", 100, 100)
+	ids := []string{s.Place(t, testenv.OrderSpec{Items: testenv.Items(sk, 1)}), s.Place(t, testenv.OrderSpec{Items: testenv.Items(sk, 1)})}
+	s.WaitTerminal(t, ids, waitFor)
+
+	// Three newer sagas of another definition, finished.
+	pool := s.Pool(t, "orchestrator")
+	var cruises []uuid.UUID
+	for range 3 {
+		id := uuid.Must(uuid.NewV7())
+		cruises = append(cruises, id)
+		if _, err := pool.Exec(context.Background(), `INSERT INTO sagas (id, definition, phase, state, data, created_at, updated_at)
+			VALUES ($1, 'cruise', 'completed', 'completed', '{}', now(), now())`, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		_, _ = pool.Exec(context.Background(), `DELETE FROM sagas WHERE id = ANY($1)`, cruises)
+	})
+
+	var orders struct {
+		Orders []order.View `json:"orders"`
+	}
+	s.Call(t, http.MethodGet, "/orders?state=completed&limit=2", nil, nil).Decode(t, &orders)
+	if len(orders.Orders) != 2 || orders.Orders[0].OrderID != ids[1] || orders.Orders[1].OrderID != ids[0] {
+		t.Errorf("GET /orders?limit=2 = %+v, want the two newest orders %v", orders.Orders, ids)
+	}
+
+	var sagas struct {
+		Sagas []api.SagaView `json:"sagas"`
+	}
+	s.Admin(t, http.MethodGet, "/admin/sagas?state=completed&limit=3", nil).Decode(t, &sagas)
+	if len(sagas.Sagas) != 3 || sagas.Sagas[0].Definition != "cruise" {
+		t.Errorf("every definition: %+v, want the three cruises first", sagas.Sagas)
+	}
+	s.Admin(t, http.MethodGet, "/admin/sagas?definition=order&state=completed&limit=2", nil).Decode(t, &sagas)
+	if len(sagas.Sagas) != 2 || sagas.Sagas[0].SagaID != ids[1] || sagas.Sagas[1].SagaID != ids[0] {
+		t.Errorf("definition=order: %+v, want the two newest orders", sagas.Sagas)
+	}
+	for _, tc := range []struct{ query, want string }{
+		{"definition=cruise", "not one this orchestrator drives"},
+		{"definition=order&state=sailing", `"sailing" is not a state of order`},
+		{"state=sailing", "not a state of any saga"},
+	} {
+		r := s.Admin(t, http.MethodGet, "/admin/sagas?"+tc.query, nil)
+		var e testenv.ErrorBody
+		if err := json.Unmarshal(r.Body, &e); err != nil || r.Status != http.StatusBadRequest || !strings.Contains(e.Error.Message, tc.want) {
+			t.Errorf("GET /admin/sagas?%s = %d %s, want 400 saying %q", tc.query, r.Status, r.Body, tc.want)
+		}
+	}
+}
+
 // TestFreeProductOrderCompletes: a product priced 0 can be ordered (the
 // charge of 0 was refused as invalid, so every such order was cancelled).
 func TestFreeProductOrderCompletes(t *testing.T) {

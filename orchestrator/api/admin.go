@@ -9,7 +9,6 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/sagaflow/sagaflow/internal/contract"
-	"github.com/sagaflow/sagaflow/orchestrator/order"
 	"github.com/sagaflow/sagaflow/saga"
 	"github.com/sagaflow/sagaflow/saga/pgstore"
 )
@@ -112,13 +111,32 @@ func (s *server) sagaView(in *saga.Instance) SagaView {
 	return v
 }
 
-// listSagas lists sagas in a state, stuck by default, newest first.
+// listSagas lists sagas in a state, stuck by default, newest first, of one
+// definition (?definition=) or of all this orchestrator drives.
 func (s *server) listSagas(c *gin.Context) {
-	f, err := page(c, order.StateStuck)
+	var (
+		states []string
+		what   = "a state of any saga this orchestrator drives"
+		name   = c.Query("definition")
+	)
+	if name != "" {
+		def := s.Coordinator.Definition(name)
+		if def == nil {
+			abort(c, invalid("definition %q is not one this orchestrator drives", name))
+			return
+		}
+		states, what = def.States(), "a state of "+name
+	} else {
+		for _, def := range s.Coordinator.Definitions() {
+			states = append(states, def.States()...)
+		}
+	}
+	f, err := page(c, string(saga.Stuck), states, what)
 	if err != nil {
 		abort(c, err)
 		return
 	}
+	f.Definition = name
 	list, err := s.Store.List(c, f)
 	if err != nil {
 		abort(c, err)

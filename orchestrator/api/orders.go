@@ -231,11 +231,12 @@ func showOrder[V any](s *server, c *gin.Context, view func(*saga.Instance) (V, e
 	c.JSON(http.StatusOK, v)
 }
 
-// page reads limit and cursor, and checks state against the order states.
-func page(c *gin.Context, defState string) (pgstore.ListFilter, error) {
+// page reads state, limit and cursor; what the state may be is states
+// (of what: "an order state").
+func page(c *gin.Context, defState string, states []string, what string) (pgstore.ListFilter, error) {
 	f := pgstore.ListFilter{State: c.DefaultQuery("state", defState), Limit: defaultPage}
-	if f.State != "" && !slices.Contains(orderStates, f.State) {
-		return f, invalid("state %q is not an order state", f.State)
+	if f.State != "" && !slices.Contains(states, f.State) {
+		return f, invalid("state %q is not %s", f.State, what)
 	}
 	if l := c.Query("limit"); l != "" {
 		n, err := strconv.Atoi(l)
@@ -261,11 +262,12 @@ type orderList struct {
 
 // listOrders lists orders newest first; next_cursor continues the list.
 func (s *server) listOrders(c *gin.Context) {
-	f, err := page(c, "")
+	f, err := page(c, "", orderStates, "an order state")
 	if err != nil {
 		abort(c, err)
 		return
 	}
+	f.Definition = order.SagaName
 	list, err := s.Store.List(c, f)
 	if err != nil {
 		abort(c, err)
@@ -273,9 +275,6 @@ func (s *server) listOrders(c *gin.Context) {
 	}
 	out := orderList{Orders: make([]order.View, 0, len(list))}
 	for i := range list {
-		if list[i].Definition != order.SagaName {
-			continue
-		}
 		v, err := order.ViewOf(&list[i])
 		if err != nil {
 			abort(c, err)

@@ -199,6 +199,16 @@ func New(cfg Config, store saga.Store, pub saga.Publisher, log zerolog.Logger, d
 // Definition returns a registered definition, or nil.
 func (c *Coordinator) Definition(name string) *saga.Definition { return c.defs[name] }
 
+// Definitions returns the registered definitions, in the order given to
+// New.
+func (c *Coordinator) Definitions() []*saga.Definition {
+	out := make([]*saga.Definition, len(c.names))
+	for i, n := range c.names {
+		out[i] = c.defs[n]
+	}
+	return out
+}
+
 // Run drives sagas until ctx is done: the batch workers, the timer, the
 // relay and the recovery scan. It returns after they all stopped.
 func (c *Coordinator) Run(ctx context.Context) error {

@@ -759,6 +759,8 @@ func (s *Store) Get(ctx context.Context, id uuid.UUID) (saga.Instance, error) {
 
 // ListFilter selects sagas for List.
 type ListFilter struct {
+	// Definition is a saga type ("order"); empty for all.
+	Definition string
 	// State is a state label ("stuck", "charging_payment"); empty for all.
 	State string
 	// Before is a cursor: only sagas older than this id (ids are UUIDv7).
@@ -777,14 +779,24 @@ func (s *Store) List(ctx context.Context, f ListFilter) ([]saga.Instance, error)
 		rows pgx.Rows
 		err  error
 	)
-	// Two statements rather than one with an optional predicate, so that
-	// each gets a plan that uses its index.
-	if f.State == "" {
+	// A statement per filter rather than one with optional predicates, so
+	// that each gets a plan that uses its index: by state (sagas_state),
+	// else newest first by id (the primary key); the definition is checked
+	// on the rows these reach (no index of its own: one more index to
+	// update on every decision would cost every saga).
+	switch {
+	case f.State == "" && f.Definition == "":
 		rows, err = s.pool.Query(ctx, `SELECT `+columns+` FROM sagas WHERE id < $1
 			ORDER BY id DESC LIMIT $2`, before, f.Limit)
-	} else {
+	case f.State == "":
+		rows, err = s.pool.Query(ctx, `SELECT `+columns+` FROM sagas WHERE definition = $1 AND id < $2
+			ORDER BY id DESC LIMIT $3`, f.Definition, before, f.Limit)
+	case f.Definition == "":
 		rows, err = s.pool.Query(ctx, `SELECT `+columns+` FROM sagas WHERE state = $1 AND id < $2
 			ORDER BY id DESC LIMIT $3`, f.State, before, f.Limit)
+	default:
+		rows, err = s.pool.Query(ctx, `SELECT `+columns+` FROM sagas WHERE state = $1 AND definition = $2 AND id < $3
+			ORDER BY id DESC LIMIT $4`, f.State, f.Definition, before, f.Limit)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("pgstore: list sagas: %w", err)

@@ -912,12 +912,20 @@ func TestListAndCount(t *testing.T) {
 	def := tripDefinition(t)
 	t0 := now()
 
-	// Seven sagas in creation order (UUIDv7); the even ones started.
+	// Seven trips in creation order (UUIDv7), the even ones started; then
+	// two sagas of another definition with the same states, the first
+	// started.
+	cruise := tripDefinition(t)
+	cruise.Name = "cruise"
 	var ins []saga.Instance
-	for i := range 7 {
-		in := newSaga(t, def, t0, t0.Add(time.Hour))
-		if i%2 == 0 {
-			in, _ = decide(t, def, in, t0, saga.Input{Kind: saga.InputStart, SagaID: in.ID})
+	for i := range 9 {
+		d := def
+		if i >= 7 {
+			d = cruise
+		}
+		in := newSaga(t, d, t0, t0.Add(time.Hour))
+		if (i < 7 && i%2 == 0) || i == 7 {
+			in, _ = decide(t, d, in, t0, saga.Input{Kind: saga.InputStart, SagaID: in.ID})
 		}
 		create(t, s, in)
 		ins = append(ins, in)
@@ -929,15 +937,21 @@ func TestListAndCount(t *testing.T) {
 		filter pgstore.ListFilter
 		want   []int
 	}{
-		{"first page", pgstore.ListFilter{Limit: 3}, []int{6, 5, 4}},
-		{"second page", pgstore.ListFilter{Limit: 3, Before: id(4)}, []int{3, 2, 1}},
+		{"first page", pgstore.ListFilter{Limit: 3}, []int{8, 7, 6}},
+		{"second page", pgstore.ListFilter{Limit: 3, Before: id(6)}, []int{5, 4, 3}},
 		{"last page", pgstore.ListFilter{Limit: 3, Before: id(1)}, []int{0}},
 		{"past the end", pgstore.ListFilter{Limit: 3, Before: id(0)}, nil},
-		{"everything", pgstore.ListFilter{Limit: 100}, []int{6, 5, 4, 3, 2, 1, 0}},
-		{"state", pgstore.ListFilter{Limit: 2, State: "booking_hotel"}, []int{6, 4}},
-		{"state, next page", pgstore.ListFilter{Limit: 2, State: "booking_hotel", Before: id(4)}, []int{2, 0}},
+		{"everything", pgstore.ListFilter{Limit: 100}, []int{8, 7, 6, 5, 4, 3, 2, 1, 0}},
+		{"state", pgstore.ListFilter{Limit: 2, State: "booking_hotel"}, []int{7, 6}},
+		{"state, next page", pgstore.ListFilter{Limit: 2, State: "booking_hotel", Before: id(6)}, []int{4, 2}},
 		{"state, cursor of another state", pgstore.ListFilter{Limit: 10, State: "pending", Before: id(4)}, []int{3, 1}},
 		{"state without sagas", pgstore.ListFilter{Limit: 10, State: "stuck"}, nil},
+		{"definition", pgstore.ListFilter{Limit: 3, Definition: "trip"}, []int{6, 5, 4}},
+		{"definition, next page", pgstore.ListFilter{Limit: 3, Definition: "trip", Before: id(4)}, []int{3, 2, 1}},
+		{"the other definition", pgstore.ListFilter{Limit: 10, Definition: "cruise"}, []int{8, 7}},
+		{"definition and state", pgstore.ListFilter{Limit: 10, Definition: "cruise", State: "booking_hotel"}, []int{7}},
+		{"definition and state, next page", pgstore.ListFilter{Limit: 2, Definition: "trip", State: "booking_hotel", Before: id(4)}, []int{2, 0}},
+		{"definition without sagas", pgstore.ListFilter{Limit: 10, Definition: "safari"}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := s.List(ctx, tc.filter)
@@ -957,7 +971,7 @@ func TestListAndCount(t *testing.T) {
 		})
 	}
 
-	for state, want := range map[string]int64{"booking_hotel": 4, "pending": 3, "stuck": 0} {
+	for state, want := range map[string]int64{"booking_hotel": 5, "pending": 4, "stuck": 0} {
 		if got, err := s.CountState(ctx, state); err != nil || got != want {
 			t.Errorf("CountState(%q) = %d, %v; want %d", state, got, err, want)
 		}
