@@ -26,18 +26,23 @@ bench: ## the standard benchmark (steady, 500 orders/s for 60 s) on a fresh depl
 bench-go: ## the hot-path micro-benchmarks (go test -bench): decisions, envelopes, outbox codec, store batch write
 	$(GO) test -run '^$$' -bench . -benchmem ./saga/ ./saga/pgstore/
 
-vet: ## go vet and gofmt
+vet: ## go vet and gofmt (the repository and the trip example's module)
 	$(GO) vet ./...
+	cd examples/trip && $(GO) vet ./...
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt needed"; exit 1; }
 
-test: services vet ## the whole suite against real PostgreSQL and RabbitMQ, ending with one line of passed, skipped and failed tests
-	set -o pipefail; $(GO) test -count=1 -timeout 12m -json ./... | $(GO) run ./internal/cmd/testreport -log '^TestChaos$$'
+test: services vet ## the whole suite against real PostgreSQL and RabbitMQ (the trip example's module too), ending with one line of passed, skipped and failed tests
+	set -o pipefail; { rc=0; $(GO) test -count=1 -timeout 12m -json ./... || rc=$$?; \
+	  (cd examples/trip && $(GO) test -count=1 -timeout 5m -json ./...) || rc=$$?; exit $$rc; } \
+	  | $(GO) run ./internal/cmd/testreport -log '^TestChaos$$'
 
 chaos: services ## the long fault-injection run on private servers: 3000 orders, every process killed 6 times, a RabbitMQ restart
 	CHAOS_ORDERS=3000 CHAOS_KILLS=6 $(GO) test -count=1 -timeout 30m -v -run TestChaos ./internal/chaos
 
-test-short: services ## the suite without the end-to-end and fault-injection packages
-	set -o pipefail; $(GO) test -count=1 -short -json ./... | $(GO) run ./internal/cmd/testreport
+test-short: services ## the suite without the end-to-end and fault-injection tests
+	set -o pipefail; { rc=0; $(GO) test -count=1 -short -json ./... || rc=$$?; \
+	  (cd examples/trip && $(GO) test -count=1 -short -json ./...) || rc=$$?; exit $$rc; } \
+	  | $(GO) run ./internal/cmd/testreport
 
 clean: ## remove bin/ and tmp/
 	rm -rf $(BIN) tmp

@@ -29,7 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
-	"github.com/sagaflow/sagaflow"
+	"github.com/sagaflow/sagaflow/docs"
 	"github.com/sagaflow/sagaflow/internal/testenv"
 	"github.com/sagaflow/sagaflow/orchestrator/api"
 	"github.com/sagaflow/sagaflow/orchestrator/order"
@@ -82,7 +82,7 @@ var httpMethods = []string{"get", "put", "post", "delete", "options", "head", "p
 
 func loadOpenAPI(t testing.TB) *openAPI {
 	t.Helper()
-	j, err := sagaflow.OpenAPIJSON()
+	j, err := docs.OpenAPIJSON()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -810,15 +810,15 @@ func TestOpenAPIConformance(t *testing.T) {
 // document, and its JSON is its YAML.
 func conformServedDocument(t *testing.T, s *testenv.System, c *conformance) {
 	j := c.send(t, s, s.BaseURL, apiCall{op: "GET /openapi.json", want: 200})
-	want, err := sagaflow.OpenAPIJSON()
+	want, err := docs.OpenAPIJSON()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(j.Body, want) {
-		t.Error("GET /openapi.json differs from sagaflow.OpenAPIJSON()")
+		t.Error("GET /openapi.json differs from docs.OpenAPIJSON()")
 	}
 	y := c.send(t, s, s.BaseURL, apiCall{op: "GET /openapi.yaml", want: 200})
-	if !bytes.Equal(y.Body, sagaflow.OpenAPIYAML) {
+	if !bytes.Equal(y.Body, docs.OpenAPIYAML) {
 		t.Error("GET /openapi.yaml differs from docs/openapi.yaml")
 	}
 	var fromJSON, fromYAML any

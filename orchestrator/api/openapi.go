@@ -5,7 +5,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
-	"github.com/sagaflow/sagaflow"
+	"github.com/sagaflow/sagaflow/docs"
 )
 
 // Media types of the served OpenAPI document.
@@ -17,7 +17,7 @@ const (
 // openAPIJSON serves the API's OpenAPI document (docs/openapi.yaml) as
 // JSON.
 func openAPIJSON(c *gin.Context) {
-	doc, err := sagaflow.OpenAPIJSON()
+	doc, err := docs.OpenAPIJSON()
 	if err != nil {
 		abort(c, err)
 		return
@@ -27,5 +27,5 @@ func openAPIJSON(c *gin.Context) {
 
 // openAPIYAML serves the API's OpenAPI document as written.
 func openAPIYAML(c *gin.Context) {
-	c.Data(http.StatusOK, mediaYAML, sagaflow.OpenAPIYAML)
+	c.Data(http.StatusOK, mediaYAML, docs.OpenAPIYAML)
 }

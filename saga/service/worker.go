@@ -169,7 +169,7 @@ func runWorker(spec WorkerSpec, cfg *WorkerConfig, sets []pgmigrate.Set, log zer
 	sagaprom.RegisterWorker(reg)
 
 	rt := worker.New(worker.Config{
-		Queue: spec.Queue, RequestQueue: spec.RequestQueue, Prefetch: cfg.Prefetch, Batch: cfg.Batch, IDName: spec.IDName,
+		Service: spec.Name, Queue: spec.Queue, RequestQueue: spec.RequestQueue, Prefetch: cfg.Prefetch, Batch: cfg.Batch, IDName: spec.IDName,
 		EventPrefetch: cfg.EventPrefetch, InboxRetention: cfg.InboxRetention,
 		Simulate: worker.Simulation{
 			Latency: cfg.SimLatency, FailureRate: cfg.SimFailureRate, DropReplyRate: cfg.SimDropReplyRate,

@@ -10,7 +10,7 @@ import (
 	"github.com/sagaflow/sagaflow/saga"
 )
 
-// Orchestrator metrics (docs/operations.md lists them).
+// Coordinator metrics (docs/operations.md lists them).
 var (
 	SagasStarted = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "sagaflow_sagas_started_total",
@@ -39,7 +39,7 @@ var (
 	})
 	BatchSize = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "sagaflow_batch_size",
-		Help:    "Items per batch, by kind: create (orders accepted per transaction), start (sagas admitted), inputs (replies and starts per transaction), timer (due sagas), publish (messages per publish).",
+		Help:    "Items per batch, by kind: create (sagas accepted per transaction), start (sagas admitted), inputs (replies and starts per transaction), timer (due sagas), publish (messages per publish).",
 		Buckets: prometheus.ExponentialBuckets(1, 2, 11),
 	}, []string{"kind"})
 	BatchDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -49,7 +49,7 @@ var (
 	}, []string{"kind"})
 	Quarantined = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sagaflow_quarantined_total",
-		Help: "Rows set aside because they cannot be read or transitioned, by kind (saga, outbox); GET /admin/quarantine lists them.",
+		Help: "Rows set aside because they cannot be read or transitioned, by kind (saga, outbox); pgstore.Store.ListQuarantined lists them.",
 	}, []string{"kind"})
 	MessagesPublished = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sagaflow_messages_published_total",
@@ -57,14 +57,15 @@ var (
 	}, []string{"result"})
 )
 
-// SagaObserver feeds the orchestrator metrics; it implements saga.Observer.
-type SagaObserver struct{}
+// CoordinatorObserver feeds the coordinator metrics; it implements
+// coordinator.Observer.
+type CoordinatorObserver struct{}
 
 // SagaCreated counts a new saga.
-func (SagaObserver) SagaCreated(*saga.Definition, saga.Instance) { SagasStarted.Inc() }
+func (CoordinatorObserver) SagaCreated(*saga.Definition, saga.Instance) { SagasStarted.Inc() }
 
 // SagaChanged counts outcomes, step durations, retries and compensations.
-func (SagaObserver) SagaChanged(def *saga.Definition, d saga.Decision) {
+func (CoordinatorObserver) SagaChanged(def *saga.Definition, d saga.Decision) {
 	in := &d.Instance
 	if in.Phase.Terminal() {
 		SagasFinished.WithLabelValues(string(in.Phase)).Inc()
@@ -90,13 +91,13 @@ func (SagaObserver) SagaChanged(def *saga.Definition, d saga.Decision) {
 }
 
 // Batch records a batch's size and duration.
-func (SagaObserver) Batch(kind string, n int, d time.Duration) {
+func (CoordinatorObserver) Batch(kind string, n int, d time.Duration) {
 	BatchSize.WithLabelValues(kind).Observe(float64(n))
 	BatchDuration.WithLabelValues(kind).Observe(d.Seconds())
 }
 
 // Published counts relayed messages.
-func (SagaObserver) Published(confirmed, failed int) {
+func (CoordinatorObserver) Published(confirmed, failed int) {
 	MessagesPublished.WithLabelValues("confirmed").Add(float64(confirmed))
 	if failed > 0 {
 		MessagesPublished.WithLabelValues("failed").Add(float64(failed))
@@ -142,8 +143,9 @@ func (c StoreCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// RegisterOrchestrator registers the orchestrator metrics with r.
-func RegisterOrchestrator(r prometheus.Registerer, stats StoreStats) {
+// RegisterCoordinator registers the coordinator metrics with r, and the
+// gauges read from the store (outbox backlog, stuck sagas).
+func RegisterCoordinator(r prometheus.Registerer, stats StoreStats) {
 	r.MustRegister(SagasStarted, SagasFinished, StepDuration, StepRetries, Compensations, SagasStuck,
 		MessagesPublished, Quarantined, DeadLetters, BatchSize, BatchDuration, StoreCollector{Stats: stats})
 }

@@ -1,5 +1,14 @@
-// Package metrics defines sagaflow's Prometheus metrics, in one place so
-// names and labels stay consistent across binaries.
+// Package sagaprom is sagaflow's Prometheus metrics, in one place so that
+// names and labels stay the same across binaries: the coordinator's
+// (CoordinatorObserver, a coordinator.Observer; RegisterCoordinator), the
+// worker runtime's (WorkerObserver, a worker.Observer; RegisterWorker),
+// dead letters (CountDeadLetter, an amqpbus.Config.OnDeadLetter hook),
+// queue depths read in the background (QueueCollector) and the build
+// (BuildInfo). saga/service wires them into every binary;
+// docs/operations.md lists them.
+//
+// The metrics are package-level collectors: register them once per
+// registry, and one process reports one coordinator or one worker.
 package sagaprom
 
 import (
