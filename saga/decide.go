@@ -87,7 +87,7 @@ type Command struct {
 	// "<saga id>:<step or compensation name>".
 	MessageID string
 	SagaID    uuid.UUID
-	// Type is the routing key ("payment.charge").
+	// Type is the command type ("payment.charge").
 	Type string
 	// Step is the step or compensation name.
 	Step     string

@@ -46,7 +46,7 @@ type Step struct {
 	// State is the saga's state label while this step runs
 	// ("reserving_stock").
 	State string
-	// Command is the routing key of the command ("inventory.reserve").
+	// Command is the type of the step's command ("inventory.reserve").
 	Command string
 	// Kind is Compensatable (needs Compensation) or Retriable.
 	Kind StepKind
@@ -70,7 +70,7 @@ type Compensation struct {
 	// Name identifies the compensation in history and message ids
 	// ("release_stock").
 	Name string
-	// Command is its routing key ("inventory.release").
+	// Command is the type of its command ("inventory.release").
 	Command string
 	// Event is the domain event emitted when it succeeds
 	// ("inventory.released"); empty for none.

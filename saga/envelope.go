@@ -27,7 +27,7 @@ type Envelope struct {
 	// CorrelationID ties a reply to its command and an event to its saga.
 	CorrelationID string `json:"correlation_id,omitempty"`
 	SagaID        string `json:"saga_id,omitempty"`
-	// Type is the command's routing key, "<command>.reply", or the event type.
+	// Type is the command's type, "<command>.reply", or the event type.
 	Type string    `json:"type"`
 	At   time.Time `json:"at"`
 	// Attempt numbers a command's sends.

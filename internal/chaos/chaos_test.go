@@ -33,6 +33,7 @@ import (
 	"github.com/sagaflow/sagaflow/orchestrator/order"
 	"github.com/sagaflow/sagaflow/saga"
 	"github.com/sagaflow/sagaflow/saga/amqpbus"
+	"github.com/sagaflow/sagaflow/saga/sagatest"
 )
 
 func envInt(name string, def int) int {
@@ -455,7 +456,7 @@ func placeAt(hc *http.Client, base string, body map[string]any, key string) (int
 func TestMain(m *testing.M) {
 	code := m.Run()
 	testenv.RemoveBinaries()
-	os.Exit(code)
+	os.Exit(sagatest.CheckedRun(code))
 }
 
 // inject publishes, every ~300 ms until stop, a poison event and copies of

@@ -13,7 +13,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/jackc/pgx/v5"
-	"go.uber.org/goleak"
 
 	"github.com/sagaflow/sagaflow/saga/pgmigrate"
 	"github.com/sagaflow/sagaflow/saga/sagatest"
@@ -24,13 +23,7 @@ var update = flag.Bool("update", false, "rewrite schema.sql from the migrations"
 func TestMain(m *testing.M) {
 	flag.Parse()
 	code := m.Run()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(sagatest.CheckedRun(code))
 }
 
 func testContext(t *testing.T) context.Context {

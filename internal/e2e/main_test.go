@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/sagaflow/sagaflow/internal/testenv"
+	"github.com/sagaflow/sagaflow/saga/sagatest"
 )
 
 // shared is one deployment for the tests that do not kill processes. They
@@ -26,7 +27,7 @@ func TestMain(m *testing.M) {
 	flag.Parse()
 	if testing.Short() {
 		startErr = errShort
-		os.Exit(m.Run())
+		os.Exit(sagatest.CheckedRun(m.Run()))
 	}
 	shared, startErr = testenv.Start(testenv.Options{})
 	code := m.Run()
@@ -34,7 +35,7 @@ func TestMain(m *testing.M) {
 		shared.Stop()
 	}
 	testenv.RemoveBinaries()
-	os.Exit(code)
+	os.Exit(sagatest.CheckedRun(code))
 }
 
 // system returns the shared deployment, and dumps its logs if the test

@@ -17,7 +17,6 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/rs/zerolog"
-	"go.uber.org/goleak"
 
 	"github.com/sagaflow/sagaflow/saga"
 	"github.com/sagaflow/sagaflow/saga/amqpbus"
@@ -45,16 +44,7 @@ func TestMain(m *testing.M) {
 			fmt.Fprintf(os.Stderr, "delete vhost %s: %v\n", vhostName, err)
 		}
 	}
-	if code == 0 {
-		// Buses and consumers are stopped by t.Cleanup: none of their
-		// goroutines (supervisor, consumers, RPC dispatch, amqp091's
-		// readers and heartbeaters) may survive.
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(sagatest.CheckedRun(code))
 }
 
 func testContext(t *testing.T) context.Context {

@@ -14,7 +14,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/rs/zerolog"
-	"go.uber.org/goleak"
 
 	"github.com/sagaflow/sagaflow/saga"
 	"github.com/sagaflow/sagaflow/saga/amqpbus"
@@ -51,15 +50,7 @@ func TestMain(m *testing.M) {
 			fmt.Fprintf(os.Stderr, "delete vhost %s: %v\n", vhostName, err)
 		}
 	}
-	if code == 0 {
-		// Coordinators, buses and pools are stopped by t.Cleanup: none of
-		// their goroutines may survive.
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(sagatest.CheckedRun(code))
 }
 
 // trip is the definition of the tests: two compensatable steps, then a

@@ -17,7 +17,6 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"go.uber.org/goleak"
 
 	"github.com/sagaflow/sagaflow/saga"
 	"github.com/sagaflow/sagaflow/saga/pgstore"
@@ -26,14 +25,7 @@ import (
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if code == 0 {
-		// Every pool is closed by t.Cleanup, so nothing of pgx may survive.
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(sagatest.CheckedRun(code))
 }
 
 // newPool returns a pool on a fresh database holding the store's tables

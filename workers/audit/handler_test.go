@@ -16,6 +16,7 @@ import (
 	"github.com/sagaflow/sagaflow/internal/workertest"
 	"github.com/sagaflow/sagaflow/saga"
 	"github.com/sagaflow/sagaflow/saga/amqpbus"
+	"github.com/sagaflow/sagaflow/saga/sagatest"
 	"github.com/sagaflow/sagaflow/saga/worker"
 	"github.com/sagaflow/sagaflow/workers/audit/migrations"
 )
@@ -25,7 +26,7 @@ import (
 // answers in UTC.
 func TestMain(m *testing.M) {
 	time.Local = time.FixedZone("UTC+5", 5*60*60)
-	m.Run()
+	sagatest.Main(m)
 }
 
 // newDB creates a fresh database with the audit schema.
