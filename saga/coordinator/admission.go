@@ -103,7 +103,7 @@ func (c *Coordinator) startPass(ctx context.Context) (more bool) {
 	active, err := c.activeSagas(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
-			c.log.Error().Err(err).Msg("starter: count active sagas failed")
+			c.log.Error().Err(err).Msg("admission: count active sagas failed")
 		}
 		return false
 	}
@@ -119,7 +119,7 @@ func (c *Coordinator) startPass(ctx context.Context) (more bool) {
 	outs, msgs, err := c.store.ApplyPending(ctx, saga.Claim{Limit: room, Definitions: c.names, Oldest: oldest}, c.transition)
 	if err != nil {
 		if ctx.Err() == nil {
-			c.log.Error().Err(err).Msg("starter: start pending sagas failed")
+			c.log.Error().Err(err).Msg("admission: start pending sagas failed")
 		}
 		return false
 	}

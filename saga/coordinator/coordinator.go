@@ -157,7 +157,7 @@ type Coordinator struct {
 	inputs  chan *queued
 	creates chan *creation
 	relayq  chan []saga.Message
-	wake    chan struct{} // the starter: new pending sagas, or room freed
+	wake    chan struct{} // admission: new pending sagas, or room freed
 
 	// active estimates the sagas in flight between counts in the store:
 	// the last count, plus the sagas this coordinator started, minus the

@@ -27,7 +27,7 @@ import (
 // Config tunes a Store.
 type Config struct {
 	// OutboxLease is how long a staged message belongs to the relay of the
-	// process that wrote it; after that the outbox scan of any process may
+	// process that wrote it; after that the recovery scan of any process may
 	// publish it (default 15s).
 	OutboxLease time.Duration
 	// OnQuarantine, when set, is told about every row the store sets aside
