@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,27 +24,11 @@ import (
 
 // One vhost for the whole package; every test uses queues of its own.
 var (
-	servers   = sagatest.DefaultServers()
-	vhostName string
-	vhostURL  string
-	vhostErr  error
+	servers = sagatest.DefaultServers()
+	vhost   sagatest.SharedVhost
 )
 
-func TestMain(m *testing.M) {
-	vhostName = sagatest.Name("sf_test_")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	vhostURL, vhostErr = servers.CreateVhost(ctx, vhostName)
-	cancel()
-	code := m.Run()
-	if vhostErr == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := servers.DeleteVhost(ctx, vhostName); err != nil {
-			fmt.Fprintf(os.Stderr, "delete vhost %s: %v\n", vhostName, err)
-		}
-	}
-	os.Exit(sagatest.CheckedRun(code))
-}
+func TestMain(m *testing.M) { sagatest.MainVhost(m, &vhost) }
 
 func testContext(t *testing.T) context.Context {
 	t.Helper()
@@ -81,10 +64,7 @@ func (l *logBuffer) String() string {
 // newBusLog is newBus with a logger.
 func newBusLog(t *testing.T, cfg amqpbus.Config, log zerolog.Logger) *amqpbus.Bus {
 	t.Helper()
-	if vhostErr != nil {
-		sagatest.Unavailable(t, "RabbitMQ", vhostErr)
-	}
-	cfg.URL = vhostURL
+	cfg.URL = vhost.URL(t)
 	if cfg.Name == "" {
 		cfg.Name = "sagaflow-test " + t.Name()
 	}
@@ -879,7 +859,7 @@ func TestReconnect(t *testing.T) {
 
 	ctl := make(chan error, 1)
 	go func() {
-		_, err := servers.CloseConnections(testContext(t), vhostName)
+		_, err := servers.CloseConnections(testContext(t), vhost.Name)
 		ctl <- err
 	}()
 	// Err() reports the outage only while it lasts (a few hundred ms); the
@@ -1013,11 +993,8 @@ func TestDialSilentServer(t *testing.T) {
 
 func TestCloseIdempotent(t *testing.T) {
 	t.Parallel()
-	if vhostErr != nil {
-		sagatest.Unavailable(t, "RabbitMQ", vhostErr)
-	}
 	ctx := testContext(t)
-	b, err := amqpbus.Dial(ctx, amqpbus.Config{URL: vhostURL}, zerolog.Nop())
+	b, err := amqpbus.Dial(ctx, amqpbus.Config{URL: vhost.URL(t)}, zerolog.Nop())
 	if err != nil {
 		t.Fatalf("Dial: %v", err)
 	}

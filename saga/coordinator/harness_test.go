@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/sagaflow/sagaflow/saga"
 	"github.com/sagaflow/sagaflow/saga/amqpbus"
+	"github.com/sagaflow/sagaflow/saga/pgmigrate"
 	"github.com/sagaflow/sagaflow/saga/pgstore"
 	"github.com/sagaflow/sagaflow/saga/sagatest"
 )
@@ -30,28 +30,12 @@ import (
 // store and the broker.
 
 var (
-	servers               = sagatest.DefaultServers()
-	vhostName, vhostURL   string
-	vhostErr              error
+	vhost                 sagatest.SharedVhost
 	errRefusedByTheTest   = errors.New("refused by the test")
 	errStoreDownByTheTest = errors.New("store down (the test)")
 )
 
-func TestMain(m *testing.M) {
-	vhostName = sagatest.Name("sf_test_")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	vhostURL, vhostErr = servers.CreateVhost(ctx, vhostName)
-	cancel()
-	code := m.Run()
-	if vhostErr == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := servers.DeleteVhost(ctx, vhostName); err != nil {
-			fmt.Fprintf(os.Stderr, "delete vhost %s: %v\n", vhostName, err)
-		}
-	}
-	os.Exit(sagatest.CheckedRun(code))
-}
+func TestMain(m *testing.M) { sagatest.MainVhost(m, &vhost) }
 
 // trip is the definition of the tests: two compensatable steps, then a
 // retriable one.
@@ -101,21 +85,18 @@ type harness struct {
 // own exchanges, with the simulated clock; its loops are not running.
 func newHarness(t *testing.T, cfg Config) *harness {
 	t.Helper()
-	if vhostErr != nil {
-		sagatest.Unavailable(t, "RabbitMQ", vhostErr)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
 	h := &harness{t: t, ctx: ctx, def: trip(t), obs: &recorder{}}
 
 	h.pool = sagatest.Pool(t, sagatest.NewDatabase(t), "orchestrator")
-	if err := pgstore.Migrate(ctx, h.pool); err != nil {
+	if _, err := pgmigrate.Up(ctx, h.pool, pgstore.Migrations); err != nil {
 		t.Fatal(err)
 	}
 	h.store = &flakyStore{Store: pgstore.New(h.pool, pgstore.Config{})}
 
 	commands, events := sagatest.Name("commands_"), sagatest.Name("events_")
-	bus, err := amqpbus.Dial(ctx, amqpbus.Config{URL: vhostURL, Name: t.Name(), CommandExchange: commands, EventExchange: events}, zerolog.Nop())
+	bus, err := amqpbus.Dial(ctx, amqpbus.Config{URL: vhost.URL(t), Name: t.Name(), CommandExchange: commands, EventExchange: events}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}

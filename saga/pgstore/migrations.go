@@ -1,10 +1,7 @@
 package pgstore
 
 import (
-	"context"
 	"embed"
-
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sagaflow/sagaflow/saga/pgmigrate"
 )
@@ -15,10 +12,3 @@ var migrationFiles embed.FS
 // Migrations creates and upgrades the store's tables (sagas, outbox) in
 // the current schema; its versions are recorded in sagaflow_store_version.
 var Migrations = pgmigrate.Set{Name: "saga store", Table: "sagaflow_store_version", FS: pgmigrate.Sub(migrationFiles, "migrations")}
-
-// Migrate applies the store's pending migrations to the pool's current
-// schema (see pgmigrate).
-func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
-	_, err := pgmigrate.Up(ctx, pool, Migrations)
-	return err
-}

@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sagaflow/sagaflow/saga"
+	"github.com/sagaflow/sagaflow/saga/pgmigrate"
 	"github.com/sagaflow/sagaflow/saga/pgstore"
 	"github.com/sagaflow/sagaflow/saga/sagatest"
 )
@@ -35,7 +36,7 @@ func newPool(t testing.TB) *pgxpool.Pool {
 	pool := sagatest.Pool(t, sagatest.NewDatabase(t), "orchestrator")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := pgstore.Migrate(ctx, pool); err != nil {
+	if _, err := pgmigrate.Up(ctx, pool, pgstore.Migrations); err != nil {
 		t.Fatalf("Migrate: %v", err)
 	}
 	return pool

@@ -5,9 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/google/uuid"
@@ -201,55 +198,18 @@ func RunOrchestrator(spec OrchestratorSpec) int {
 	if cfg.DBMaxConns == 0 {
 		cfg.DBMaxConns = 16
 	}
-	cmd := HandleFlags(spec.Name, spec.Summary, spec.Config)
-	if err := LoadConfig(spec.Config); err != nil {
-		fmt.Fprintf(os.Stderr, "%s: %v\n", spec.Name, err)
-		return 1
-	}
-	sets := append([]pgmigrate.Set{pgstore.Migrations}, spec.Migrations...)
-	if cmd != CommandServe {
-		return RunMigrate(context.Background(), os.Stdout, &cfg.Base, spec.Schema, cmd, sets...)
-	}
-	log := Logger(spec.Name, &cfg.Base)
-	SetCheckLog(log)
-	TuneGC(110)
-	if err := runOrchestrator(spec, cfg, sets, log); err != nil {
-		log.Error().Err(err).Msg("stopped with an error")
-		return 1
-	}
-	log.Info().Msg("stopped")
-	return 0
+	b := binary{name: spec.Name, summary: spec.Summary, schema: spec.Schema, cfg: spec.Config, base: &cfg.Base,
+		sets: append([]pgmigrate.Set{pgstore.Migrations}, spec.Migrations...), memLimitMiB: 110}
+	return b.main(func(log zerolog.Logger) error { return runOrchestrator(b, spec, cfg, log) })
 }
 
-func runOrchestrator(spec OrchestratorSpec, cfg *OrchestratorConfig, sets []pgmigrate.Set, log zerolog.Logger) error {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-
-	ln, err := Listen("HTTP_ADDR", cfg.HTTPAddr)
+func runOrchestrator(b binary, spec OrchestratorSpec, cfg *OrchestratorConfig, log zerolog.Logger) error {
+	p, err := b.open("HTTP_ADDR", cfg.HTTPAddr, spec.Topology, log)
 	if err != nil {
 		return err
 	}
-	defer ln.Close()
-	stopTracing, err := SetupTracing(ctx, spec.Name)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = stopTracing(context.Background()) }()
-	if err := StartPprof(&cfg.Base, log); err != nil {
-		return err
-	}
-	sctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
-	defer cancel()
-	db, err := OpenDB(sctx, &cfg.Base, spec.Schema, log, sets...)
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	bus, err := DialBus(sctx, &cfg.Base, spec.Name, spec.Topology, log)
-	if err != nil {
-		return err
-	}
-	defer bus.Close()
+	defer p.close()
+	ctx, stop, sctx, ln, db, bus := p.ctx, p.stop, p.start, p.ln, p.db, p.bus
 
 	store := pgstore.New(db, pgstore.Config{OutboxLease: cfg.OutboxLease,
 		OnQuarantine: func(kind string, id uuid.UUID, why error) {

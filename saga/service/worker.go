@@ -5,9 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	json "github.com/goccy/go-json"
@@ -115,55 +112,18 @@ type WorkerSpec struct {
 // migrate).
 func RunWorker(spec WorkerSpec) int {
 	cfg := WorkerConfig{MetricsAddr: spec.MetricsAddr, Base: Base{DBMaxConns: spec.DBConns}}
-	cmd := HandleFlags(spec.Name, spec.Summary, &cfg)
-	if err := LoadConfig(&cfg); err != nil {
-		fmt.Fprintf(os.Stderr, "%s: %v\n", spec.Name, err)
-		return 1
-	}
-	sets := append([]pgmigrate.Set{worker.Migrations}, spec.Migrations...)
-	if cmd != CommandServe {
-		return RunMigrate(context.Background(), os.Stdout, &cfg.Base, spec.Name, cmd, sets...)
-	}
-	log := Logger(spec.Name, &cfg.Base)
-	SetCheckLog(log)
-	TuneGC(40)
-	if err := runWorker(spec, &cfg, sets, log); err != nil {
-		log.Error().Err(err).Msg("stopped with an error")
-		return 1
-	}
-	log.Info().Msg("stopped")
-	return 0
+	b := binary{name: spec.Name, summary: spec.Summary, schema: spec.Name, cfg: &cfg, base: &cfg.Base,
+		sets: append([]pgmigrate.Set{worker.Migrations}, spec.Migrations...), memLimitMiB: 40}
+	return b.main(func(log zerolog.Logger) error { return runWorker(b, spec, &cfg, log) })
 }
 
-func runWorker(spec WorkerSpec, cfg *WorkerConfig, sets []pgmigrate.Set, log zerolog.Logger) error {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-
-	ln, err := Listen("METRICS_ADDR", cfg.MetricsAddr)
+func runWorker(b binary, spec WorkerSpec, cfg *WorkerConfig, log zerolog.Logger) error {
+	p, err := b.open("METRICS_ADDR", cfg.MetricsAddr, spec.Topology, log)
 	if err != nil {
 		return err
 	}
-	defer ln.Close()
-	stopTracing, err := SetupTracing(ctx, spec.Name)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = stopTracing(context.Background()) }()
-	if err := StartPprof(&cfg.Base, log); err != nil {
-		return err
-	}
-	sctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
-	defer cancel()
-	db, err := OpenDB(sctx, &cfg.Base, spec.Name, log, sets...)
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	bus, err := DialBus(sctx, &cfg.Base, spec.Name, spec.Topology, log)
-	if err != nil {
-		return err
-	}
-	defer bus.Close()
+	defer p.close()
+	ctx, stop, ln, db, bus := p.ctx, p.stop, p.ln, p.db, p.bus
 
 	reg := NewRegistry()
 	sagaprom.RegisterWorker(reg)

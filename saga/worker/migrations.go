@@ -1,10 +1,7 @@
 package worker
 
 import (
-	"context"
 	"embed"
-
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sagaflow/sagaflow/saga/pgmigrate"
 )
@@ -16,10 +13,3 @@ var migrationFiles embed.FS
 // schema; its versions are recorded in sagaflow_inbox_version. A worker
 // applies it before its own tables' migrations.
 var Migrations = pgmigrate.Set{Name: "worker inbox", Table: "sagaflow_inbox_version", FS: pgmigrate.Sub(migrationFiles, "migrations")}
-
-// Migrate applies the inbox's pending migrations to the pool's current
-// schema (see pgmigrate).
-func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
-	_, err := pgmigrate.Up(ctx, pool, Migrations)
-	return err
-}

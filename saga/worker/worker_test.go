@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sagaflow/sagaflow/saga"
+	"github.com/sagaflow/sagaflow/saga/pgmigrate"
 	"github.com/sagaflow/sagaflow/saga/sagatest"
 )
 
@@ -28,7 +29,7 @@ func newRuntime(t *testing.T, cfg Config) (*Runtime, *pgxpool.Pool) {
 	pool := sagatest.Pool(t, url, "w")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := Migrate(ctx, pool); err != nil {
+	if _, err := pgmigrate.Up(ctx, pool, Migrations); err != nil {
 		t.Fatalf("Migrate: %v", err)
 	}
 	sagatest.Exec(t, url, `CREATE TABLE w.effects (n int)`)
