@@ -25,6 +25,7 @@ const (
 	InputTimeout                      // the saga's deadline passed
 	InputReplay                       // an operator re-drives the saga with a fresh attempt budget
 	InputCancel                       // an operator forces compensation
+	InputSignal                       // something outside the saga happened that a waiting step may wait for
 )
 
 func (k InputKind) String() string {
@@ -39,6 +40,8 @@ func (k InputKind) String() string {
 		return "replay"
 	case InputCancel:
 		return "cancel"
+	case InputSignal:
+		return "signal"
 	}
 	return "input(" + strconv.Itoa(int(k)) + ")"
 }
@@ -51,7 +54,30 @@ type Input struct {
 	Reply *Reply
 	// Reason is the operator's reason for InputCancel.
 	Reason string
+	// Signal is set for InputSignal.
+	Signal *Signal
 }
+
+// Signal is news from outside a saga that a waiting step waits for
+// (Step.Wait): a delivery confirmed, a payment settled.
+type Signal struct {
+	// Name is what happened ("shipping.delivered").
+	Name string
+	// Key makes the signal idempotent: a second signal with the same key
+	// is a duplicate and changes nothing.
+	Key string
+	// Payload is a JSON object merged into the saga's data when the
+	// waiting step takes the signal.
+	Payload json.RawMessage
+}
+
+// ErrNotWaiting is returned for a signal that no step of the saga waits
+// for or will wait for: a saga that ended, compensates, is past the step
+// that waited for it, or has no such step.
+var ErrNotWaiting = errors.New("saga: not waiting for this signal")
+
+// ErrInvalidSignal is returned for a signal without a name or a key.
+var ErrInvalidSignal = errors.New("saga: a signal needs a name and a key")
 
 // ReplyStatus is a worker's verdict on a command.
 type ReplyStatus string
@@ -214,6 +240,11 @@ func (d *Definition) Decide(in Instance, inp Input, now time.Time) (Decision, er
 		err = x.replay()
 	case InputCancel:
 		err = x.cancel(inp.Reason)
+	case InputSignal:
+		if inp.Signal == nil {
+			return Decision{}, errors.New("saga: signal input without a signal")
+		}
+		err = x.signal(inp.Signal)
 	default:
 		return Decision{}, fmt.Errorf("saga: unknown input %d", inp.Kind)
 	}
@@ -274,6 +305,8 @@ func (x *decider) current() (name, command string, budget int, ok bool) {
 	}
 	s := x.def.Steps[x.in.Step]
 	switch {
+	case phase == Running && s.Waits():
+		return s.Name, "", 1, true
 	case phase == Running && s.Kind == Retriable:
 		return s.Name, s.Command, x.def.Retry.RetriableAttempts, true
 	case phase == Running:
@@ -293,21 +326,30 @@ func (x *decider) start() error {
 	if err := x.fire(TransitionStart); err != nil {
 		return err
 	}
-	x.begin(0, KindAction)
-	return nil
+	return x.begin(0, KindAction)
 }
 
-// begin starts step i (or its compensation) with a fresh attempt budget.
-func (x *decider) begin(i int, kind string) {
+// begin starts step i (or its compensation) with a fresh attempt budget. A
+// waiting step that finds its signal kept takes it at once.
+func (x *decider) begin(i int, kind string) error {
 	x.in.Step, x.in.Attempt, x.in.Waiting = i, 1, false
-	name := x.def.Steps[i].Name
+	s := &x.def.Steps[i]
+	name := s.Name
 	if kind == KindCompensation {
-		name = x.def.Steps[i].Compensation.Name
+		name = s.Compensation.Name
 	}
 	x.in.History = append(x.in.History, StepRecord{
 		Name: name, Kind: kind, Status: StepRunning, Attempts: 1, StartedAt: x.now,
 	})
+	if kind == KindAction && s.Waits() {
+		if sig := x.in.kept(s.Wait); sig != nil {
+			return x.take(sig)
+		}
+		x.in.Deadline = x.now.Add(s.Timeout)
+		return nil
+	}
 	x.send()
+	return nil
 }
 
 // send emits the outstanding command for the current attempt and sets the
@@ -409,8 +451,85 @@ func (x *decider) timeout() error {
 		return nil // another input moved the deadline since the timer looked
 	case x.in.Waiting:
 		return x.resend()
+	case x.in.Phase == Running && x.def.Steps[x.in.Step].Waits():
+		return x.overdue()
 	}
 	return x.fail(fmt.Sprintf("no reply to attempt %d", x.in.Attempt), false)
+}
+
+// overdue handles a waiting step whose deadline passed: before the pivot
+// the saga compensates the steps before it (waiting changed nothing);
+// after it, the saga is stuck for an operator.
+func (x *decider) overdue() error {
+	s := &x.def.Steps[x.in.Step]
+	msg := s.OverdueReason
+	if msg == "" {
+		msg = fmt.Sprintf("%s not received within %s", s.Wait, s.Timeout)
+	}
+	x.finishRecord(s.Name, StepFailed, msg)
+	x.emit(s.OverdueEvent, eventDetail{Step: s.Name, Message: msg})
+	if s.Kind == Compensatable {
+		return x.compensateFrom(x.in.Step-1, msg)
+	}
+	if err := x.fire(TransitionStick); err != nil {
+		return err
+	}
+	x.in.StuckIn = Running
+	x.in.Deadline, x.in.Waiting = time.Time{}, false
+	x.in.StuckReason = msg
+	x.emit(x.def.Name+".stuck", eventDetail{Step: s.Name, Message: msg})
+	return nil
+}
+
+// signal keeps a signal for a waiting step ahead, or gives it to the
+// waiting step the saga is at (a stuck one resumes); a duplicate changes
+// nothing.
+func (x *decider) signal(sg *Signal) error {
+	if sg.Name == "" || sg.Key == "" {
+		return ErrInvalidSignal
+	}
+	if x.in.signal(sg.Key) != nil {
+		return nil // a duplicate
+	}
+	at := x.def.waitFor(sg.Name)
+	phase := x.in.Phase
+	if phase == Stuck {
+		phase = x.in.StuckIn
+	}
+	switch {
+	case at < 0:
+		return fmt.Errorf("%w: no step of %s waits for %s", ErrNotWaiting, x.def.Name, sg.Name)
+	case x.in.Phase.Terminal() || phase == Compensating:
+		return fmt.Errorf("%w: the saga is %s", ErrNotWaiting, x.in.Phase)
+	case x.in.Phase == Pending || at > x.in.Step:
+		x.in.History = append(x.in.History, StepRecord{
+			Name: sg.Name, Kind: KindSignal, Status: SignalKept, StartedAt: x.now, Key: sg.Key, Payload: sg.Payload,
+		})
+		x.changed = true
+		return nil
+	case at < x.in.Step:
+		return fmt.Errorf("%w: the saga is past its step %s", ErrNotWaiting, x.def.Steps[at].Name)
+	}
+	if x.in.Phase == Stuck {
+		if err := x.fire(TransitionResume); err != nil {
+			return err
+		}
+		x.in.StuckReason = ""
+	}
+	x.in.History = append(x.in.History, StepRecord{
+		Name: sg.Name, Kind: KindSignal, Status: SignalKept, StartedAt: x.now, Key: sg.Key, Payload: sg.Payload,
+	})
+	return x.take(&x.in.History[len(x.in.History)-1])
+}
+
+// take gives the kept signal sig to the waiting step the saga is at: its
+// payload joins the data and the step succeeds.
+func (x *decider) take(sig *StepRecord) error {
+	payload := sig.Payload
+	t := x.now
+	sig.Status, sig.FinishedAt, sig.Payload = SignalConsumed, &t, nil
+	x.changed = true
+	return x.succeed(payload)
 }
 
 // fail handles a failed attempt that may be retried: a timeout (re-sent at
@@ -484,6 +603,7 @@ func (x *decider) exhausted(msg string) error {
 // saga is rejected.
 func (x *decider) compensateFrom(from int, reason string) error {
 	x.in.Reason = reason
+	from = x.def.compensable(from)
 	if from < 0 {
 		if err := x.fire(TransitionReject); err != nil {
 			return err
@@ -496,14 +616,14 @@ func (x *decider) compensateFrom(from int, reason string) error {
 		return err
 	}
 	x.emit(x.def.Name+".compensating", eventDetail{})
-	x.begin(from, KindCompensation)
-	return nil
+	return x.begin(from, KindCompensation)
 }
 
 func (x *decider) reply(r *Reply) error {
-	name, _, _, ok := x.current()
-	if !ok || x.in.Phase.Terminal() || x.in.Phase == Pending || r.CorrelationID != MessageID(x.in.ID, name) {
-		return nil // a duplicate or a reply to a command the saga moved past
+	name, command, _, ok := x.current()
+	if !ok || x.in.Phase.Terminal() || x.in.Phase == Pending || r.CorrelationID != MessageID(x.in.ID, name) ||
+		command == "" {
+		return nil // a duplicate, a reply to a command the saga moved past, or to none (it waits for a signal)
 	}
 	if r.Status == ReplyRetry && r.Attempt > 0 &&
 		(r.Attempt < x.in.Attempt || (r.Attempt == x.in.Attempt && x.in.Waiting)) {
@@ -523,31 +643,15 @@ func (x *decider) reply(r *Reply) error {
 	step := x.def.Steps[x.in.Step]
 	switch {
 	case r.Status == ReplyOK && x.in.Phase == Running:
-		x.finishRecord(name, StepSucceeded, "")
-		x.in.Data = mergeObject(x.in.Data, r.Payload)
-		x.emit(step.SucceededEvent, eventDetail{Step: name})
-		if x.in.Step+1 < len(x.def.Steps) {
-			if err := x.fire(TransitionAdvance); err != nil {
-				return err
-			}
-			x.begin(x.in.Step+1, KindAction)
-			return nil
-		}
-		if err := x.fire(TransitionComplete); err != nil {
-			return err
-		}
-		x.in.Deadline = time.Time{}
-		x.emit(x.def.Name+".completed", eventDetail{})
-		return nil
+		return x.succeed(r.Payload)
 	case r.Status == ReplyOK: // compensating
 		x.finishRecord(name, StepSucceeded, "")
 		x.emit(step.Compensation.Event, eventDetail{Step: name})
-		if x.in.Step > 0 {
+		if next := x.def.compensable(x.in.Step - 1); next >= 0 {
 			if err := x.fire(TransitionCompensateNext); err != nil {
 				return err
 			}
-			x.begin(x.in.Step-1, KindCompensation)
-			return nil
+			return x.begin(next, KindCompensation)
 		}
 		if err := x.fire(TransitionFinishCompensation); err != nil {
 			return err
@@ -586,6 +690,27 @@ func (x *decider) reply(r *Reply) error {
 	}
 }
 
+// succeed finishes the running step with payload merged into the data,
+// and begins the next step or completes the saga.
+func (x *decider) succeed(payload json.RawMessage) error {
+	step := &x.def.Steps[x.in.Step]
+	x.finishRecord(step.Name, StepSucceeded, "")
+	x.in.Data = mergeObject(x.in.Data, payload)
+	x.emit(step.SucceededEvent, eventDetail{Step: step.Name})
+	if x.in.Step+1 < len(x.def.Steps) {
+		if err := x.fire(TransitionAdvance); err != nil {
+			return err
+		}
+		return x.begin(x.in.Step+1, KindAction)
+	}
+	if err := x.fire(TransitionComplete); err != nil {
+		return err
+	}
+	x.in.Deadline = time.Time{}
+	x.emit(x.def.Name+".completed", eventDetail{})
+	return nil
+}
+
 func (x *decider) replay() error {
 	switch {
 	case x.in.Phase.Terminal():
@@ -612,6 +737,10 @@ func (x *decider) replay() error {
 		rec.Attempts++
 	}
 	x.in.Attempt, x.in.Waiting = 1, false
+	if s := &x.def.Steps[x.in.Step]; x.in.Phase == Running && s.Waits() {
+		x.in.Deadline = x.now.Add(s.Timeout) // wait again, as long as the first time
+		return nil
+	}
 	x.send()
 	return nil
 }
@@ -638,6 +767,9 @@ func (x *decider) cancel(reason string) error {
 	}
 	name, _, _, _ := x.current()
 	x.finishRecord(name, StepFailed, reason)
+	if x.def.Steps[x.in.Step].Waits() {
+		return x.compensateFrom(x.in.Step-1, reason) // waiting changed nothing
+	}
 	// The step in flight may yet take effect: its compensation covers it.
 	return x.compensateFrom(x.in.Step, reason)
 }

@@ -38,7 +38,8 @@ func (k StepKind) String() string {
 }
 
 // Step is one forward step of a saga: a command sent to a worker and, for a
-// compensatable step, the command that undoes it.
+// compensatable step, the command that undoes it; or, for a waiting step
+// (Wait set), a signal from outside the saga that it waits for.
 type Step struct {
 	// Name identifies the step in the saga's history and in message ids
 	// ("reserve_stock").
@@ -46,13 +47,26 @@ type Step struct {
 	// State is the saga's state label while this step runs
 	// ("reserving_stock").
 	State string
-	// Command is the type of the step's command ("inventory.reserve").
+	// Command is the type of the step's command ("inventory.reserve");
+	// empty for a waiting step.
 	Command string
-	// Kind is Compensatable (needs Compensation) or Retriable.
+	// Wait makes this a waiting step: it sends nothing and waits for the
+	// signal of this name addressed to the saga ("shipping.delivered"),
+	// whose payload is merged into the saga's data. A signal that comes
+	// before the saga reaches the step is kept until it does. Timeout is
+	// the deadline of the wait (required); when it passes, a waiting step
+	// before the pivot fails like a step that was refused (the steps before
+	// it are compensated), one after the pivot leaves the saga stuck with
+	// OverdueReason, for an operator whose replay waits again.
+	Wait string
+	// Kind is Compensatable (needs Compensation, unless the step waits) or
+	// Retriable.
 	Kind StepKind
-	// Compensation undoes the step; required for Compensatable steps.
+	// Compensation undoes the step; required for Compensatable steps that
+	// send a command, none for a waiting step (waiting changes nothing).
 	Compensation *Compensation
-	// Timeout overrides Retry.Timeout for this step's first attempt.
+	// Timeout overrides Retry.Timeout for this step's first attempt; for a
+	// waiting step, it is how long the saga waits for the signal.
 	Timeout time.Duration
 	// SucceededEvent is the domain event emitted when the step succeeds
 	// ("inventory.reserved"); empty for none.
@@ -63,7 +77,17 @@ type Step struct {
 	// FailedEvents overrides FailedEvent for a failure code
 	// ({"out_of_stock": "inventory.out_of_stock"}).
 	FailedEvents map[string]string
+	// OverdueEvent is the domain event emitted when a waiting step's
+	// deadline passes ("order.delivery_overdue"); empty for none.
+	OverdueEvent string
+	// OverdueReason is the saga's reason when a waiting step's deadline
+	// passes (default "<signal> not received within <timeout>").
+	OverdueReason string
 }
+
+// Waits reports whether the step waits for a signal instead of sending a
+// command.
+func (s *Step) Waits() bool { return s.Wait != "" }
 
 // Compensation is the command that semantically undoes a step.
 type Compensation struct {
@@ -184,12 +208,26 @@ func (d *Definition) Validate() error {
 	}
 	seen := map[string]bool{}
 	afterPivot := false
+	waits := map[string]bool{}
 	for i, s := range d.Steps {
-		for _, n := range []string{s.Name, s.State, s.Command} {
+		for _, n := range []string{s.Name, s.State, s.Command + s.Wait} {
 			if n == "" {
-				errs = append(errs, fmt.Errorf("step %d: name, state and command are required", i))
+				errs = append(errs, fmt.Errorf("step %d: name, state and a command or a signal to wait for are required", i))
 				break
 			}
+		}
+		if s.Waits() {
+			switch {
+			case s.Command != "":
+				errs = append(errs, fmt.Errorf("step %q: a waiting step sends no command", s.Name))
+			case s.Compensation != nil:
+				errs = append(errs, fmt.Errorf("step %q: a waiting step has nothing to compensate", s.Name))
+			case s.Timeout <= 0:
+				errs = append(errs, fmt.Errorf("step %q: a waiting step needs a timeout (its deadline)", s.Name))
+			case waits[s.Wait]:
+				errs = append(errs, fmt.Errorf("step %q: another step waits for %q", s.Name, s.Wait))
+			}
+			waits[s.Wait] = true
 		}
 		names := []string{s.Name}
 		if s.Compensation != nil {
@@ -206,7 +244,7 @@ func (d *Definition) Validate() error {
 			if afterPivot {
 				errs = append(errs, fmt.Errorf("step %q: a compensatable step cannot follow a retriable one", s.Name))
 			}
-			if s.Compensation == nil || s.Compensation.Name == "" || s.Compensation.Command == "" {
+			if !s.Waits() && (s.Compensation == nil || s.Compensation.Name == "" || s.Compensation.Command == "") {
 				errs = append(errs, fmt.Errorf("step %q: a compensatable step needs a compensation", s.Name))
 			}
 		case Retriable:
@@ -235,6 +273,27 @@ func (d *Definition) Pivot() int {
 		}
 	}
 	return p
+}
+
+// compensable is the index of the last step at or before i that has a
+// compensation, or -1: waiting steps have none.
+func (d *Definition) compensable(i int) int {
+	for ; i >= 0; i-- {
+		if d.Steps[i].Compensation != nil {
+			return i
+		}
+	}
+	return -1
+}
+
+// waitFor is the index of the step that waits for the signal name, or -1.
+func (d *Definition) waitFor(name string) int {
+	for i := range d.Steps {
+		if d.Steps[i].Wait == name {
+			return i
+		}
+	}
+	return -1
 }
 
 // StateOf is the state label of an instance: "pending", the running step's

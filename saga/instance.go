@@ -36,10 +36,19 @@ const (
 	StepFailed    = "failed"
 )
 
-// Step record kinds.
+// Signal record statuses: kept until a waiting step takes it, then
+// consumed.
+const (
+	SignalKept     = "kept"
+	SignalConsumed = "consumed"
+)
+
+// Step record kinds. A signal's record names the signal and carries its
+// key (and, while it is kept, its payload).
 const (
 	KindAction       = "action"
 	KindCompensation = "compensation"
+	KindSignal       = "signal"
 )
 
 // StepRecord is one entry of a saga's history: a step or a compensation,
@@ -52,6 +61,11 @@ type StepRecord struct {
 	StartedAt  time.Time  `json:"started_at"`
 	FinishedAt *time.Time `json:"finished_at,omitempty"`
 	Error      string     `json:"error,omitempty"`
+	// Key is a signal's idempotency key.
+	Key string `json:"key,omitempty"`
+	// Payload is a kept signal's payload, merged into the data (and
+	// dropped from the record) when a waiting step consumes it.
+	Payload json.RawMessage `json:"payload,omitempty"`
 }
 
 // Instance is the persisted state of one saga. The store saves it whole
@@ -101,6 +115,26 @@ func (in *Instance) record(name string) *StepRecord {
 	for i := len(in.History) - 1; i >= 0; i-- {
 		if in.History[i].Name == name {
 			return &in.History[i]
+		}
+	}
+	return nil
+}
+
+// signal returns the record of the signal with this key, or nil.
+func (in *Instance) signal(key string) *StepRecord {
+	for i := range in.History {
+		if in.History[i].Kind == KindSignal && in.History[i].Key == key {
+			return &in.History[i]
+		}
+	}
+	return nil
+}
+
+// kept returns the kept signal of this name, or nil.
+func (in *Instance) kept(name string) *StepRecord {
+	for i := range in.History {
+		if r := &in.History[i]; r.Kind == KindSignal && r.Name == name && r.Status == SignalKept {
+			return r
 		}
 	}
 	return nil

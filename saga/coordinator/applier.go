@@ -93,8 +93,17 @@ func (c *Coordinator) Cancel(ctx context.Context, id uuid.UUID, reason string) (
 	return c.applyNow(ctx, saga.Input{Kind: saga.InputCancel, SagaID: id, Reason: reason})
 }
 
+// Signal hands a signal to a saga (see saga.Step.Wait): the waiting step it
+// is at takes it and the saga moves on, or it is kept for a waiting step
+// ahead; a duplicate (same key) changes nothing. It returns
+// saga.ErrNotWaiting when no step of the saga waits or will wait for it,
+// saga.ErrNotFound for an unknown saga.
+func (c *Coordinator) Signal(ctx context.Context, id uuid.UUID, sig saga.Signal) (saga.Instance, error) {
+	return c.applyNow(ctx, saga.Input{Kind: saga.InputSignal, SagaID: id, Signal: &sig})
+}
+
 // applyNow applies one input in its own transaction, for operator actions
-// that need the outcome.
+// and signals that need the outcome.
 func (c *Coordinator) applyNow(ctx context.Context, inp saga.Input) (saga.Instance, error) {
 	outs, msgs, err := c.store.Apply(ctx, []saga.Input{inp}, c.transition)
 	if err != nil {

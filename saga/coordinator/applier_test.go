@@ -2,8 +2,11 @@ package coordinator
 
 import (
 	"errors"
+	"strings"
 	"testing"
+	"time"
 
+	json "github.com/goccy/go-json"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/uuid"
 
@@ -189,5 +192,81 @@ func TestTransitionOfAnUnknownDefinition(t *testing.T) {
 	}
 	if h.c.Definition("trip") != h.def || h.c.Definition("cruise") != nil {
 		t.Error("Definition does not return the registered definitions only")
+	}
+}
+
+// TestSignals: a signal that comes early is kept in the store and taken
+// when the saga reaches its waiting step; the same signal again changes
+// nothing; one for a saga that does not wait is refused; a wait that runs
+// out on the clock leaves the saga stuck with its overdue event.
+func TestSignals(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, Config{})
+	def := h.c.Definition("parcel")
+	subs := []Submission{
+		{Definition: "parcel", ID: uuid.Must(uuid.NewV7()), Data: json.RawMessage(`{"parcel":"p-1"}`)},
+		{Definition: "parcel", ID: uuid.Must(uuid.NewV7()), Data: json.RawMessage(`{"parcel":"p-2"}`)},
+	}
+	created := h.create(subs...)
+	h.staged()
+	h.c.startPass(h.ctx)
+	h.staged()
+	early, late := created[0], created[1]
+
+	// Early: kept while the saga ships.
+	got, err := h.c.Signal(h.ctx, early.ID, saga.Signal{Name: "parcel.delivered", Key: "d-1", Payload: json.RawMessage(`{"delivered_at":"noon"}`)})
+	if err != nil || got.State != "shipping" {
+		t.Fatalf("Signal while shipping = %s, %v; want it kept, the saga still shipping", got.State, err)
+	}
+	if n := len(h.staged()); n != 0 {
+		t.Errorf("keeping a signal staged %d messages", n)
+	}
+	if _, err := h.c.Signal(h.ctx, early.ID, saga.Signal{Name: "parcel.delivered", Key: "d-1"}); err != nil {
+		t.Errorf("the same signal again: %v, want nothing", err)
+	}
+
+	// The shipment succeeds: the waiting step takes the kept signal at once.
+	in := h.get(early.ID)
+	body := saga.Envelope{ID: uuid.NewString(), CorrelationID: saga.MessageID(in.ID, "ship"), SagaID: in.ID.String(), Type: "reply",
+		At: h.clock.Now(), Attempt: 1, Status: saga.ReplyOK}.Encode()
+	if _, _, err := h.applyReplies(body); err != nil {
+		t.Fatal(err)
+	}
+	in = h.get(early.ID)
+	if in.Phase != saga.Completed || !strings.Contains(string(in.Data), `"delivered_at":"noon"`) {
+		t.Fatalf("after the shipment: %s, data %s; want completed with the signal's payload", in.Phase, in.Data)
+	}
+	if diff := cmp.Diff([]string{"parcel.completed"}, types(h.staged())); diff != "" {
+		t.Errorf("staged (-want +got):\n%s", diff)
+	}
+	if _, err := h.c.Signal(h.ctx, early.ID, saga.Signal{Name: "parcel.delivered", Key: "d-9"}); !errors.Is(err, saga.ErrNotWaiting) {
+		t.Errorf("a new signal for a completed saga: %v, want ErrNotWaiting", err)
+	}
+	if _, err := h.c.Signal(h.ctx, uuid.Must(uuid.NewV7()), saga.Signal{Name: "parcel.delivered", Key: "d-1"}); !errors.Is(err, saga.ErrNotFound) {
+		t.Errorf("a signal for an unknown saga: %v, want ErrNotFound", err)
+	}
+
+	// Late: the saga waits an hour on the clock, then is stuck.
+	in = h.get(late.ID)
+	body = saga.Envelope{ID: uuid.NewString(), CorrelationID: saga.MessageID(in.ID, "ship"), SagaID: in.ID.String(), Type: "reply",
+		At: h.clock.Now(), Attempt: 1, Status: saga.ReplyOK}.Encode()
+	if _, _, err := h.applyReplies(body); err != nil {
+		t.Fatal(err)
+	}
+	in = h.get(late.ID)
+	if in.State != "awaiting_delivery" || !in.Deadline.Equal(h.clock.Now().Add(time.Hour).Truncate(time.Microsecond)) {
+		t.Fatalf("state %s, deadline %v; want awaiting_delivery for an hour", in.State, in.Deadline)
+	}
+	h.clock.Advance(time.Hour + time.Second)
+	h.c.timerPass(h.ctx)
+	in = h.get(late.ID)
+	if in.Phase != saga.Stuck || in.StuckReason != "not delivered" {
+		t.Fatalf("after the hour: %s %q; want stuck, not delivered", in.Phase, in.StuckReason)
+	}
+	if diff := cmp.Diff([]string{"parcel.overdue", "parcel.stuck"}, types(h.staged())); diff != "" {
+		t.Errorf("staged by the timer (-want +got):\n%s", diff)
+	}
+	if def.StateOf(&in) != "stuck" {
+		t.Errorf("state %s", def.StateOf(&in))
 	}
 }

@@ -64,8 +64,27 @@ func trip(t testing.TB) *saga.Definition {
 	return def
 }
 
-// commandTypes are the routing keys of trip's commands.
-var commandTypes = []string{"hotel.book", "hotel.cancel", "flight.book", "flight.cancel", "trip.confirm"}
+// parcel is the second definition of the tests: a shipment, then a wait
+// of an hour for its delivery.
+func parcel(t testing.TB) *saga.Definition {
+	t.Helper()
+	def := &saga.Definition{
+		Name: "parcel",
+		Steps: []saga.Step{
+			{Name: "ship", State: "shipping", Command: "parcel.ship", Kind: saga.Retriable},
+			{Name: "await_delivery", State: "awaiting_delivery", Wait: "parcel.delivered", Kind: saga.Retriable,
+				Timeout: time.Hour, OverdueEvent: "parcel.overdue", OverdueReason: "not delivered"},
+		},
+		Retry: saga.Retry{Timeout: time.Minute, Jitter: -1},
+	}
+	if err := def.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return def
+}
+
+// commandTypes are the command types of trip and parcel.
+var commandTypes = []string{"hotel.book", "hotel.cancel", "flight.book", "flight.cancel", "trip.confirm", "parcel.ship"}
 
 type harness struct {
 	t     *testing.T
@@ -118,7 +137,7 @@ func newHarness(t *testing.T, cfg Config) *harness {
 
 	h.clock = sagatest.NewClock(time.Now().UTC().Truncate(time.Millisecond))
 	cfg.Clock, cfg.Observer = h.clock, h.obs
-	h.c, err = New(cfg, h.store, h.pub, zerolog.Nop(), h.def)
+	h.c, err = New(cfg, h.store, h.pub, zerolog.Nop(), h.def, parcel(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +152,11 @@ func submission(prio saga.Priority) Submission {
 // creation is what Submit hands the intake stage.
 func (h *harness) creation(s Submission) *creation {
 	h.t.Helper()
-	in, ev := h.def.New(s.ID, s.Data, s.Priority, h.clock.Now())
+	def := h.def
+	if s.Definition != "" {
+		def = h.c.Definition(s.Definition)
+	}
+	in, ev := def.New(s.ID, s.Data, s.Priority, h.clock.Now())
 	return &creation{
 		saga: saga.NewSaga{Instance: in, Key: s.Key, Fingerprint: s.Fingerprint,
 			Messages: h.c.messages(saga.Decision{Instance: in, Events: []saga.Event{ev}}, h.clock.Now())},
