@@ -314,6 +314,17 @@ func (d *Definition) States() []string {
 	return append(out, string(Completed), string(Rejected), string(Compensating), string(Cancelled), string(Stuck))
 }
 
+// WaitingStates lists the states of the definition's waiting steps.
+func (d *Definition) WaitingStates() []StateRef {
+	var out []StateRef
+	for _, s := range d.Steps {
+		if s.Waits() {
+			out = append(out, StateRef{Definition: d.Name, State: s.State})
+		}
+	}
+	return out
+}
+
 // StepNames lists the names of steps and compensations.
 func (d *Definition) StepNames() []string {
 	var out []string

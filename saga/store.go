@@ -94,8 +94,10 @@ type Store interface {
 	// one transaction; like ApplyDue, it quarantines what it cannot start.
 	ApplyPending(ctx context.Context, c Claim, fn TransitionFunc) ([]Outcome, []Message, error)
 	// CountActive counts the sagas with a command in flight (running or
-	// compensating): what admission control bounds.
-	CountActive(ctx context.Context) (int, error)
+	// compensating): what admission control bounds. Sagas in one of the
+	// waiting states (a definition's waiting steps) send nothing while
+	// they wait, however long, and are not counted.
+	CountActive(ctx context.Context, waiting []StateRef) (int, error)
 	// ClaimOutbox leases up to limit outbox rows whose lease expired and
 	// returns their messages (a row holds a transaction's messages).
 	// Messages are leased to their writer when staged, so this finds only
@@ -128,3 +130,9 @@ type Confirms func(ctx context.Context) (confirmed []Message, err error)
 // one it quarantined. Any other failure of an input is the error (the
 // consumer retries it a bounded number of times).
 type ReplyWait func(ctx context.Context) (dead map[int]error, err error)
+
+// StateRef names a state of a definition.
+type StateRef struct {
+	Definition string
+	State      string
+}

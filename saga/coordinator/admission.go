@@ -65,7 +65,7 @@ func (c *Coordinator) activeSagas(ctx context.Context) (int, error) {
 	if fresh {
 		return n, nil
 	}
-	counted, err := c.store.CountActive(ctx)
+	counted, err := c.store.CountActive(ctx, c.waiting)
 	if err != nil {
 		return 0, err
 	}

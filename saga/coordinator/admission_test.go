@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	json "github.com/goccy/go-json"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/uuid"
 	"github.com/rs/zerolog"
@@ -124,6 +125,38 @@ func TestAdmissionCountsInTheStoreEverySecond(t *testing.T) {
 	h.clock.Advance(time.Second)
 	if n, _ := h.c.activeSagas(h.ctx); n != 3 {
 		t.Errorf("a second later: estimate %d, want 3 counted in the store", n)
+	}
+}
+
+// TestAdmissionDoesNotCountWaitingSagas: a saga at a waiting step sends
+// nothing, for as long as it waits; it must not hold the room of sagas
+// that would.
+func TestAdmissionDoesNotCountWaitingSagas(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, Config{MaxActive: 1})
+	parcelOf := func() Submission {
+		return Submission{Definition: "parcel", ID: uuid.Must(uuid.NewV7()), Data: json.RawMessage(`{}`)}
+	}
+	first := h.create(parcelOf())[0]
+	h.c.backlog.Store(true)
+	second := h.create(parcelOf())[0]
+	h.staged()
+	if got := h.phases([]saga.Instance{first, second}); got[0] != saga.Running || got[1] != saga.Pending {
+		t.Fatalf("phases %v, want the first running and the second pending (room for one)", got)
+	}
+	in := h.get(first.ID)
+	body := saga.Envelope{ID: uuid.NewString(), CorrelationID: saga.MessageID(in.ID, "ship"), SagaID: in.ID.String(), Type: "reply",
+		At: h.clock.Now(), Attempt: 1, Status: saga.ReplyOK}.Encode()
+	if _, _, err := h.applyReplies(body); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.get(first.ID).State; got != "awaiting_delivery" {
+		t.Fatalf("the first is %s, want awaiting_delivery", got)
+	}
+	h.clock.Advance(time.Second) // the next count is in the store
+	h.c.startPass(h.ctx)
+	if got := h.get(second.ID).Phase; got != saga.Running {
+		t.Errorf("the second is %s while the first only waits: want running", got)
 	}
 }
 

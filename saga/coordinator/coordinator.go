@@ -150,6 +150,9 @@ type Coordinator struct {
 	cfg   Config
 	defs  map[string]*saga.Definition
 	names []string // of defs, for the store's claims
+	// waiting are the states of the definitions' waiting steps: sagas in
+	// them are not in flight.
+	waiting []saga.StateRef
 	store saga.Store
 	pub   saga.Publisher
 	log   zerolog.Logger
@@ -192,6 +195,7 @@ func New(cfg Config, store saga.Store, pub saga.Publisher, log zerolog.Logger, d
 		}
 		c.defs[d.Name] = d
 		c.names = append(c.names, d.Name)
+		c.waiting = append(c.waiting, d.WaitingStates()...)
 	}
 	return c, nil
 }

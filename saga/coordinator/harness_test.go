@@ -361,11 +361,11 @@ func (s *flakyStore) CreateBatch(ctx context.Context, batch []saga.NewSaga) ([]s
 	return s.Store.CreateBatch(ctx, batch)
 }
 
-func (s *flakyStore) CountActive(ctx context.Context) (int, error) {
+func (s *flakyStore) CountActive(ctx context.Context, waiting []saga.StateRef) (int, error) {
 	if s.isDown() {
 		return 0, errStoreDownByTheTest
 	}
-	return s.Store.CountActive(ctx)
+	return s.Store.CountActive(ctx, waiting)
 }
 
 func (s *flakyStore) ClaimOutbox(ctx context.Context, limit int) ([]saga.Message, error) {

@@ -456,11 +456,18 @@ func keys(m map[uuid.UUID]error) []uuid.UUID {
 	return out
 }
 
-// CountActive counts the sagas with a command in flight: exactly those
-// with a deadline (pending, stuck and terminal sagas have none).
-func (s *Store) CountActive(ctx context.Context) (int, error) {
+// CountActive counts the sagas with a command in flight: those with a
+// deadline (pending, stuck and terminal sagas have none) but not in one
+// of the waiting states.
+func (s *Store) CountActive(ctx context.Context, waiting []saga.StateRef) (int, error) {
+	defs, states := make([]string, len(waiting)), make([]string, len(waiting))
+	for i, w := range waiting {
+		defs[i], states[i] = w.Definition, w.State
+	}
 	var n int
-	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM sagas WHERE deadline IS NOT NULL`).Scan(&n); err != nil {
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM sagas WHERE deadline IS NOT NULL
+		AND (definition, state) NOT IN (SELECT d, s FROM unnest($1::text[], $2::text[]) AS w(d, s))`,
+		defs, states).Scan(&n); err != nil {
 		return 0, fmt.Errorf("pgstore: count active sagas: %w", err)
 	}
 	return n, nil
