@@ -314,6 +314,18 @@ func (d *Definition) States() []string {
 	return append(out, string(Completed), string(Rejected), string(Compensating), string(Cancelled), string(Stuck))
 }
 
+// Signals lists the names of the signals the definition's waiting steps
+// wait for.
+func (d *Definition) Signals() []string {
+	var out []string
+	for _, s := range d.Steps {
+		if s.Waits() {
+			out = append(out, s.Wait)
+		}
+	}
+	return out
+}
+
 // WaitingStates lists the states of the definition's waiting steps.
 func (d *Definition) WaitingStates() []StateRef {
 	var out []StateRef

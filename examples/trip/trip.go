@@ -1,19 +1,21 @@
 // Package trip is a second saga built on sagaflow's public packages, as a
 // team outside the repository would build it: book a hotel, a flight and
-// a car for a traveller, then confirm the hotel; if a booking is refused,
-// cancel the ones made. docs/writing-a-saga.md walks through it.
+// a car for a traveller, confirm the hotel, then wait for the traveller to
+// check in; if a booking is refused, cancel the ones made.
+// docs/writing-a-saga.md walks through it.
 //
 // The saga (this file) is a definition and a topology. Three workers
 // (cmd/trip-hotel, cmd/trip-flight, cmd/trip-car) keep bookings in tables
 // of their own (package booking), and an orchestrator (cmd/trip-orchestrator)
 // drives the sagas and serves a small REST API: POST /trips, GET
-// /trips/{id}.
+// /trips/{id}, POST /trips/{id}/checkin.
 package trip
 
 import (
 	"encoding/json"
 	"errors"
 	"strings"
+	"time"
 
 	"github.com/sagaflow/sagaflow/saga"
 	"github.com/sagaflow/sagaflow/saga/amqpbus"
@@ -36,6 +38,12 @@ const (
 	CarCancel    = "car.cancel"
 )
 
+// CheckedIn is the signal the last step waits for: the traveller checked
+// in at the hotel. It comes from the API (POST /trips/{id}/checkin) or from
+// the bus, as an event of this type and routing key whose saga_id is the
+// trip (a hotel's system would publish it).
+const CheckedIn = "hotel.checked_in"
+
 // The workers' command queues.
 const (
 	HotelQueue  = "hotel.commands"
@@ -44,9 +52,11 @@ const (
 )
 
 // Definition is the trip saga. The three bookings can be undone, so they
-// come first; once the car is booked (the pivot) the trip goes through,
-// and confirming the hotel is retried until it succeeds.
-func Definition(retry saga.Retry) *saga.Definition {
+// come first; once the car is booked (the pivot) the trip goes through:
+// confirming the hotel is retried until it succeeds, then the trip waits
+// for the check-in, up to checkIn; a traveller who never comes leaves the
+// trip stuck for an operator.
+func Definition(retry saga.Retry, checkIn time.Duration) *saga.Definition {
 	return &saga.Definition{
 		Name:   SagaName,
 		IDName: IDName,
@@ -67,6 +77,10 @@ func Definition(retry saga.Retry) *saga.Definition {
 				SucceededEvent: "car.booked", FailedEvent: "car.refused",
 			},
 			{Name: "confirm", State: "confirming", Command: HotelConfirm, Kind: saga.Retriable, SucceededEvent: "hotel.confirmed"},
+			{
+				Name: "await_checkin", State: "awaiting_checkin", Wait: CheckedIn, Kind: saga.Retriable, Timeout: checkIn,
+				SucceededEvent: "trip.checked_in", OverdueEvent: "trip.checkin_overdue", OverdueReason: "the traveller did not check in",
+			},
 		},
 		// The saga's data is the request merged with what the desks
 		// answered (hotel_ref, ...); each command carries the request.

@@ -18,7 +18,11 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/jackc/pgx/v5"
+	"github.com/rs/zerolog"
 
+	"github.com/sagaflow/sagaflow/examples/trip"
+	"github.com/sagaflow/sagaflow/saga"
+	"github.com/sagaflow/sagaflow/saga/amqpbus"
 	"github.com/sagaflow/sagaflow/saga/sagatest"
 )
 
@@ -34,8 +38,9 @@ func TestMain(m *testing.M) {
 
 // system is a running trip deployment.
 type system struct {
-	api   string // http://127.0.0.1:port
-	dbURL string
+	api     string // http://127.0.0.1:port
+	dbURL   string
+	amqpURL string
 }
 
 var binaries = []string{"trip-orchestrator", "trip-hotel", "trip-flight", "trip-car"}
@@ -90,11 +95,14 @@ func start(t *testing.T) *system {
 	dir := t.TempDir()
 	build(t, dir)
 
-	sys := &system{dbURL: dbURL}
+	sys := &system{dbURL: dbURL, amqpURL: amqpURL}
 	for _, name := range binaries {
 		addr := freeAddr(t)
 		cmd := exec.Command(filepath.Join(dir, name))
-		cmd.Env = append(os.Environ(), "DATABASE_URL="+dbURL, "AMQP_URL="+amqpURL, "HTTP_ADDR="+addr, "METRICS_ADDR="+addr)
+		// A trip waits 8s for its check-in: long enough for the tests that
+		// check in, short enough for the one that sees a trip stuck.
+		cmd.Env = append(os.Environ(), "DATABASE_URL="+dbURL, "AMQP_URL="+amqpURL, "HTTP_ADDR="+addr, "METRICS_ADDR="+addr,
+			"CHECKIN_TIMEOUT=8s")
 		cmd.SysProcAttr = procAttr()
 		out := &logs{}
 		cmd.Stdout, cmd.Stderr = out, out
@@ -183,10 +191,11 @@ func (s *system) call(t *testing.T, method, path string, body any, header map[st
 }
 
 type view struct {
-	TripID string            `json:"trip_id"`
-	State  string            `json:"state"`
-	Reason string            `json:"reason"`
-	Refs   map[string]string `json:"refs"`
+	TripID      string            `json:"trip_id"`
+	State       string            `json:"state"`
+	Reason      string            `json:"reason"`
+	StuckReason string            `json:"stuck_reason"`
+	Refs        map[string]string `json:"refs"`
 }
 
 type errorBody struct {
@@ -210,21 +219,56 @@ func (s *system) book(t *testing.T, city, from, to, car string) string {
 	return v.TripID
 }
 
-// wait polls a trip until it ends.
+// wait polls a trip until it ends, or waits for its check-in.
 func (s *system) wait(t *testing.T, id string) view {
+	t.Helper()
+	return s.waitFor(t, id, "completed", "rejected", "cancelled", "stuck", "awaiting_checkin")
+}
+
+// waitFor polls a trip until it is in one of states.
+func (s *system) waitFor(t *testing.T, id string, states ...string) view {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		var v view
 		s.call(t, http.MethodGet, "/trips/"+id, nil, nil, &v)
-		switch v.State {
-		case "completed", "rejected", "cancelled", "stuck":
-			return v
+		for _, st := range states {
+			if v.State == st {
+				return v
+			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("trip %s still %s after 60s", id, v.State)
+			t.Fatalf("trip %s still %s after 60s, want %v", id, v.State, states)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// checkIn posts the traveller's check-in and returns the status and the
+// state answered.
+func (s *system) checkIn(t *testing.T, id string) (int, string) {
+	t.Helper()
+	var v view
+	code := s.call(t, http.MethodPost, "/trips/"+id+"/checkin", nil, nil, &v)
+	return code, v.State
+}
+
+// publishCheckIn publishes the check-in as the hotel's system would: an
+// event of type hotel.checked_in on the event exchange, for the trip.
+func (s *system) publishCheckIn(t *testing.T, id string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	bus, err := amqpbus.Dial(ctx, amqpbus.Config{URL: s.amqpURL, Name: "hotel front desk"}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	key := "desk:" + id
+	env := saga.Envelope{ID: key, SagaID: id, Type: trip.CheckedIn, At: time.Now(), Payload: json.RawMessage(`{"room":"204"}`)}
+	msgs := []saga.Message{{Kind: saga.MessageEvent, Type: trip.CheckedIn, MessageID: key, CorrelationID: id, Body: env.Encode()}}
+	if ok, err := bus.Publish(ctx, msgs); err != nil || len(ok) != 1 {
+		t.Fatalf("publish the check-in: %d confirmed, %v", len(ok), err)
 	}
 }
 
@@ -258,15 +302,43 @@ func TestTrips(t *testing.T) {
 	}
 	sys := start(t)
 
-	t.Run("booked and confirmed", func(t *testing.T) {
+	t.Run("booked, confirmed, checked in", func(t *testing.T) {
 		t.Parallel()
 		id := sys.book(t, "Lisbon", "LHR", "LIS", "compact")
 		v := sys.wait(t, id)
-		if v.State != "completed" || len(v.Refs) != 3 {
-			t.Errorf("trip = %+v, want completed with three references", v)
+		if v.State != "awaiting_checkin" || len(v.Refs) != 3 {
+			t.Fatalf("trip = %+v, want awaiting_checkin with three references", v)
 		}
 		if diff := cmp.Diff(map[string]string{"hotel": "confirmed", "flight": "booked", "car": "booked"}, sys.bookings(t, id)); diff != "" {
 			t.Errorf("bookings (-want +got):\n%s", diff)
+		}
+		if code, state := sys.checkIn(t, id); code != http.StatusAccepted || state != "completed" {
+			t.Errorf("check-in = %d %s, want 202 completed", code, state)
+		}
+		if code, state := sys.checkIn(t, id); code != http.StatusAccepted || state != "completed" {
+			t.Errorf("the same check-in again = %d %s, want 202 completed (no second effect)", code, state)
+		}
+	})
+
+	t.Run("checked in over the bus, early or not", func(t *testing.T) {
+		t.Parallel()
+		id := sys.book(t, "Porto", "LHR", "OPO", "compact")
+		sys.publishCheckIn(t, id) // most likely before the trip waits: kept until it does
+		if v := sys.waitFor(t, id, "completed", "stuck"); v.State != "completed" {
+			t.Errorf("trip = %+v, want completed by the check-in from the bus", v)
+		}
+	})
+
+	t.Run("a traveller who never checks in leaves the trip stuck", func(t *testing.T) {
+		t.Parallel()
+		id := sys.book(t, "Faro", "LHR", "FAO", "compact")
+		v := sys.waitFor(t, id, "stuck", "completed", "cancelled", "rejected")
+		if v.State != "stuck" || v.StuckReason != "the traveller did not check in" {
+			t.Fatalf("trip = %+v, want stuck: the traveller did not check in", v)
+		}
+		// Late after all: the stuck trip takes it and completes.
+		if code, state := sys.checkIn(t, id); code != http.StatusAccepted || state != "completed" {
+			t.Errorf("a late check-in = %d %s, want 202 completed", code, state)
 		}
 	})
 
@@ -287,6 +359,10 @@ func TestTrips(t *testing.T) {
 		id := sys.book(t, "Atlantis", "LHR", "LIS", "compact")
 		if v := sys.wait(t, id); v.State != "rejected" {
 			t.Errorf("trip = %+v, want rejected", v)
+		}
+		var e errorBody
+		if code := sys.call(t, http.MethodPost, "/trips/"+id+"/checkin", nil, nil, &e); code != http.StatusConflict || e.Error.Code != "not_waiting" {
+			t.Errorf("check-in of a rejected trip = %d %+v, want 409 not_waiting", code, e)
 		}
 		if diff := cmp.Diff(map[string]string{"hotel": "refused"}, sys.bookings(t, id)); diff != "" {
 			t.Errorf("bookings (-want +got):\n%s", diff)
@@ -322,6 +398,8 @@ func TestTrips(t *testing.T) {
 			{http.MethodPost, "/trips", map[string]any{"traveller": "Ada", "boat": true}, http.StatusBadRequest, "invalid_request"},
 			{http.MethodGet, "/trips/not-a-uuid", nil, http.StatusBadRequest, "invalid_request"},
 			{http.MethodGet, "/trips/0190f3c4-0000-7000-8000-000000000001", nil, http.StatusNotFound, "not_found"},
+			{http.MethodPost, "/trips/not-a-uuid/checkin", nil, http.StatusBadRequest, "invalid_request"},
+			{http.MethodPost, "/trips/0190f3c4-0000-7000-8000-000000000001/checkin", nil, http.StatusNotFound, "not_found"},
 		} {
 			var e errorBody
 			if code := sys.call(t, tc.method, tc.path, tc.body, nil, &e); code != tc.status || e.Error.Code != tc.code || e.Error.Message == "" {

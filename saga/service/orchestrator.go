@@ -241,6 +241,17 @@ func runOrchestrator(b binary, spec OrchestratorSpec, cfg *OrchestratorConfig, l
 	if err != nil {
 		return err
 	}
+	// Signals, when a definition waits for any: events bound by their
+	// names to the signal queue, handed to the coordinator.
+	var signals []string
+	for _, d := range defs {
+		signals = append(signals, d.Signals()...)
+	}
+	if len(signals) > 0 {
+		if err := bus.Declare(sctx, amqpbus.SignalTopology(signals, amqpbus.QueueOptions{Type: amqpbus.QueueType(cfg.QueueType)})); err != nil {
+			return err
+		}
+	}
 	handler, err := spec.Handler(&Orchestrator{Coordinator: coord, Store: store, Bus: bus, DB: db, Registry: reg, Log: log})
 	if err != nil {
 		return err
@@ -256,12 +267,19 @@ func runOrchestrator(b binary, spec OrchestratorSpec, cfg *OrchestratorConfig, l
 	go clock.Run(coordCtx, time.Minute, func(err error) { log.Warn().Err(err).Msg("clock sync failed") })
 	go queues.Run(coordCtx, 5*time.Second)
 
-	intakeDone := make(chan error, 1)
+	intakeDone := make(chan error, 2)
 	go func() {
 		intakeDone <- bus.ServeReplies(ctx, coord, amqpbus.ConsumerConfig{
 			Prefetch: cfg.ReplyPrefetch, Transient: pgstore.Transient,
 		}, cfg.BatchSize)
 	}()
+	intakes := 1
+	if len(signals) > 0 {
+		intakes++
+		go func() {
+			intakeDone <- bus.ServeSignals(ctx, coord, amqpbus.ConsumerConfig{Transient: pgstore.Transient})
+		}()
+	}
 
 	srv := &http.Server{
 		Handler:           handler,
@@ -279,7 +297,9 @@ func runOrchestrator(b binary, spec OrchestratorSpec, cfg *OrchestratorConfig, l
 	if httpErr != nil && !errors.Is(httpErr, http.ErrServerClosed) {
 		log.Error().Err(httpErr).Msg("http server")
 	}
-	<-intakeDone
+	for range intakes {
+		<-intakeDone
+	}
 	stopCoord()
 	<-coordDone
 	return nil
