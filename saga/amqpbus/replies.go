@@ -30,12 +30,19 @@ func (b *Bus) ServeReplies(ctx context.Context, c ReplySink, cfg ConsumerConfig,
 	if cfg.Queue == "" {
 		cfg.Queue = b.cfg.ReplyQueue
 	}
+	return b.serveInputs(ctx, "reply", c.HandleReplies, cfg, maxBatch)
+}
+
+// serveInputs consumes cfg.Queue in batches into handle (a coordinator's
+// HandleReplies or HandleSignals): see ServeReplies.
+func (b *Bus) serveInputs(ctx context.Context, what string, handle func(context.Context, [][]byte) ([]error, saga.ReplyWait),
+	cfg ConsumerConfig, maxBatch int) error {
 	return b.ConsumeBatchAsync(ctx, cfg, maxBatch, func(hctx context.Context, ds []*amqp.Delivery) (Settle, error) {
 		bodies := make([][]byte, len(ds))
 		for i, d := range ds {
 			bodies[i] = d.Body
 		}
-		poison, wait := c.HandleReplies(hctx, bodies)
+		poison, wait := handle(hctx, bodies)
 		if len(ds) == 1 && poison[0] != nil {
 			return nil, Poison(poison[0]) // the consumer dead-letters it
 		}
@@ -55,7 +62,7 @@ func (b *Bus) ServeReplies(ctx context.Context, c ReplySink, cfg ConsumerConfig,
 				}
 			}
 			for i, why := range dead {
-				b.log.Warn().Err(why).Str("queue", cfg.Queue).Str("message_id", ds[i].MessageId).Msg("dead-lettering a reply")
+				b.log.Warn().Err(why).Str("queue", cfg.Queue).Str("message_id", ds[i].MessageId).Msg("dead-lettering a " + what)
 				if err := b.DeadLetter(sctx, ds[i], cfg.Queue, why.Error()); err != nil {
 					return err
 				}

@@ -3,6 +3,7 @@ package amqpbus_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -16,31 +17,52 @@ import (
 	"github.com/sagaflow/sagaflow/saga/sagatest"
 )
 
-// signalSink is a coordinator's Signal as far as the bus can tell: it
-// waits for the sagas in waiting, refuses the others as a store would.
+// signalSink is a coordinator's HandleSignals as far as the bus can tell:
+// it waits for the sagas in waiting, refuses the others as a store would,
+// and fails whole batches while failing says so.
 type signalSink struct {
 	mu      sync.Mutex
 	waiting map[uuid.UUID]bool
 	ended   map[uuid.UUID]bool
-	failing map[uuid.UUID]int // transient failures still to answer
+	failing map[uuid.UUID]int // failed commits still to answer
 	got     map[uuid.UUID]saga.Signal
 }
 
-func (s *signalSink) Signal(_ context.Context, id uuid.UUID, sig saga.Signal) (saga.Instance, error) {
+func (s *signalSink) HandleSignals(_ context.Context, bodies [][]byte) ([]error, saga.ReplyWait) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.failing[id] > 0 {
-		s.failing[id]--
-		return saga.Instance{}, errors.New("database restarting")
+	poison := make([]error, len(bodies))
+	dead := map[int]error{}
+	var failed error
+	for i, body := range bodies {
+		env, err := saga.Decode(body)
+		if err != nil {
+			poison[i] = err
+			continue
+		}
+		id, err := uuid.Parse(env.SagaID)
+		if err != nil {
+			poison[i] = fmt.Errorf("%w: saga_id %q is not a UUID", saga.ErrMalformed, env.SagaID)
+			continue
+		}
+		switch {
+		case s.failing[id] > 0:
+			s.failing[id]--
+			failed = errors.New("database restarting")
+		case s.waiting[id]:
+			s.got[id] = saga.Signal{Name: env.Type, Key: env.ID, Payload: env.Payload}
+		case s.ended[id]:
+			dead[i] = saga.ErrNotWaiting
+		default:
+			dead[i] = saga.ErrNotFound
+		}
 	}
-	switch {
-	case s.waiting[id]:
-		s.got[id] = sig
-		return saga.Instance{ID: id}, nil
-	case s.ended[id]:
-		return saga.Instance{}, saga.ErrNotWaiting
+	return poison, func(context.Context) (map[int]error, error) {
+		if failed != nil {
+			return nil, failed
+		}
+		return dead, nil
 	}
-	return saga.Instance{}, saga.ErrNotFound
 }
 
 func (s *signalSink) signal(id uuid.UUID) (saga.Signal, bool) {
@@ -75,7 +97,7 @@ func TestServeSignals(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- b.ServeSignals(ctx, sink, amqpbus.ConsumerConfig{RequeueDelay: 20 * time.Millisecond})
+		done <- b.ServeSignals(ctx, sink, amqpbus.ConsumerConfig{RequeueDelay: 20 * time.Millisecond}, 16)
 	}()
 	t.Cleanup(func() {
 		cancel()

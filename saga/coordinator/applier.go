@@ -64,7 +64,7 @@ func (c *Coordinator) applyBatch(ctx context.Context, batch []*queued) {
 			q.errs = make([]error, len(q.inputs))
 			for k, inp := range q.inputs {
 				o := outs[i+k]
-				if o.Err != nil && !errors.Is(o.Err, saga.ErrNotFound) && !errors.Is(o.Err, saga.ErrQuarantined) {
+				if o.Err != nil && !errors.Is(o.Err, saga.ErrNotFound) && !errors.Is(o.Err, saga.ErrQuarantined) && !refused(o.Err) {
 					c.sagaFields(c.log.Error().Err(o.Err), c.defs[o.Instance.Definition], &o.Instance).
 						Str("input", inp.Kind.String()).Msg("input not applied")
 				}

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -268,5 +269,32 @@ func TestSignals(t *testing.T) {
 	}
 	if def.StateOf(&in) != "stuck" {
 		t.Errorf("state %s", def.StateOf(&in))
+	}
+
+	// From the bus, in one batch: the late signal completes the stuck
+	// saga; one for a saga that ended, one for no saga and one that does
+	// not decode are dead, each with why; the same signal twice in the
+	// batch has one effect.
+	signal := func(id uuid.UUID, key string) []byte {
+		return saga.Envelope{ID: key, SagaID: id.String(), Type: "parcel.delivered", At: h.clock.Now(), Payload: json.RawMessage(`{"late":true}`)}.Encode()
+	}
+	poison, dead, err := h.applySignals(
+		signal(late.ID, "d-2"), signal(late.ID, "d-2"), signal(early.ID, "d-3"), signal(uuid.Must(uuid.NewV7()), "d-4"), []byte("{"),
+	)
+	if err != nil {
+		t.Fatalf("applySignals: %v", err)
+	}
+	if poison[4] == nil || poison[0] != nil {
+		t.Errorf("poison %v: want only the body that does not decode", poison)
+	}
+	if len(dead) != 2 || !strings.Contains(fmt.Sprint(dead[2]), "not waiting") || !strings.Contains(fmt.Sprint(dead[3]), "does not have") {
+		t.Errorf("dead %v: want the ended saga's (not waiting) and the unknown saga's", dead)
+	}
+	in = h.get(late.ID)
+	if in.Phase != saga.Completed || !strings.Contains(string(in.Data), `"late":true`) {
+		t.Errorf("the stuck saga after its late signal: %s, %s; want completed", in.Phase, in.Data)
+	}
+	if diff := cmp.Diff([]string{"parcel.completed"}, types(h.staged())); diff != "" {
+		t.Errorf("staged by the signals (-want +got):\n%s", diff)
 	}
 }

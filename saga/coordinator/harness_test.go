@@ -261,7 +261,18 @@ func (h *harness) reply(in saga.Instance, status saga.ReplyStatus, code string) 
 // answer.
 func (h *harness) applyReplies(bodies ...[]byte) (poison []error, dead map[int]error, err error) {
 	h.t.Helper()
-	poison, wait := h.c.HandleReplies(h.ctx, bodies)
+	return h.applyInputs(h.c.HandleReplies, bodies)
+}
+
+// applySignals is applyReplies for signals (HandleSignals).
+func (h *harness) applySignals(bodies ...[]byte) (poison []error, dead map[int]error, err error) {
+	h.t.Helper()
+	return h.applyInputs(h.c.HandleSignals, bodies)
+}
+
+func (h *harness) applyInputs(handle func(context.Context, [][]byte) ([]error, saga.ReplyWait), bodies [][]byte) (poison []error, dead map[int]error, err error) {
+	h.t.Helper()
+	poison, wait := handle(h.ctx, bodies)
 	var batch []*queued
 	for {
 		select {

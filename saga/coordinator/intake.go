@@ -148,11 +148,25 @@ func (c *Coordinator) createBatch(ctx context.Context, batch []*creation) {
 // (nil for the others), and a wait for the commit of the others. Ack the
 // deliveries after wait.
 func (c *Coordinator) HandleReplies(ctx context.Context, bodies [][]byte) (poison []error, wait saga.ReplyWait) {
+	return c.handle(ctx, bodies, "reply", decodeReply)
+}
+
+// HandleSignals is HandleReplies for signals (saga.Step.Wait) that came
+// as events: type the signal's name, id its idempotency key, saga_id its
+// saga, payload what joins the data. A signal no step of its saga waits
+// for comes back from wait as dead, with why.
+func (c *Coordinator) HandleSignals(ctx context.Context, bodies [][]byte) (poison []error, wait saga.ReplyWait) {
+	return c.handle(ctx, bodies, "signal", decodeSignal)
+}
+
+// handle decodes bodies into inputs and queues them, in order, for the
+// batch loop; see HandleReplies.
+func (c *Coordinator) handle(ctx context.Context, bodies [][]byte, what string, decode func([]byte) (saga.Input, error)) (poison []error, wait saga.ReplyWait) {
 	poison = make([]error, len(bodies))
 	q := &queued{done: make(chan error, 1)}
 	var index []int
 	for i, body := range bodies {
-		inp, err := decodeReply(body)
+		inp, err := decode(body)
 		if err != nil {
 			poison[i] = err
 			continue
@@ -180,15 +194,38 @@ func (c *Coordinator) HandleReplies(ctx context.Context, bodies [][]byte) (poiso
 		for k, err := range q.errs {
 			switch {
 			case errors.Is(err, saga.ErrNotFound):
-				dead[index[k]] = errors.New("reply for a saga this orchestrator's store does not have")
+				dead[index[k]] = fmt.Errorf("%s for a saga this orchestrator's store does not have", what)
 			case errors.Is(err, saga.ErrQuarantined):
-				dead[index[k]] = fmt.Errorf("reply for a quarantined saga: %w", err)
+				dead[index[k]] = fmt.Errorf("%s for a quarantined saga: %w", what, err)
+			case refused(err):
+				dead[index[k]] = fmt.Errorf("%s refused: %w", what, err)
 			case err != nil:
 				return nil, err
 			}
 		}
 		return dead, nil
 	}
+}
+
+// refused reports whether an input's error is the saga's answer to it,
+// not a failure: a signal it does not wait for.
+func refused(err error) bool {
+	return errors.Is(err, saga.ErrNotWaiting) || errors.Is(err, saga.ErrInvalidSignal)
+}
+
+func decodeSignal(body []byte) (saga.Input, error) {
+	env, err := saga.Decode(body)
+	if err != nil {
+		return saga.Input{}, err
+	}
+	id, err := uuid.Parse(env.SagaID)
+	if err != nil {
+		return saga.Input{}, fmt.Errorf("%w: signal %s: saga_id %q is not a UUID", saga.ErrMalformed, env.ID, env.SagaID)
+	}
+	if env.Type == "" || env.ID == "" {
+		return saga.Input{}, fmt.Errorf("%w: a signal needs a type and an id", saga.ErrMalformed)
+	}
+	return saga.Input{Kind: saga.InputSignal, SagaID: id, Signal: &saga.Signal{Name: env.Type, Key: env.ID, Payload: env.Payload}}, nil
 }
 
 func decodeReply(body []byte) (saga.Input, error) {

@@ -277,7 +277,7 @@ func runOrchestrator(b binary, spec OrchestratorSpec, cfg *OrchestratorConfig, l
 	if len(signals) > 0 {
 		intakes++
 		go func() {
-			intakeDone <- bus.ServeSignals(ctx, coord, amqpbus.ConsumerConfig{Transient: pgstore.Transient})
+			intakeDone <- bus.ServeSignals(ctx, coord, amqpbus.ConsumerConfig{Transient: pgstore.Transient}, cfg.BatchSize)
 		}()
 	}
 
