@@ -62,13 +62,23 @@ type Input struct {
 // (Step.Wait): a delivery confirmed, a payment settled.
 type Signal struct {
 	// Name is what happened ("shipping.delivered").
-	Name string
+	Name string `json:"name"`
 	// Key makes the signal idempotent: a second signal with the same key
 	// is a duplicate and changes nothing.
-	Key string
+	Key string `json:"key"`
 	// Payload is a JSON object merged into the saga's data when the
 	// waiting step takes the signal.
-	Payload json.RawMessage
+	Payload json.RawMessage `json:"payload,omitempty"`
+}
+
+// SignalMessage is a signal for saga sagaID as a message on the bus: an
+// event whose type is the signal's name, whose id is its key, and whose
+// body carries the saga id and the payload.
+func SignalMessage(sagaID string, sig Signal, at time.Time) Message {
+	return Message{
+		Kind: MessageEvent, Type: sig.Name, MessageID: sig.Key, CorrelationID: sagaID, Timestamp: at,
+		Body: Envelope{ID: sig.Key, SagaID: sagaID, Type: sig.Name, At: at, Payload: sig.Payload}.Encode(),
+	}
 }
 
 // ErrNotWaiting is returned for a signal that no step of the saga waits

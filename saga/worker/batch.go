@@ -98,6 +98,13 @@ func (r *Runtime) deliverBatch(ctx context.Context, queue string, ds []*amqp.Del
 		if j.d.ReplyTo != "" && (j.query != nil || !r.dropReply(j.cmd.ID)) {
 			replies = append(replies, r.replyMessage(j.ctx, j.d, j.cmd.Envelope, j.res))
 		}
+		if j.handler != nil {
+			// A command's signals follow its reply (stored with it: a
+			// redelivery sends them again).
+			for _, sig := range j.res.Signals {
+				replies = append(replies, saga.SignalMessage(j.cmd.SagaID, sig, time.Now().UTC()))
+			}
+		}
 	}
 	if len(replies) == 0 && len(invalid) == 0 {
 		return nil, nil

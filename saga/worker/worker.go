@@ -91,6 +91,12 @@ type Result struct {
 	Code    string           `json:"code,omitempty"`
 	Message string           `json:"message,omitempty"`
 	Payload json.RawMessage  `json:"payload,omitempty"`
+	// Signals are news for the command's saga, for a step that waits for
+	// them (saga.Step.Wait). They are kept in the inbox with the reply, in
+	// the handler's transaction, and published with it: a redelivered
+	// command publishes them again, and the saga ignores the copies (same
+	// key). Commands only: a query's signals are not sent.
+	Signals []saga.Signal `json:"signals,omitempty"`
 }
 
 // OK is a success with a payload (marshalled to JSON; nil for none).
@@ -240,6 +246,7 @@ type Runtime struct {
 	handlers map[string]*handler
 	queries  map[string]QueryFunc
 	subs     []subscription
+	tasks    []func(ctx context.Context)
 	observer Observer
 
 	droppedMu sync.Mutex
@@ -309,6 +316,27 @@ func (r *Runtime) HandleBatch(h BatchHandlerFunc, types ...string) {
 // Query registers the handler of a query type.
 func (r *Runtime) Query(typ string, q QueryFunc) { r.queries[typ] = q }
 
+// Go runs task alongside the consumers while the runtime runs (a timer
+// loop of the worker's own); Run returns once it has returned too.
+func (r *Runtime) Go(task func(ctx context.Context)) { r.tasks = append(r.tasks, task) }
+
+// Signal publishes signals for sagas (saga.Step.Wait) and waits for the
+// broker's confirms. It is for work outside a command (a timer, a
+// request): keep a record of what was announced in the worker's own
+// tables, and announce again what has no confirm; the saga ignores copies
+// (same key).
+func (r *Runtime) Signal(ctx context.Context, sagaID string, sigs ...saga.Signal) error {
+	msgs := make([]saga.Message, len(sigs))
+	for i, sig := range sigs {
+		msgs[i] = saga.SignalMessage(sagaID, sig, time.Now().UTC())
+	}
+	ok, err := r.bus.Publish(ctx, msgs)
+	if err != nil {
+		return fmt.Errorf("worker: publish %d signals (%d confirmed): %w", len(msgs), len(ok), err)
+	}
+	return nil
+}
+
 // Types lists the registered types, for binding the queue.
 func (r *Runtime) Types() []string {
 	var out []string
@@ -342,6 +370,9 @@ func (r *Runtime) Run(ctx context.Context) error {
 		g.Go(func() error { return r.consumeEvents(ctx, sub) })
 	}
 	g.Go(func() error { r.pruneLoop(ctx); return nil })
+	for _, task := range r.tasks {
+		g.Go(func() error { task(ctx); return nil })
+	}
 	return g.Wait()
 }
 

@@ -578,3 +578,35 @@ func TestPruneDeletesOnlyOldInboxEntries(t *testing.T) {
 		t.Errorf("left in the inbox: %v, want the two new entries", left)
 	}
 }
+
+// A command's signals are kept with its reply: the redelivered command
+// gets them back from the inbox, to publish again, without running.
+func TestSignalsAreStoredWithTheReply(t *testing.T) {
+	t.Parallel()
+	rt, _ := newRuntime(t, Config{Queue: "q"})
+	var runs atomic.Int32
+	sig := saga.Signal{Name: "shipping.delivered", Key: "delivered:o-1", Payload: json.RawMessage(`{"delivered_at":"noon"}`)}
+	hs := map[string]*handler{"t.a": {fn: perCommand(func(context.Context, Tx, Command) (Result, error) {
+		runs.Add(1)
+		res, err := OK(nil)
+		res.Signals = []saga.Signal{sig}
+		return res, err
+	})}}
+	ctx := context.Background()
+	first := batchJobs(hs, "s1/m1/t.a")
+	if err := rt.tryBatch(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	again := batchJobs(hs, "s1/m1/t.a")
+	if err := rt.tryBatch(ctx, again); err != nil {
+		t.Fatal(err)
+	}
+	if runs.Load() != 1 {
+		t.Errorf("handler ran %d times, want once", runs.Load())
+	}
+	for name, j := range map[string]*job{"first": first[0], "redelivered": again[0]} {
+		if diff := cmp.Diff([]saga.Signal{sig}, j.res.Signals); diff != "" {
+			t.Errorf("%s: signals (-want +got):\n%s", name, diff)
+		}
+	}
+}
