@@ -71,12 +71,12 @@ type Signal struct {
 	Payload json.RawMessage `json:"payload,omitempty"`
 }
 
-// SignalMessage is a signal for saga sagaID as a message on the bus: an
-// event whose type is the signal's name, whose id is its key, and whose
-// body carries the saga id and the payload.
+// SignalMessage is a signal for saga sagaID as a message: its type is the
+// signal's name, its id the key, its body carries the saga id and the
+// payload.
 func SignalMessage(sagaID string, sig Signal, at time.Time) Message {
 	return Message{
-		Kind: MessageEvent, Type: sig.Name, MessageID: sig.Key, CorrelationID: sagaID, Timestamp: at,
+		Kind: MessageSignal, Type: sig.Name, MessageID: sig.Key, CorrelationID: sagaID, Timestamp: at,
 		Body: Envelope{ID: sig.Key, SagaID: sagaID, Type: sig.Name, At: at, Payload: sig.Payload}.Encode(),
 	}
 }

@@ -103,6 +103,10 @@ const (
 	// MessageRequest asks a worker for an answer now (an API's query); the
 	// caller waits for it (Publisher's transport: Call).
 	MessageRequest
+	// MessageSignal is news for one saga's waiting step (Step.Wait),
+	// routed by its type (the signal's name) to the coordinators that wait
+	// for it.
+	MessageSignal
 )
 
 func (k MessageKind) String() string {
@@ -115,6 +119,8 @@ func (k MessageKind) String() string {
 		return "reply"
 	case MessageRequest:
 		return "request"
+	case MessageSignal:
+		return "signal"
 	}
 	return "message"
 }

@@ -40,8 +40,8 @@ const (
 
 // CheckedIn is the signal the last step waits for: the traveller checked
 // in at the hotel. It comes from the API (POST /trips/{id}/checkin) or from
-// the bus, as an event of this type and routing key whose saga_id is the
-// trip (a hotel's system would publish it).
+// the bus, as a signal of this name for the trip (saga.SignalMessage: a
+// hotel's system would publish it).
 const CheckedIn = "hotel.checked_in"
 
 // The workers' command queues.

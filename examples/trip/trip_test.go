@@ -253,8 +253,8 @@ func (s *system) checkIn(t *testing.T, id string) (int, string) {
 	return code, v.State
 }
 
-// publishCheckIn publishes the check-in as the hotel's system would: an
-// event of type hotel.checked_in on the event exchange, for the trip.
+// publishCheckIn publishes the check-in as the hotel's system would: a
+// signal hotel.checked_in for the trip, on the signal exchange.
 func (s *system) publishCheckIn(t *testing.T, id string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
@@ -264,9 +264,8 @@ func (s *system) publishCheckIn(t *testing.T, id string) {
 		t.Fatal(err)
 	}
 	defer bus.Close()
-	key := "desk:" + id
-	env := saga.Envelope{ID: key, SagaID: id, Type: trip.CheckedIn, At: time.Now(), Payload: json.RawMessage(`{"room":"204"}`)}
-	msgs := []saga.Message{{Kind: saga.MessageEvent, Type: trip.CheckedIn, MessageID: key, CorrelationID: id, Body: env.Encode()}}
+	sig := saga.Signal{Name: trip.CheckedIn, Key: "desk:" + id, Payload: json.RawMessage(`{"room":"204"}`)}
+	msgs := []saga.Message{saga.SignalMessage(id, sig, time.Now())}
 	if ok, err := bus.Publish(ctx, msgs); err != nil || len(ok) != 1 {
 		t.Fatalf("publish the check-in: %d confirmed, %v", len(ok), err)
 	}

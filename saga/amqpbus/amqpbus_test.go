@@ -1059,6 +1059,7 @@ func TestPublishingMapsKindsToTheBroker(t *testing.T) {
 		{saga.Message{Kind: saga.MessageCommand, Type: "payment.charge"}, amqpbus.CommandExchange, "payment.charge", amqpbus.ReplyQueue},
 		{saga.Message{Kind: saga.MessageRequest, Type: "inventory.get_product"}, amqpbus.CommandExchange, "inventory.get_product", ""},
 		{saga.Message{Kind: saga.MessageEvent, Type: "order.completed"}, amqpbus.EventExchange, "order.completed", ""},
+		{saga.Message{Kind: saga.MessageSignal, Type: "shipping.delivered"}, amqpbus.SignalExchange, "shipping.delivered", ""},
 		{saga.Message{Kind: saga.MessageReply, Type: "payment.charge.reply", Key: "amq.rabbitmq.reply-to.x"}, "", "amq.rabbitmq.reply-to.x", ""},
 	} {
 		exchange, key, p := b.Publishing(&tc.m)

@@ -82,7 +82,8 @@ func (b *Bus) Publish(ctx context.Context, msgs []saga.Message) ([]saga.Message,
 
 // Publishing maps a message to the broker: the exchange and routing key
 // it goes to, and its AMQP form. Commands and requests go to the command
-// exchange and events to the event exchange, routed by their type; a
+// exchange, events to the event exchange and signals to the signal
+// exchange, routed by their type; a
 // command names the reply queue as reply_to; a reply goes straight to the
 // queue its Key names (the requester's reply_to).
 func (b *Bus) Publishing(m *saga.Message) (exchange, key string, p amqp.Publishing) {
@@ -103,6 +104,8 @@ func (b *Bus) Publishing(m *saga.Message) (exchange, key string, p amqp.Publishi
 		exchange, key = b.cfg.CommandExchange, m.Type
 	case saga.MessageEvent:
 		exchange, key = b.cfg.EventExchange, m.Type
+	case saga.MessageSignal:
+		exchange, key = SignalExchange, m.Type
 	default: // a reply, or anything addressed by Key
 		exchange, key = "", m.Key
 	}

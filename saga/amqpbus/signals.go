@@ -7,7 +7,8 @@ import (
 )
 
 // SignalQueue is the queue of the signals coordinators wait for, shared by
-// every orchestrator of a system like the reply queue.
+// every orchestrator of a system like the reply queue (a queue and an
+// exchange may share a name: they are apart in AMQP).
 const SignalQueue = "saga.signals"
 
 // SignalSink takes signals in batches: a coordinator (saga/coordinator),
@@ -16,16 +17,16 @@ type SignalSink interface {
 	HandleSignals(ctx context.Context, bodies [][]byte) (poison []error, wait saga.ReplyWait)
 }
 
-// SignalTopology declares the signal queue, bound to the event exchange by
-// the name of each signal a definition waits for (saga.Step.Wait), with
-// dead-lettering. A signal is published like an event (through the
-// sender's outbox or inbox, like any message): its routing key and type
-// are the signal's name.
+// SignalTopology declares the signal queue, bound to the signal exchange
+// (SagaTopology declares it) by the name of each signal a definition waits
+// for (saga.Step.Wait), with dead-lettering. A signal is published as a
+// saga.MessageSignal (saga.SignalMessage), through the sender's outbox or
+// inbox like any message.
 func SignalTopology(names []string, o QueueOptions) Topology {
 	o.MaxPriority, o.DeadLetter, o.SingleActiveConsumer, o.MaxLength = 0, true, false, 0
 	t := Topology{Queues: []Queue{{Name: SignalQueue, Args: o.Args()}}}
 	for _, n := range names {
-		t.Bindings = append(t.Bindings, Binding{Source: EventExchange, Key: n, Queue: SignalQueue})
+		t.Bindings = append(t.Bindings, Binding{Source: SignalExchange, Key: n, Queue: SignalQueue})
 	}
 	return t
 }

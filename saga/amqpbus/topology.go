@@ -15,6 +15,10 @@ const (
 	CommandExchange = "saga.commands"
 	// EventExchange is the topic exchange of domain events.
 	EventExchange = "saga.events"
+	// SignalExchange receives signals for waiting sagas, routed by their
+	// name (direct); one no queue is bound for goes to the dead-letter
+	// exchange.
+	SignalExchange = "saga.signals"
 	// ReplyQueue is the durable queue every orchestrator consumes replies
 	// from: a restarted orchestrator finds its replies waiting.
 	ReplyQueue = "saga.replies"
@@ -157,6 +161,7 @@ func SagaTopology(o QueueOptions) Topology {
 			{Name: DeadLetterExchange, Kind: "fanout", Args: amqp.Table{}},
 			{Name: CommandExchange, Kind: "direct", Args: amqp.Table{"alternate-exchange": DeadLetterExchange}},
 			{Name: EventExchange, Kind: "topic", Args: amqp.Table{}},
+			{Name: SignalExchange, Kind: "direct", Args: amqp.Table{"alternate-exchange": DeadLetterExchange}},
 		},
 		Queues: []Queue{
 			{Name: DeadLetterQueue, Args: dead.Args(), KeepExisting: true},
