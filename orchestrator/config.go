@@ -24,6 +24,9 @@ type Config struct {
 	ProductBurst int `env:"PRODUCT_BURST" envDefault:"40" help:"burst of GET /products/{sku} allowed above PRODUCT_RATE"`
 	// ProductCacheTTL is how long a product answer is reused (default 1s).
 	ProductCacheTTL time.Duration `env:"PRODUCT_CACHE_TTL" envDefault:"1s" help:"how long an answer of GET /products/{sku} is reused"`
+	// DeliveryTimeout is how long an order waits for its delivery to be
+	// confirmed before it is stuck (default 720h, 30 days).
+	DeliveryTimeout time.Duration `env:"DELIVERY_TIMEOUT" envDefault:"720h" help:"how long a shipped order waits for its delivery to be confirmed before it is stuck (a replay waits again)"`
 	// MaxBodyBytes bounds request bodies (default 1048576).
 	MaxBodyBytes int64 `env:"MAX_BODY_BYTES" envDefault:"1048576" help:"largest request body"`
 }
@@ -33,6 +36,7 @@ func (c *Config) Validate() []error {
 	errs := c.OrchestratorConfig.Validate()
 	positive := map[string]time.Duration{
 		"RPC_TIMEOUT": c.RPCTimeout, "PRODUCT_CACHE_TTL": c.ProductCacheTTL, "LEDGER_TIMEOUT": c.LedgerTimeout,
+		"DELIVERY_TIMEOUT": c.DeliveryTimeout,
 	}
 	for name, d := range positive {
 		if d <= 0 {

@@ -18,11 +18,13 @@ import (
 func main() {
 	cfg := &Config{}
 	os.Exit(service.RunOrchestrator(service.OrchestratorSpec{
-		Name:        "orchestrator",
-		Summary:     "the REST API and the coordinator of the order saga",
-		Config:      cfg,
-		Definitions: func() []*saga.Definition { return []*saga.Definition{order.Definition(cfg.Retry())} },
-		Topology:    contract.Topology,
+		Name:    "orchestrator",
+		Summary: "the REST API and the coordinator of the order saga",
+		Config:  cfg,
+		Definitions: func() []*saga.Definition {
+			return []*saga.Definition{order.Definition(cfg.Retry(), cfg.DeliveryTimeout)}
+		},
+		Topology: contract.Topology,
 		WatchQueues: []string{
 			contract.InventoryQueue, contract.PaymentQueue, contract.ShippingQueue,
 			contract.InventoryRequests, contract.PaymentRequests, contract.ShippingRequests,

@@ -34,6 +34,8 @@ const (
 	ShippingPrepare = "shipping.prepare"
 	ShippingCancel  = "shipping.cancel"
 	ShippingLedger  = "shipping.ledger"
+	// ShippingConfirmDelivery relays a customer's confirmation of receipt.
+	ShippingConfirmDelivery = "shipping.confirm_delivery"
 
 	NotificationLedger = "notification.ledger"
 	AuditOrderEvents   = "audit.order_events"
@@ -46,6 +48,7 @@ const (
 	StepChargePayment   = "charge_payment"
 	StepPrepareShipment = "prepare_shipment"
 	StepCommitStock     = "commit_stock"
+	StepAwaitDelivery   = "await_delivery"
 	StepReleaseStock    = "release_stock"
 	StepRefundPayment   = "refund_payment"
 	StepCancelShipment  = "cancel_shipment"
@@ -121,8 +124,14 @@ const (
 // Order outcome events: each gets one email and one SMS.
 const (
 	EventOrderCompleted = "order.completed"
-	EventOrderCancelled = "order.cancelled"
-	EventOrderRejected  = "order.rejected"
+	// EventOrderDelivered: the order's delivery was confirmed (just
+	// before order.completed).
+	EventOrderDelivered = "order.delivered"
+	// EventOrderDeliveryOverdue: DELIVERY_TIMEOUT passed without a
+	// confirmed delivery; the order is stuck for an operator.
+	EventOrderDeliveryOverdue = "order.delivery_overdue"
+	EventOrderCancelled       = "order.cancelled"
+	EventOrderRejected        = "order.rejected"
 )
 
 // Failure codes of replies.
@@ -294,6 +303,36 @@ type PaymentLedgerReply struct {
 	RefundedCents int64 `json:"refunded_cents"`
 }
 
+// ShippingDelivered is the signal the order saga waits for after its
+// stock is committed: the carrier reported the delivery, or the customer
+// confirmed it. Shipping sends it for each shipment, once it is delivered;
+// its key is DeliveredKey.
+const ShippingDelivered = "shipping.delivered"
+
+// DeliveredKey is the idempotency key of an order's delivery signal: one
+// delivery per order, however often it is reported.
+func DeliveredKey(orderID string) string { return "delivered:" + orderID }
+
+// Delivered is the payload of the delivery signal: merged into the order.
+type Delivered struct {
+	DeliveredAt time.Time `json:"delivered_at"`
+}
+
+// ReasonDeliveryNotConfirmed is why an order whose delivery was never
+// confirmed is stuck.
+const ReasonDeliveryNotConfirmed = "delivery not confirmed"
+
+// Answers of shipping.confirm_delivery.
+const (
+	DeliveryConfirmed  = "delivered"   // the shipment is (now) delivered
+	DeliveryNotShipped = "not_shipped" // no shipment prepared: cancelled, refused or never shipped
+)
+
+// DeliveryReply is shipping's answer to a confirmation of receipt.
+type DeliveryReply struct {
+	Status string `json:"status"`
+}
+
 // ShipmentLedgerReply is what shipping recorded for an order (counts).
 type ShipmentLedgerReply struct {
 	Prepared  int `json:"prepared"`
@@ -308,7 +347,7 @@ var (
 	PaymentCommands          = []string{PaymentCharge, PaymentRefund}
 	PaymentRequestTypes      = []string{PaymentLedger}
 	ShippingCommands         = []string{ShippingPrepare, ShippingCancel}
-	ShippingRequestTypes     = []string{ShippingLedger}
+	ShippingRequestTypes     = []string{ShippingLedger, ShippingConfirmDelivery}
 	NotificationRequestTypes = []string{NotificationLedger}
 	AuditRequestTypes        = []string{AuditOrderEvents}
 )

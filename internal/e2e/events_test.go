@@ -53,7 +53,8 @@ func TestAuditTrailHasEveryEventOnceInOrder(t *testing.T) {
 		types []string
 	}{
 		{"completed", testenv.OrderSpec{Items: testenv.Items(sk, 1)}, order.StateCompleted, []string{
-			"order.created", "inventory.reserved", "payment.succeeded", "shipping.prepared", "inventory.committed", "order.completed"}},
+			"order.created", "inventory.reserved", "payment.succeeded", "shipping.prepared", "inventory.committed",
+			"order.delivered", "order.completed"}},
 		{"cancelled by the gateway", testenv.OrderSpec{Items: testenv.Items(sk, 1), Token: contract.DeclineToken}, order.StateCancelled, []string{
 			"order.created", "inventory.reserved", "payment.failed", "order.compensating", "inventory.released", "order.cancelled"}},
 		{"cancelled by the carrier", testenv.OrderSpec{Items: testenv.Items(sk, 1), Country: contract.RefusedCountry}, order.StateCancelled, []string{

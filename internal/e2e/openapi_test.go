@@ -690,7 +690,7 @@ func TestOpenAPIRoutesMatchTheRouter(t *testing.T) {
 // the code's.
 func TestOpenAPIEnumsMatchTheCode(t *testing.T) {
 	d := loadOpenAPI(t)
-	def := order.Definition(saga.Retry{})
+	def := order.Definition(saga.Retry{}, time.Hour)
 	var forward []string
 	events := []string{}
 	for _, e := range []string{"created", "compensating", "completed", "rejected", "cancelled", "stuck"} {
@@ -698,7 +698,7 @@ func TestOpenAPIEnumsMatchTheCode(t *testing.T) {
 	}
 	for _, s := range def.Steps {
 		forward = append(forward, s.Name)
-		events = append(events, s.SucceededEvent, s.FailedEvent)
+		events = append(events, s.SucceededEvent, s.FailedEvent, s.OverdueEvent)
 		for _, e := range s.FailedEvents {
 			events = append(events, e)
 		}
@@ -729,7 +729,9 @@ func TestOpenAPIEnumsMatchTheCode(t *testing.T) {
 		{"/components/schemas/OrderRequest/properties/items/maxItems", api.MaxItems},
 		{"/components/schemas/ItemRequest/properties/quantity/maximum", api.MaxQuantity},
 		{"/components/schemas/Item/properties/quantity/maximum", api.MaxQuantity},
-		{"/components/schemas/StepRecord/properties/kind/enum", []any{saga.KindAction, saga.KindCompensation}},
+		{"/components/schemas/ActionRecord/properties/kind/enum", []any{saga.KindAction, saga.KindCompensation}},
+		{"/components/schemas/SignalRecord/properties/kind/const", saga.KindSignal},
+		{"/components/schemas/SignalRecord/properties/status/enum", []any{saga.SignalKept, saga.SignalConsumed}},
 		{"/components/schemas/Saga/properties/definition/enum", []any{order.SagaName}},
 	}
 	for _, c := range checks {
@@ -1069,6 +1071,18 @@ func conformOrders(t *testing.T, s *testenv.System, c *conformance) {
 		t.Errorf("an order sent without priority has priority %q", st.Priority)
 	}
 
+	// Confirmations of receipt: a delivered order (202, no second effect),
+	// one rejected or cancelled (409 not_shipped), and their errors.
+	for _, oid := range ids {
+		want := http.StatusAccepted
+		if final[oid].State != "completed" {
+			want = http.StatusConflict
+		}
+		c.send(t, s, base, apiCall{op: "POST /orders/{id}/delivery", path: id(oid), want: want})
+	}
+	c.send(t, s, base, apiCall{op: "POST /orders/{id}/delivery", path: id("not-a-uuid"), want: 400, docRejects: true})
+	c.send(t, s, base, apiCall{op: "POST /orders/{id}/delivery", path: id(uuid.NewString()), want: 404})
+
 	// Reading errors.
 	for _, op := range []string{"GET /orders/{id}", "GET /orders/{id}/events"} {
 		c.send(t, s, base, apiCall{op: op, path: id("not-a-uuid"), want: 400, docRejects: true})
@@ -1219,6 +1233,7 @@ func conformDegraded(t *testing.T, c *conformance) {
 		body: map[string]any{"delta": 1}})
 	running := place(base, 202)
 	c.send(t, p, base, apiCall{op: "GET /orders/{id}/events", path: id(running), want: 503})
+	c.send(t, p, base, apiCall{op: "POST /orders/{id}/delivery", path: id(running), want: 503})
 	// No worker: the ledger says so, service by service.
 	var l api.Ledger
 	c.send(t, p, base, apiCall{op: "GET /admin/orders/{id}/ledger", path: id(running), header: auth, want: 200}).Decode(t, &l)

@@ -63,9 +63,14 @@ func TestHappyPathCompletes(t *testing.T) {
 		{order.StepChargePayment, saga.StepSucceeded, 1},
 		{order.StepPrepareShipment, saga.StepSucceeded, 1},
 		{order.StepCommitStock, saga.StepSucceeded, 1},
+		{order.StepAwaitDelivery, saga.StepSucceeded, 1},
 	}
 	if diff := cmp.Diff(want, steps(t, v)); diff != "" {
 		t.Errorf("steps (-want +got):\n%s", diff)
+	}
+	// Delivered at once (SIM_DELIVERY_DELAY 0s), after it was shipped.
+	if v.DeliveredAt == nil || v.DeliveredAt.Before(v.CreatedAt) {
+		t.Errorf("delivered_at = %v, want a time after the order was created (%v)", v.DeliveredAt, v.CreatedAt)
 	}
 	// The address and the tracking number are the admin view's only.
 	var public map[string]any

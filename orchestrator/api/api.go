@@ -105,6 +105,7 @@ func New(d Deps) http.Handler {
 	r.GET("/orders", s.listOrders)
 	r.GET("/orders/:id", s.getOrder)
 	r.GET("/orders/:id/events", s.orderEvents)
+	r.POST("/orders/:id/delivery", s.confirmDelivery)
 	r.GET("/products/:sku", s.getProduct)
 	r.GET("/openapi.json", openAPIJSON)
 	r.GET("/openapi.yaml", openAPIYAML)

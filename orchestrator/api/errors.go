@@ -38,6 +38,7 @@ const (
 	CodeRateLimited          = "rate_limited"
 	CodePreconditionFailed   = "precondition_failed"
 	CodeInsufficientStock    = "insufficient_stock"
+	CodeNotShipped           = "not_shipped"
 	CodeInternal             = "internal"
 )
 

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/gin-gonic/gin"
@@ -40,7 +41,7 @@ const (
 )
 
 var (
-	orderStates = order.Definition(saga.Retry{}).States()
+	orderStates = order.Definition(saga.Retry{}, time.Hour).States()
 	skuRE       = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 	countryRE   = regexp.MustCompile(`^[A-Z]{2}$`)
 )
@@ -306,4 +307,28 @@ func (s *server) orderEvents(c *gin.Context) {
 		trail.Events = []contract.AuditEvent{}
 	}
 	c.JSON(http.StatusOK, trail)
+}
+
+// confirmDelivery relays a customer's confirmation of receipt to shipping,
+// which reports the delivery: the signal the order waits for. 202 with
+// where the order stands (a confirmation that comes while its stock is
+// still being committed is kept until the order waits); the same again
+// changes nothing. 409 not_shipped for an order with no shipment: it was
+// cancelled, rejected, or is not shipped yet.
+func (s *server) confirmDelivery(c *gin.Context) {
+	in, err := s.loadOrder(c)
+	if err != nil {
+		abort(c, err)
+		return
+	}
+	var r contract.DeliveryReply
+	if err := s.rpc.call(c, contract.ShippingConfirmDelivery, contract.OrderRef{OrderID: in.ID.String()}, &r); err != nil {
+		abort(c, err)
+		return
+	}
+	if r.Status != contract.DeliveryConfirmed {
+		abort(c, errorf(http.StatusConflict, CodeNotShipped, "order %s has no shipment to deliver (it is %s)", in.ID, in.State))
+		return
+	}
+	c.JSON(http.StatusAccepted, gin.H{"order_id": in.ID.String(), "state": in.State})
 }

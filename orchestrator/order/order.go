@@ -24,6 +24,7 @@ const (
 	StateChargingPayment   = "charging_payment"
 	StatePreparingShipment = "preparing_shipment"
 	StateCommittingStock   = "committing_stock"
+	StateAwaitingDelivery  = "awaiting_delivery"
 	StateCompleted         = "completed"
 	StateRejected          = "rejected"
 	StateCompensating      = "compensating"
@@ -37,6 +38,7 @@ const (
 	StepChargePayment   = contract.StepChargePayment
 	StepPrepareShipment = contract.StepPrepareShipment
 	StepCommitStock     = contract.StepCommitStock
+	StepAwaitDelivery   = contract.StepAwaitDelivery
 	StepReleaseStock    = contract.StepReleaseStock
 	StepRefundPayment   = contract.StepRefundPayment
 	StepCancelShipment  = contract.StepCancelShipment
@@ -50,8 +52,10 @@ const (
 
 // Definition returns the order saga: reserve stock, charge payment and
 // prepare the shipment (each compensatable), then commit stock, a
-// retriable step after the pivot.
-func Definition(retry saga.Retry) *saga.Definition {
+// retriable step after the pivot, then wait for the delivery (the signal
+// shipping.delivered) up to deliveryTimeout; an order whose delivery is
+// not confirmed by then is stuck, with an order.delivery_overdue event.
+func Definition(retry saga.Retry, deliveryTimeout time.Duration) *saga.Definition {
 	return &saga.Definition{
 		Name: SagaName,
 		Steps: []saga.Step{
@@ -85,6 +89,12 @@ func Definition(retry saga.Retry) *saga.Definition {
 				Kind:           saga.Retriable,
 				SucceededEvent: "inventory.committed",
 			},
+			{
+				Name: StepAwaitDelivery, State: StateAwaitingDelivery, Wait: contract.ShippingDelivered,
+				Kind: saga.Retriable, Timeout: deliveryTimeout,
+				SucceededEvent: contract.EventOrderDelivered,
+				OverdueEvent:   contract.EventOrderDeliveryOverdue, OverdueReason: contract.ReasonDeliveryNotConfirmed,
+			},
 		},
 		Retry:     retry,
 		Request:   request,
@@ -111,6 +121,8 @@ type Data struct {
 	ChargedCents int64  `json:"charged_cents,omitempty"`
 	// From shipping.prepare.
 	TrackingNumber string `json:"tracking_number,omitempty"`
+	// From the delivery signal (shipping.delivered).
+	DeliveredAt *time.Time `json:"delivered_at,omitempty"`
 }
 
 // request gives each worker only what it needs: inventory never sees the
@@ -172,7 +184,9 @@ type View struct {
 	Priority    string                `json:"priority"`
 	CreatedAt   time.Time             `json:"created_at"`
 	UpdatedAt   time.Time             `json:"updated_at"`
-	Steps       []Step                `json:"steps"`
+	// DeliveredAt is when the delivery was reported or confirmed.
+	DeliveredAt *time.Time `json:"delivered_at,omitempty"`
+	Steps       []Step     `json:"steps"`
 }
 
 // AdminView is an order as the admin API shows it: the public view with
@@ -210,9 +224,12 @@ func ViewOf(in *saga.Instance) (View, error) {
 	v := View{
 		OrderID: in.ID.String(), State: in.State, Reason: reason, CustomerID: d.CustomerID,
 		Items: d.Items, Lines: d.Lines, AmountCents: d.AmountCents, Priority: d.Priority,
-		CreatedAt: in.CreatedAt, UpdatedAt: in.UpdatedAt, Steps: make([]Step, 0, len(in.History)),
+		CreatedAt: in.CreatedAt, UpdatedAt: in.UpdatedAt, DeliveredAt: d.DeliveredAt, Steps: make([]Step, 0, len(in.History)),
 	}
 	for _, r := range in.History {
+		if r.Kind == saga.KindSignal {
+			continue // the signals a waiting step took are not steps
+		}
 		v.Steps = append(v.Steps, Step{
 			Name: r.Name, Status: r.Status, Attempts: r.Attempts, StartedAt: r.StartedAt,
 			FinishedAt: r.FinishedAt, Error: contract.PublicReason(r.Error),

@@ -153,9 +153,9 @@ type Coordinator struct {
 	// waiting are the states of the definitions' waiting steps: sagas in
 	// them are not in flight.
 	waiting []saga.StateRef
-	store saga.Store
-	pub   saga.Publisher
-	log   zerolog.Logger
+	store   saga.Store
+	pub     saga.Publisher
+	log     zerolog.Logger
 
 	inputs  chan *queued
 	creates chan *creation

@@ -79,6 +79,17 @@ func (c *WorkerConfig) Validate() []error {
 	return errs
 }
 
+// WorkerSettings is a worker's configuration: WorkerConfig, or a struct
+// of the worker's own that embeds it (its own variables then read from the
+// environment and listed by -help too).
+type WorkerSettings interface {
+	Validator
+	WorkerSettings() *WorkerConfig
+}
+
+// WorkerSettings returns c.
+func (c *WorkerConfig) WorkerSettings() *WorkerConfig { return c }
+
 // WorkerSpec describes a command worker binary.
 type WorkerSpec struct {
 	// Name is the service name, its PostgreSQL schema and its log name.
@@ -104,6 +115,9 @@ type WorkerSpec struct {
 	Register func(rt *worker.Runtime, db *pgxpool.Pool)
 	// DBConns is the default pool size (DB_MAX_CONNS overrides it).
 	DBConns int32
+	// Config is the worker's configuration, read from the environment
+	// before Register runs (nil: a WorkerConfig).
+	Config WorkerSettings
 }
 
 // RunWorker runs a command worker until SIGINT or SIGTERM, or carries out
@@ -111,10 +125,19 @@ type WorkerSpec struct {
 // graceful stop, 1 on a start or run error (RunMigrate tells the codes of
 // migrate).
 func RunWorker(spec WorkerSpec) int {
-	cfg := WorkerConfig{MetricsAddr: spec.MetricsAddr, Base: Base{DBMaxConns: spec.DBConns}}
-	b := binary{name: spec.Name, summary: spec.Summary, schema: spec.Name, cfg: &cfg, base: &cfg.Base,
+	if spec.Config == nil {
+		spec.Config = &WorkerConfig{}
+	}
+	cfg := spec.Config.WorkerSettings()
+	if cfg.MetricsAddr == "" {
+		cfg.MetricsAddr = spec.MetricsAddr
+	}
+	if cfg.DBMaxConns == 0 {
+		cfg.DBMaxConns = spec.DBConns
+	}
+	b := binary{name: spec.Name, summary: spec.Summary, schema: spec.Name, cfg: spec.Config, base: &cfg.Base,
 		sets: append([]pgmigrate.Set{worker.Migrations}, spec.Migrations...), memLimitMiB: 40}
-	return b.main(func(log zerolog.Logger) error { return runWorker(b, spec, &cfg, log) })
+	return b.main(func(log zerolog.Logger) error { return runWorker(b, spec, cfg, log) })
 }
 
 func runWorker(b binary, spec WorkerSpec, cfg *WorkerConfig, log zerolog.Logger) error {

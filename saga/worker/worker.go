@@ -316,6 +316,15 @@ func (r *Runtime) HandleBatch(h BatchHandlerFunc, types ...string) {
 // Query registers the handler of a query type.
 func (r *Runtime) Query(typ string, q QueryFunc) { r.queries[typ] = q }
 
+// Logger is the runtime's logger, for a worker's own loops.
+func (r *Runtime) Logger() zerolog.Logger { return r.log }
+
+// SagaSignal is a signal and the saga it is for.
+type SagaSignal struct {
+	SagaID string
+	saga.Signal
+}
+
 // Go runs task alongside the consumers while the runtime runs (a timer
 // loop of the worker's own); Run returns once it has returned too.
 func (r *Runtime) Go(task func(ctx context.Context)) { r.tasks = append(r.tasks, task) }
@@ -325,10 +334,10 @@ func (r *Runtime) Go(task func(ctx context.Context)) { r.tasks = append(r.tasks,
 // request): keep a record of what was announced in the worker's own
 // tables, and announce again what has no confirm; the saga ignores copies
 // (same key).
-func (r *Runtime) Signal(ctx context.Context, sagaID string, sigs ...saga.Signal) error {
+func (r *Runtime) Signal(ctx context.Context, sigs ...SagaSignal) error {
 	msgs := make([]saga.Message, len(sigs))
 	for i, sig := range sigs {
-		msgs[i] = saga.SignalMessage(sagaID, sig, time.Now().UTC())
+		msgs[i] = saga.SignalMessage(sig.SagaID, sig.Signal, time.Now().UTC())
 	}
 	ok, err := r.bus.Publish(ctx, msgs)
 	if err != nil {

@@ -30,7 +30,7 @@ func register(rt *worker.Runtime, db *pgxpool.Pool) {
 
 // outcomes are the events a customer is told about.
 var outcomes = map[string]string{
-	contract.EventOrderCompleted: "is confirmed and on its way",
+	contract.EventOrderCompleted: "was delivered",
 	contract.EventOrderCancelled: "was cancelled",
 	contract.EventOrderRejected:  "could not be accepted",
 }

@@ -153,8 +153,8 @@ func TestOutcomeEventsNotifyOncePerChannel(t *testing.T) {
 		typ, reason string
 		wantBody    string
 	}{
-		{contract.EventOrderCompleted, "", "Your order o-1 is confirmed and on its way."},
-		{contract.EventOrderCompleted, "shipped early", "Your order o-1 is confirmed and on its way. Reason: shipped early"},
+		{contract.EventOrderCompleted, "", "Your order o-1 was delivered."},
+		{contract.EventOrderCompleted, "shipped early", "Your order o-1 was delivered. Reason: shipped early"},
 		{contract.EventOrderCancelled, "cancelled by customer", "Your order o-1 was cancelled. Reason: cancelled by customer"},
 		{contract.EventOrderCancelled, "", "Your order o-1 was cancelled."},
 		{contract.EventOrderRejected, "out of stock: sku-1", "Your order o-1 could not be accepted. Reason: out of stock: sku-1"},
@@ -183,7 +183,7 @@ func TestChannelsAreSeparate(t *testing.T) {
 	ev := orderEvent(t, "o-1", "cust-42", contract.EventOrderCompleted, "")
 	want := notification{
 		OrderID: "o-1", Channel: "email", EventID: ev.ID, EventType: contract.EventOrderCompleted,
-		Recipient: "cust-42", Body: "Your order o-1 is confirmed and on its way.",
+		Recipient: "cust-42", Body: "Your order o-1 was delivered.",
 	}
 
 	mustSend(t, pool, email, ev)
@@ -220,7 +220,7 @@ func TestNonOutcomeEventsSendNothing(t *testing.T) {
 	)
 	checkSent(t, pool, []notification{{
 		OrderID: "o-2", Channel: "email", EventID: done.ID, EventType: contract.EventOrderCompleted,
-		Recipient: "cust-7", Body: "Your order o-2 is confirmed and on its way.",
+		Recipient: "cust-7", Body: "Your order o-2 was delivered.",
 	}})
 	checkLedger(t, pool, "o-3", contract.NotificationLedgerReply{})
 }

@@ -2,15 +2,21 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/rs/zerolog"
 
 	"github.com/sagaflow/sagaflow/internal/contract"
 	"github.com/sagaflow/sagaflow/internal/workertest"
+	"github.com/sagaflow/sagaflow/saga"
+	"github.com/sagaflow/sagaflow/saga/amqpbus"
+	"github.com/sagaflow/sagaflow/saga/sagatest"
 	"github.com/sagaflow/sagaflow/saga/worker"
 	"github.com/sagaflow/sagaflow/workers/shipping/migrations"
 )
@@ -33,6 +39,9 @@ var (
 )
 
 type verdict = workertest.Verdict
+
+// handle is the shipper of the tests: deliveries at once.
+var handle = shipper{now: time.Now}.handle
 
 func payloadOf[T any](t *testing.T, res worker.Result) T { return workertest.Payload[T](t, res) }
 
@@ -247,4 +256,155 @@ func TestBatchOfPreparesAndCancellations(t *testing.T) {
 		"o3": {Status: "refused", Country: "ZZ"},
 		"o4": {Status: "cancelled"},
 	})
+}
+
+// --- deliveries ---
+
+type deliveryRow struct {
+	DeliverAt, DeliveredAt bool // set
+	Announced              bool
+}
+
+func deliveryOf(t *testing.T, pool *pgxpool.Pool, orderID string) deliveryRow {
+	t.Helper()
+	var r deliveryRow
+	if err := pool.QueryRow(context.Background(), `SELECT deliver_at IS NOT NULL, delivered_at IS NOT NULL, announced
+		FROM shipments WHERE order_id = $1`, orderID).Scan(&r.DeliverAt, &r.DeliveredAt, &r.Announced); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// With no delay the prepare's reply carries the delivery signal, and the
+// shipment is recorded delivered and announced; with a delay, nothing is
+// said yet.
+func TestPrepareDeliversAtOnceOrLater(t *testing.T) {
+	t.Parallel()
+	pool := newDB(t)
+	now := time.Date(2026, 12, 3, 10, 0, 0, 123456789, time.UTC)
+	atOnce := shipper{now: func() time.Time { return now }}.handle
+	later := shipper{delay: time.Hour, now: func() time.Time { return now }}.handle
+	req := func(id string) contract.PrepareRequest {
+		return contract.PrepareRequest{OrderID: id, ShippingAddress: contract.Address{Line1: "1 Main St", City: "X", Country: "FR"}}
+	}
+
+	res := run(t, pool, atOnce, contract.ShippingPrepare, req("o1"))
+	checkVerdict(t, "prepare", res, okVerdict)
+	want := []saga.Signal{{Name: contract.ShippingDelivered, Key: "delivered:o1",
+		Payload: json.RawMessage(`{"delivered_at":"2026-12-03T10:00:00.123456Z"}`)}}
+	if diff := cmp.Diff(want, res.Signals); diff != "" {
+		t.Errorf("signals of a prepare without delay (-want +got):\n%s", diff)
+	}
+	if got := deliveryOf(t, pool, "o1"); got != (deliveryRow{DeliverAt: true, DeliveredAt: true, Announced: true}) {
+		t.Errorf("o1 delivery %+v, want delivered and announced", got)
+	}
+
+	res = run(t, pool, later, contract.ShippingPrepare, req("o2"))
+	if len(res.Signals) != 0 {
+		t.Errorf("a prepare with a delay said %v", res.Signals)
+	}
+	if got := deliveryOf(t, pool, "o2"); got != (deliveryRow{DeliverAt: true}) {
+		t.Errorf("o2 delivery %+v, want due later, not delivered", got)
+	}
+}
+
+// A confirmation of receipt makes a prepared shipment due now; a shipment
+// refused, cancelled or never prepared is not_shipped.
+func TestConfirmDelivery(t *testing.T) {
+	t.Parallel()
+	pool := newDB(t)
+	later := shipper{delay: time.Hour, now: time.Now}.handle
+	run(t, pool, later, contract.ShippingPrepare, contract.PrepareRequest{OrderID: "o1",
+		ShippingAddress: contract.Address{Line1: "1 Main St", City: "X", Country: "FR"}})
+	doPrepare(t, pool, "refused", "ZZ")
+	doCancel(t, pool, "cancelled")
+	d := &deliveries{db: pool, wake: make(chan struct{}, 1)}
+	for order, want := range map[string]string{
+		"o1": contract.DeliveryConfirmed, "refused": contract.DeliveryNotShipped,
+		"cancelled": contract.DeliveryNotShipped, "never": contract.DeliveryNotShipped,
+	} {
+		res, err := d.confirm(context.Background(), command(t, contract.ShippingConfirmDelivery, contract.OrderRef{OrderID: order}))
+		if err != nil {
+			t.Fatalf("confirm %s: %v", order, err)
+		}
+		if got := payloadOf[contract.DeliveryReply](t, res).Status; got != want {
+			t.Errorf("confirm %s = %s, want %s", order, got, want)
+		}
+	}
+	var due bool
+	if err := pool.QueryRow(context.Background(), `SELECT deliver_at <= now() FROM shipments WHERE order_id = 'o1'`).Scan(&due); err != nil || !due {
+		t.Errorf("o1 due now after its confirmation: %v, %v", due, err)
+	}
+	select {
+	case <-d.wake:
+	default:
+		t.Error("the confirmation did not wake the delivery loop")
+	}
+	if _, err := d.confirm(context.Background(), command(t, contract.ShippingConfirmDelivery, contract.OrderRef{})); err == nil {
+		t.Error("a confirmation without an order id was accepted")
+	}
+}
+
+// A pass sends the signals of the deliveries due, on the signal exchange,
+// and marks them announced; one not due is left for later.
+func TestDeliveryPassAnnouncesDueDeliveries(t *testing.T) {
+	t.Parallel()
+	pool := newDB(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	bus, err := amqpbus.Dial(ctx, amqpbus.Config{URL: sagatest.NewVhost(t), Name: t.Name()}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	top := amqpbus.SagaTopology(amqpbus.QueueOptions{}).Merge(amqpbus.SignalTopology([]string{contract.ShippingDelivered}, amqpbus.QueueOptions{}))
+	if err := bus.Declare(ctx, top); err != nil {
+		t.Fatal(err)
+	}
+	later := shipper{delay: time.Hour, now: time.Now}.handle
+	for _, id := range []string{"o1", "o2", "o3"} {
+		run(t, pool, later, contract.ShippingPrepare, contract.PrepareRequest{OrderID: id,
+			ShippingAddress: contract.Address{Line1: "1 Main St", City: "X", Country: "FR"}})
+	}
+	d := &deliveries{db: pool, rt: worker.New(worker.Config{}, pool, bus, zerolog.Nop()), wake: make(chan struct{}, 1)}
+	for _, id := range []string{"o1", "o2"} {
+		if _, err := d.confirm(ctx, command(t, contract.ShippingConfirmDelivery, contract.OrderRef{OrderID: id})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if more := d.pass(ctx); more {
+		t.Error("a pass of two deliveries said more may wait")
+	}
+	for id, want := range map[string]bool{"o1": true, "o2": true, "o3": false} {
+		if got := deliveryOf(t, pool, id); got.Announced != want || got.DeliveredAt != want {
+			t.Errorf("%s: %+v, want delivered and announced %v", id, got, want)
+		}
+	}
+	ch, err := bus.Channel(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	got := map[string]string{}
+	for deadline := time.Now().Add(10 * time.Second); len(got) < 2 && time.Now().Before(deadline); {
+		m, ok, err := ch.Get(amqpbus.SignalQueue, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		env, err := saga.Decode(m.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[env.SagaID] = env.ID
+	}
+	if diff := cmp.Diff(map[string]string{"o1": "delivered:o1", "o2": "delivered:o2"}, got); diff != "" {
+		t.Errorf("signals sent (saga → key) (-want +got):\n%s", diff)
+	}
+	if more := d.pass(ctx); more {
+		t.Error("a second pass found more")
+	}
 }
