@@ -510,8 +510,9 @@ func inject(t *testing.T, s *testenv.System, f *figures, stop <-chan struct{}) {
 
 // reconcileEvents checks what customers and auditors were told: for every
 // terminal order exactly one email and one SMS, and an audit trail that
-// ends in the order's terminal event. Consumers are asynchronous: it waits
-// up to timeout for them to catch up.
+// ends in the order's terminal event; for every completed order, exactly
+// one order.delivered and a delivered_at, and for no other order either.
+// Consumers are asynchronous: it waits up to timeout for them to catch up.
 func reconcileEvents(t *testing.T, db *pgxpool.Pool, ids []string, timeout time.Duration) {
 	t.Helper()
 	ctx := context.Background()
@@ -522,24 +523,29 @@ func reconcileEvents(t *testing.T, db *pgxpool.Pool, ids []string, timeout time.
 			SELECT s.id::text, s.state,
 				(SELECT count(*) FROM notification.notifications n WHERE n.order_id = s.id::text AND n.channel = 'email'),
 				(SELECT count(*) FROM notification.notifications n WHERE n.order_id = s.id::text AND n.channel = 'sms'),
-				coalesce((SELECT e.type FROM audit.events e WHERE e.saga_id = s.id ORDER BY e.seq DESC LIMIT 1), '')
+				coalesce((SELECT e.type FROM audit.events e WHERE e.saga_id = s.id ORDER BY e.seq DESC LIMIT 1), ''),
+				(SELECT count(*) FROM audit.events e WHERE e.saga_id = s.id AND e.type = 'order.delivered'),
+				s.data->>'delivered_at' IS NOT NULL
 			FROM orchestrator.sagas s WHERE s.id = ANY($1::uuid[])`, ids)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for rows.Next() {
 			var id, state, last string
-			var email, sms int
-			if err := rows.Scan(&id, &state, &email, &sms, &last); err != nil {
+			var email, sms, delivered int
+			var deliveredAt bool
+			if err := rows.Scan(&id, &state, &email, &sms, &last, &delivered, &deliveredAt); err != nil {
 				t.Fatal(err)
 			}
-			if email != 1 || sms != 1 || last != "order."+state {
-				bad = append(bad, fmt.Sprintf("%s %s: %d email, %d SMS, audit trail ends in %q", id, state, email, sms, last))
+			wantDelivered := state == "completed"
+			if email != 1 || sms != 1 || last != "order."+state || (delivered == 1) != wantDelivered || delivered > 1 || deliveredAt != wantDelivered {
+				bad = append(bad, fmt.Sprintf("%s %s: %d email, %d SMS, audit trail ends in %q, %d order.delivered, delivered_at set %v",
+					id, state, email, sms, last, delivered, deliveredAt))
 			}
 		}
 		rows.Close()
 		if len(bad) == 0 {
-			t.Logf("chaos: every one of %d orders has exactly one email, one SMS, and an audit trail ending in its outcome", len(ids))
+			t.Logf("chaos: every one of %d orders has exactly one email, one SMS, and an audit trail ending in its outcome; each completed one was delivered once", len(ids))
 			return
 		}
 		if time.Now().After(deadline) {
