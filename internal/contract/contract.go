@@ -115,10 +115,13 @@ const (
 // notification channels.
 const (
 	AuditEventsQueue     = "audit.events"        // bound to saga.events with "#"
-	NotificationExchange = "notification.fanout" // bound to saga.events with "order.*"
+	NotificationExchange = "notification.fanout" // bound to saga.events by each of NotificationEvents
 	EmailQueue           = "notification.email"  // bound to notification.fanout
 	SMSQueue             = "notification.sms"    // bound to notification.fanout
-	OrderEventPattern    = "order.*"
+	// OrderEventPattern bound notification.fanout until this release: it
+	// brought every order event to the email and SMS queues, where all but
+	// the outcomes were dropped.
+	OrderEventPattern = "order.*"
 )
 
 // Order outcome events: each gets one email and one SMS.
@@ -133,6 +136,10 @@ const (
 	EventOrderCancelled       = "order.cancelled"
 	EventOrderRejected        = "order.rejected"
 )
+
+// NotificationEvents are the order outcomes customers are told about: the
+// only events bound to the notification channels.
+var NotificationEvents = []string{EventOrderCompleted, EventOrderCancelled, EventOrderRejected}
 
 // Failure codes of replies.
 const (

@@ -37,13 +37,24 @@ func Topology(qt amqpbus.QueueType, deadMax int64) amqpbus.Topology {
 				{Source: amqpbus.CommandExchange, Key: InventoryUpsertProduct, Queue: InventoryQueue},
 				{Source: amqpbus.CommandExchange, Key: PaymentLedger, Queue: PaymentQueue},
 				{Source: amqpbus.CommandExchange, Key: ShippingLedger, Queue: ShippingQueue},
-			},
-			Bindings: []amqpbus.Binding{
-				{Source: amqpbus.EventExchange, Key: "#", Queue: AuditEventsQueue},
+				// Until this release every order event went to the
+				// notification channels, only to be dropped there.
 				{Source: amqpbus.EventExchange, Key: OrderEventPattern, Exchange: NotificationExchange},
+			},
+			Bindings: append([]amqpbus.Binding{
+				{Source: amqpbus.EventExchange, Key: "#", Queue: AuditEventsQueue},
 				{Source: NotificationExchange, Queue: EmailQueue},
 				{Source: NotificationExchange, Queue: SMSQueue},
-			},
+			}, notificationBindings()...),
 		},
 	)
+}
+
+// notificationBindings bind the order outcomes to the notification fanout.
+func notificationBindings() []amqpbus.Binding {
+	out := make([]amqpbus.Binding, len(NotificationEvents))
+	for i, e := range NotificationEvents {
+		out[i] = amqpbus.Binding{Source: amqpbus.EventExchange, Key: e, Exchange: NotificationExchange}
+	}
+	return out
 }

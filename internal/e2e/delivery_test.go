@@ -1,14 +1,18 @@
 package e2e
 
 import (
+	"context"
 	"net/http"
+	"net/url"
 	"slices"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/sagaflow/sagaflow/internal/contract"
 	"github.com/sagaflow/sagaflow/internal/testenv"
 	"github.com/sagaflow/sagaflow/orchestrator/order"
+	"github.com/sagaflow/sagaflow/saga/amqpbus"
 )
 
 // Delivery: after its stock is committed an order waits in
@@ -168,4 +172,59 @@ func TestDeliveryConfirmedByTheCustomer(t *testing.T) {
 			t.Errorf("order %s after its confirmation, want completed", v.State)
 		}
 	})
+}
+
+// TestNotificationsGetOutcomesOnly: the notification channels are bound
+// to the three order outcomes only; a broker that still has the old
+// order.* binding (every order event, dropped by notification) loses it
+// when a service starts.
+func TestNotificationsGetOutcomesOnly(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test: skipped with -short")
+	}
+	s := testenv.StartT(t, testenv.Options{Services: []string{"notification"}})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	keys := func() []string {
+		var bindings []struct {
+			Destination string `json:"destination"`
+			RoutingKey  string `json:"routing_key"`
+		}
+		path := "/exchanges/" + url.PathEscape(s.Name) + "/" + url.PathEscape(amqpbus.EventExchange) + "/bindings/source"
+		if err := s.Servers().ManagementAPI(ctx, http.MethodGet, path, nil, &bindings); err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, b := range bindings {
+			if b.Destination == contract.NotificationExchange {
+				out = append(out, b.RoutingKey)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	want := slices.Sorted(slices.Values(contract.NotificationEvents))
+	if got := keys(); !slices.Equal(got, want) {
+		t.Fatalf("saga.events -> notification.fanout by %v, want %v", got, want)
+	}
+	// The old binding, as an earlier release left it, goes at the next start.
+	b := dialBroker(t, s)
+	if err := b.ch.ExchangeBind(contract.NotificationExchange, contract.OrderEventPattern, amqpbus.EventExchange, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := keys(); len(got) != len(want)+1 {
+		t.Fatalf("the old binding did not take: %v", got)
+	}
+	if _, err := s.Kill("notification", syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.StartService("notification", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.WaitReady(waitFor); err != nil {
+		t.Fatal(err)
+	}
+	if got := keys(); !slices.Equal(got, want) {
+		t.Errorf("after a restart with the old binding: %v, want %v", got, want)
+	}
 }
