@@ -22,8 +22,9 @@ type Config struct {
 	ProductRate float64 `env:"PRODUCT_RATE" envDefault:"20" help:"GET /products/{sku} per second per client IP; more answer 429"`
 	// ProductBurst is the burst allowed above ProductRate (default 40).
 	ProductBurst int `env:"PRODUCT_BURST" envDefault:"40" help:"burst of GET /products/{sku} allowed above PRODUCT_RATE"`
-	// ProductCacheTTL is how long a product answer is reused (default 1s).
-	ProductCacheTTL time.Duration `env:"PRODUCT_CACHE_TTL" envDefault:"1s" help:"how long an answer of GET /products/{sku} is reused"`
+	// ProductCacheTTL is the window in which a hot SKU (more than 4 reads)
+	// is answered with the last answer (default 1s).
+	ProductCacheTTL time.Duration `env:"PRODUCT_CACHE_TTL" envDefault:"1s" help:"the window in which a SKU read more than 4 times by GET /products/{sku} is answered with inventory's last answer"`
 	// DeliveryTimeout is how long an order waits for its delivery to be
 	// confirmed before it is stuck (default 720h, 30 days).
 	DeliveryTimeout time.Duration `env:"DELIVERY_TIMEOUT" envDefault:"720h" help:"how long a shipped order waits for its delivery to be confirmed before it is stuck (a replay waits again)"`

@@ -35,6 +35,7 @@ func TestProductFloodIsLimitedAndKeptOffTheSagaPath(t *testing.T) {
 		return parseMetrics(r.Body)[`sagaflow_worker_commands_total{outcome="ok",type="inventory.get_product"}`]
 	}
 	before := workerQueries()
+	began := time.Now()
 
 	var ok, limited, other, badRetry atomic.Int64
 	stop := make(chan struct{})
@@ -84,8 +85,11 @@ func TestProductFloodIsLimitedAndKeptOffTheSagaPath(t *testing.T) {
 	if other.Load() > 0 {
 		t.Errorf("%d answers were neither 200 nor 429", other.Load())
 	}
-	if relayed := workerQueries() - before; relayed >= float64(ok.Load()) || relayed > 60 {
-		t.Errorf("inventory answered %v product queries for %d answers 200: the cache did not serve them", relayed, ok.Load())
+	// A hot SKU costs inventory at most 5 queries (4 reads make it hot)
+	// per second of PRODUCT_CACHE_TTL.
+	windows := time.Since(began).Seconds() + 1
+	if relayed := workerQueries() - before; relayed >= float64(ok.Load())/4 || relayed > 5*windows {
+		t.Errorf("inventory answered %v product queries for %d answers 200 in %.0f windows: the cache did not serve them", relayed, ok.Load(), windows)
 	}
 
 	// Product queries are bound to inventory's request queue only.

@@ -48,8 +48,9 @@ type Deps struct {
 	// (default 40); more answer 429 with Retry-After.
 	ProductRate  float64
 	ProductBurst int
-	// ProductCacheTTL is how long an answer of GET /products/{sku} is
-	// reused (default 1s; stock moves, so keep it short).
+	// ProductCacheTTL is the window in which a SKU read more than
+	// hotReads times is answered with inventory's last answer (default
+	// 1s; stock moves, so keep it short).
 	ProductCacheTTL time.Duration
 }
 

@@ -100,9 +100,11 @@ func (s *server) limitProducts(c *gin.Context) {
 // maxTarpitted bounds the refused requests held before their answer.
 const maxTarpitted = 4096
 
-// productCache keeps inventory's answers to product queries for a short
-// time, and sends one query for a SKU however many clients ask at once:
-// a public route that costs the inventory's database nothing per repeat.
+// productCache sends one query for a SKU however many clients ask at
+// once, and, for a SKU read often (a flood), keeps inventory's answer for
+// a short time: a public route that costs the inventory's database little
+// per repeat, while a SKU read now and then is always read afresh (a
+// customer who just ordered sees the stock move).
 type productCache struct {
 	ttl     time.Duration
 	flights singleflight.Group
@@ -111,36 +113,54 @@ type productCache struct {
 	entries map[string]cachedProduct
 }
 
+// hotReads is how many reads of a SKU within ttl make it hot: from the
+// next one until the window ends, answers are reused.
+const hotReads = 4
+
+// cachedProduct is the last answer for a SKU and the window of reads it
+// belongs to.
 type cachedProduct struct {
 	p       contract.Product
-	err     error // a not_found answer, kept too
-	expires time.Time
+	err     error     // a not_found answer, kept too
+	expires time.Time // the window's end
+	reads   int       // within the window
 }
 
 func newProductCache(ttl time.Duration) *productCache {
 	return &productCache{ttl: ttl, entries: map[string]cachedProduct{}}
 }
 
-// get returns the cached answer for sku, or asks fetch (once for every
-// concurrent caller) and keeps a product or a not_found for ttl.
+// get returns the kept answer for a hot sku (more than hotReads reads
+// within ttl), or asks fetch (once for every concurrent caller) and keeps
+// a product or a not_found.
 func (pc *productCache) get(ctx context.Context, sku string, fetch func(ctx context.Context) (contract.Product, error)) (contract.Product, error) {
 	now := time.Now()
 	pc.mu.Lock()
-	e, ok := pc.entries[sku]
 	if len(pc.entries) > 100_000 {
 		pc.entries = map[string]cachedProduct{} // bounded: start afresh
 	}
-	pc.mu.Unlock()
+	e, ok := pc.entries[sku]
 	if ok && now.Before(e.expires) {
-		return e.p, e.err
+		e.reads++
+		pc.entries[sku] = e
+		if e.reads > hotReads {
+			pc.mu.Unlock()
+			return e.p, e.err
+		}
 	}
+	pc.mu.Unlock()
 	v, err, _ := pc.flights.Do(sku, func() (any, error) {
 		// Not the first caller's context: its cancellation must not fail
 		// the others waiting on the same flight.
 		p, err := fetch(context.WithoutCancel(ctx))
 		if err == nil || ErrorOf(err).Status == http.StatusNotFound {
 			pc.mu.Lock()
-			pc.entries[sku] = cachedProduct{p: p, err: err, expires: time.Now().Add(pc.ttl)}
+			e := pc.entries[sku]
+			if now := time.Now(); !now.Before(e.expires) {
+				e = cachedProduct{expires: now.Add(pc.ttl), reads: 1} // a new window
+			}
+			e.p, e.err = p, err
+			pc.entries[sku] = e
 			pc.mu.Unlock()
 		}
 		return p, err
