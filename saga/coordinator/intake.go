@@ -213,14 +213,23 @@ func refused(err error) bool {
 	return errors.Is(err, saga.ErrNotWaiting) || errors.Is(err, saga.ErrInvalidSignal)
 }
 
-func decodeSignal(body []byte) (saga.Input, error) {
+// decodeFor decodes an envelope addressed to a saga.
+func decodeFor(body []byte) (saga.Envelope, uuid.UUID, error) {
 	env, err := saga.Decode(body)
 	if err != nil {
-		return saga.Input{}, err
+		return env, uuid.Nil, err
 	}
 	id, err := uuid.Parse(env.SagaID)
 	if err != nil {
-		return saga.Input{}, fmt.Errorf("%w: signal %s: saga_id %q is not a UUID", saga.ErrMalformed, env.ID, env.SagaID)
+		return env, uuid.Nil, fmt.Errorf("%w: message %s: saga_id %q is not a UUID", saga.ErrMalformed, env.ID, env.SagaID)
+	}
+	return env, id, nil
+}
+
+func decodeSignal(body []byte) (saga.Input, error) {
+	env, id, err := decodeFor(body)
+	if err != nil {
+		return saga.Input{}, err
 	}
 	if env.Type == "" || env.ID == "" {
 		return saga.Input{}, fmt.Errorf("%w: a signal needs a type and an id", saga.ErrMalformed)
@@ -229,13 +238,9 @@ func decodeSignal(body []byte) (saga.Input, error) {
 }
 
 func decodeReply(body []byte) (saga.Input, error) {
-	env, err := saga.Decode(body)
+	env, id, err := decodeFor(body)
 	if err != nil {
 		return saga.Input{}, err
-	}
-	id, err := uuid.Parse(env.SagaID)
-	if err != nil {
-		return saga.Input{}, fmt.Errorf("%w: saga_id %q: %w", saga.ErrMalformed, env.SagaID, err)
 	}
 	switch env.Status {
 	case saga.ReplyOK, saga.ReplyFailed, saga.ReplyRetry:
