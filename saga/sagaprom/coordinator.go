@@ -72,7 +72,7 @@ func (CoordinatorObserver) SagaChanged(def *saga.Definition, d saga.Decision) {
 	}
 	for i := range in.History {
 		r := &in.History[i]
-		if r.FinishedAt != nil && r.FinishedAt.Equal(in.UpdatedAt) {
+		if r.Kind != saga.KindSignal && r.FinishedAt != nil && r.FinishedAt.Equal(in.UpdatedAt) {
 			StepDuration.WithLabelValues(r.Name).Observe(r.FinishedAt.Sub(r.StartedAt).Seconds())
 		}
 	}
