@@ -247,14 +247,16 @@ type deliveries struct {
 }
 
 // confirm is a customer's confirmation of receipt, relayed by the API: a
-// prepared shipment falls due now (one delivered already stays as it
-// was); without one, the answer is not_shipped.
+// prepared shipment falls due now, and is announced again if it was
+// already (a signal that went astray, or an order stuck for want of it,
+// gets another one; the order ignores copies, and delivered_at stays the
+// first); without a prepared shipment, the answer is not_shipped.
 func (d *deliveries) confirm(ctx context.Context, cmd worker.Command) (worker.Result, error) {
 	var ref contract.OrderRef
 	if err := cmd.DecodeValid(&ref); err != nil {
 		return worker.Result{}, err
 	}
-	tag, err := d.db.Exec(ctx, `UPDATE shipments SET deliver_at = LEAST(deliver_at, now()), updated_at = now()
+	tag, err := d.db.Exec(ctx, `UPDATE shipments SET deliver_at = LEAST(deliver_at, now()), announced = false, updated_at = now()
 		WHERE order_id = $1 AND status = $2`, ref.OrderID, prepared)
 	if err != nil {
 		return worker.Result{}, fmt.Errorf("confirm delivery: %w", err)
@@ -323,7 +325,11 @@ func (d *deliveries) pass(ctx context.Context) (more bool) {
 		orders, sigs = append(orders, id), append(sigs, worker.SagaSignal{SagaID: id, Signal: sig})
 	}
 	rows.Close()
-	if rows.Err() != nil || len(sigs) == 0 {
+	if err := rows.Err(); err != nil {
+		d.failed(ctx, "claim due deliveries", err)
+		return false
+	}
+	if len(sigs) == 0 {
 		return false
 	}
 	if err := d.rt.Signal(ctx, sigs...); err != nil {

@@ -407,4 +407,33 @@ func TestDeliveryPassAnnouncesDueDeliveries(t *testing.T) {
 	if more := d.pass(ctx); more {
 		t.Error("a second pass found more")
 	}
+
+	// A confirmation of a shipment announced already (its signal went
+	// astray: the order is stuck for want of it) announces it again.
+	if _, err := d.confirm(ctx, command(t, contract.ShippingConfirmDelivery, contract.OrderRef{OrderID: "o1"})); err != nil {
+		t.Fatal(err)
+	}
+	if got := deliveryOf(t, pool, "o1"); got.Announced {
+		t.Fatalf("o1 after a second confirmation: %+v, want due to be announced again", got)
+	}
+	d.pass(ctx)
+	if got := deliveryOf(t, pool, "o1"); !got.Announced {
+		t.Errorf("o1 not announced again: %+v", got)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		m, ok, err := ch.Get(amqpbus.SignalQueue, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			if env, _ := saga.Decode(m.Body); env.ID != "delivered:o1" {
+				t.Errorf("announced again: %s, want delivered:o1", env.ID)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no signal announced again within 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
