@@ -71,16 +71,6 @@ type Signal struct {
 	Payload json.RawMessage `json:"payload,omitempty"`
 }
 
-// SignalMessage is a signal for saga sagaID as a message: its type is the
-// signal's name, its id the key, its body carries the saga id and the
-// payload.
-func SignalMessage(sagaID string, sig Signal, at time.Time) Message {
-	return Message{
-		Kind: MessageSignal, Type: sig.Name, MessageID: sig.Key, CorrelationID: sagaID, Timestamp: at,
-		Body: Envelope{ID: sig.Key, SagaID: sagaID, Type: sig.Name, At: at, Payload: sig.Payload}.Encode(),
-	}
-}
-
 // ErrNotWaiting is returned for a signal that no step of the saga waits
 // for or will wait for: a saga that ended, compensates, is past the step
 // that waited for it, or has no such step.
@@ -511,25 +501,37 @@ func (x *decider) signal(sg *Signal) error {
 		return fmt.Errorf("%w: no step of %s waits for %s", ErrNotWaiting, x.def.Name, sg.Name)
 	case x.in.Phase.Terminal() || phase == Compensating:
 		return fmt.Errorf("%w: the saga is %s", ErrNotWaiting, x.in.Phase)
-	case x.in.Phase == Pending || at > x.in.Step:
-		x.in.History = append(x.in.History, StepRecord{
-			Name: sg.Name, Kind: KindSignal, Status: SignalKept, StartedAt: x.now, Key: sg.Key, Payload: sg.Payload,
-		})
-		x.changed = true
-		return nil
-	case at < x.in.Step:
+	case x.in.Phase != Pending && at < x.in.Step:
 		return fmt.Errorf("%w: the saga is past its step %s", ErrNotWaiting, x.def.Steps[at].Name)
-	}
-	if x.in.Phase == Stuck {
-		if err := x.fire(TransitionResume); err != nil {
-			return err
-		}
-		x.in.StuckReason = ""
 	}
 	x.in.History = append(x.in.History, StepRecord{
 		Name: sg.Name, Kind: KindSignal, Status: SignalKept, StartedAt: x.now, Key: sg.Key, Payload: sg.Payload,
 	})
+	x.changed = true
+	if x.in.Phase == Pending || at > x.in.Step {
+		return nil // kept for its step
+	}
+	if err := x.resume(); err != nil {
+		return err
+	}
 	return x.take(&x.in.History[len(x.in.History)-1])
+}
+
+// resume takes a stuck saga back to the phase it was stuck in; others
+// are left as they are.
+func (x *decider) resume() error {
+	if x.in.Phase != Stuck {
+		return nil
+	}
+	ev := TransitionResume
+	if x.in.StuckIn == Compensating {
+		ev = TransitionResumeCompensation
+	}
+	if err := x.fire(ev); err != nil {
+		return err
+	}
+	x.in.StuckReason = ""
+	return nil
 }
 
 // take gives the kept signal sig to the waiting step the saga is at: its
@@ -639,16 +641,9 @@ func (x *decider) reply(r *Reply) error {
 		(r.Attempt < x.in.Attempt || (r.Attempt == x.in.Attempt && x.in.Waiting)) {
 		return nil // a retry answer already counted
 	}
-	if x.in.Phase == Stuck {
-		// The command that ran out of attempts answered after all.
-		ev := TransitionResume
-		if x.in.StuckIn == Compensating {
-			ev = TransitionResumeCompensation
-		}
-		if err := x.fire(ev); err != nil {
-			return err
-		}
-		x.in.StuckReason = ""
+	// A stuck saga's command that ran out of attempts answered after all.
+	if err := x.resume(); err != nil {
+		return err
 	}
 	step := x.def.Steps[x.in.Step]
 	switch {
@@ -728,14 +723,9 @@ func (x *decider) replay() error {
 	case x.in.Phase == Pending:
 		return x.start()
 	case x.in.Phase == Stuck:
-		ev := TransitionResume
-		if x.in.StuckIn == Compensating {
-			ev = TransitionResumeCompensation
-		}
-		if err := x.fire(ev); err != nil {
+		if err := x.resume(); err != nil {
 			return err
 		}
-		x.in.StuckReason = ""
 	default:
 		if err := x.fire(x.retryEvent()); err != nil {
 			return err

@@ -149,3 +149,13 @@ type Message struct {
 	// Transient messages need not survive a broker restart (requests).
 	Transient bool
 }
+
+// SignalMessage is a signal for saga sagaID as a message: its type is the
+// signal's name, its id the key, its body carries the saga id and the
+// payload.
+func SignalMessage(sagaID string, sig Signal, at time.Time) Message {
+	return Message{
+		Kind: MessageSignal, Type: sig.Name, MessageID: sig.Key, CorrelationID: sagaID, Timestamp: at,
+		Body: Envelope{ID: sig.Key, SagaID: sagaID, Type: sig.Name, At: at, Payload: sig.Payload}.Encode(),
+	}
+}

@@ -145,8 +145,7 @@ func TestAdmissionDoesNotCountWaitingSagas(t *testing.T) {
 		t.Fatalf("phases %v, want the first running and the second pending (room for one)", got)
 	}
 	in := h.get(first.ID)
-	body := saga.Envelope{ID: uuid.NewString(), CorrelationID: saga.MessageID(in.ID, "ship"), SagaID: in.ID.String(), Type: "reply",
-		At: h.clock.Now(), Attempt: 1, Status: saga.ReplyOK}.Encode()
+	body := h.reply(in, saga.ReplyOK, "")
 	if _, _, err := h.applyReplies(body); err != nil {
 		t.Fatal(err)
 	}

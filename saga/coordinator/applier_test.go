@@ -228,8 +228,7 @@ func TestSignals(t *testing.T) {
 
 	// The shipment succeeds: the waiting step takes the kept signal at once.
 	in := h.get(early.ID)
-	body := saga.Envelope{ID: uuid.NewString(), CorrelationID: saga.MessageID(in.ID, "ship"), SagaID: in.ID.String(), Type: "reply",
-		At: h.clock.Now(), Attempt: 1, Status: saga.ReplyOK}.Encode()
+	body := h.reply(in, saga.ReplyOK, "")
 	if _, _, err := h.applyReplies(body); err != nil {
 		t.Fatal(err)
 	}
@@ -249,8 +248,7 @@ func TestSignals(t *testing.T) {
 
 	// Late: the saga waits an hour on the clock, then is stuck.
 	in = h.get(late.ID)
-	body = saga.Envelope{ID: uuid.NewString(), CorrelationID: saga.MessageID(in.ID, "ship"), SagaID: in.ID.String(), Type: "reply",
-		At: h.clock.Now(), Attempt: 1, Status: saga.ReplyOK}.Encode()
+	body = h.reply(in, saga.ReplyOK, "")
 	if _, _, err := h.applyReplies(body); err != nil {
 		t.Fatal(err)
 	}

@@ -245,9 +245,10 @@ func (h *harness) outboxRows() int {
 // reply is a worker's reply to the command a saga waits for.
 func (h *harness) reply(in saga.Instance, status saga.ReplyStatus, code string) []byte {
 	h.t.Helper()
-	step := h.def.Steps[in.Step].Name
+	def := h.c.Definition(in.Definition)
+	step := def.Steps[in.Step].Name
 	if in.Phase == saga.Compensating {
-		step = h.def.Steps[in.Step].Compensation.Name
+		step = def.Steps[in.Step].Compensation.Name
 	}
 	id := in.ID.String() + ":" + step
 	return saga.Envelope{
