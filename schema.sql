@@ -82,6 +82,14 @@ CREATE INDEX IF NOT EXISTS sagas_pending_age ON sagas (id) WHERE phase = 'pendin
 -- 'infinity') with the reason, for an operator.
 ALTER TABLE outbox ADD COLUMN IF NOT EXISTS quarantine_reason text;
 
+-- ---- saga store: 00003_versions.sql (version table sagaflow_store_version) ----
+-- +goose Up
+-- The version of its definition that drives each saga (saga.Definition.Version):
+-- sagas from before versions existed are version 1. A constant default makes
+-- this instant, whatever the table's size, and the binaries of the previous
+-- release, which do not name the column, keep working beside it.
+ALTER TABLE sagas ADD COLUMN IF NOT EXISTS version integer NOT NULL DEFAULT 1;
+
 -- ==== schema inventory ====
 
 -- ---- worker inbox: 00001_inbox.sql (version table sagaflow_inbox_version) ----

@@ -209,7 +209,7 @@ func Transitions() fsm.Events {
 func (d *Definition) New(id uuid.UUID, data json.RawMessage, prio Priority, now time.Time) (Instance, Event) {
 	now = now.UTC().Truncate(time.Microsecond)
 	in := Instance{
-		ID: id, Definition: d.Name, Phase: Pending, Step: 0, Priority: prio, Data: data,
+		ID: id, Definition: d.Name, Version: max(d.Version, 1), Phase: Pending, Step: 0, Priority: prio, Data: data,
 		CreatedAt: now, UpdatedAt: now, State: string(Pending),
 	}
 	x := decider{def: d, in: in, now: now}
@@ -220,7 +220,27 @@ func (d *Definition) New(id uuid.UUID, data json.RawMessage, prio Priority, now 
 // Decide applies one input to a saga and returns the new state with the
 // commands and events it causes. It is a pure function of its arguments:
 // no I/O, no clock, no randomness (jitter is derived from the saga id).
+//
+// A saga of another version is driven by the version that keeps it
+// (Upgrade.Keep), or upgraded to this one first (Upgrade.Steps; saved with
+// the decision when it changes anything); ErrVersionNotServed when
+// neither applies.
 func (d *Definition) Decide(in Instance, inp Input, now time.Time) (Decision, error) {
+	if VersionOf(&in) == max(d.Version, 1) || in.Phase.Terminal() {
+		return d.decide(in, inp, now) // a saga that ended needs no driving, whatever its version
+	}
+	k, up, err := d.resolve(in)
+	if err != nil {
+		return Decision{}, err
+	}
+	dec, err := k.decide(up, inp, now)
+	if err == nil && !dec.Changed {
+		dec.Instance = in // nothing to save: upgraded again next time
+	}
+	return dec, err
+}
+
+func (d *Definition) decide(in Instance, inp Input, now time.Time) (Decision, error) {
 	x := &decider{def: d, in: in.clone(), now: now.UTC().Truncate(time.Microsecond)}
 	x.m = fsm.NewFSM(string(in.Phase), transitions, nil)
 	var err error
@@ -322,6 +342,28 @@ func MessageID(sagaID uuid.UUID, step string) string {
 	return sagaID.String() + ":" + step
 }
 
+// key is the name in the idempotency key of the current step or
+// compensation name: the name it began with, which an upgrade that
+// renamed it kept in its record (StepRecord.Was).
+func (x *decider) key(name string) string {
+	if r := x.in.record(name); r != nil && r.Was != "" {
+		return r.Was
+	}
+	return name
+}
+
+// compensable is the index of the last step at or before i that has a
+// compensation and that the saga began (a step an upgrade added behind
+// the saga never ran), or -1: waiting steps have none.
+func (x *decider) compensable(i int) int {
+	for ; i >= 0; i-- {
+		if s := &x.def.Steps[i]; s.Compensation != nil && x.in.began(s.Name) {
+			return i
+		}
+	}
+	return -1
+}
+
 func (x *decider) start() error {
 	if err := x.fire(TransitionStart); err != nil {
 		return err
@@ -375,7 +417,7 @@ func (x *decider) send() {
 		}
 	}
 	x.commands = append(x.commands, Command{
-		MessageID: MessageID(x.in.ID, name), SagaID: x.in.ID, Type: command, Step: name,
+		MessageID: MessageID(x.in.ID, x.key(name)), SagaID: x.in.ID, Type: command, Step: name,
 		Attempt: x.in.Attempt, Priority: x.in.Priority, Deadline: x.in.Deadline, Payload: payload,
 	})
 }
@@ -615,7 +657,7 @@ func (x *decider) exhausted(msg string) error {
 // saga is rejected.
 func (x *decider) compensateFrom(from int, reason string) error {
 	x.in.Reason = reason
-	from = x.def.compensable(from)
+	from = x.compensable(from)
 	if from < 0 {
 		if err := x.fire(TransitionReject); err != nil {
 			return err
@@ -633,7 +675,7 @@ func (x *decider) compensateFrom(from int, reason string) error {
 
 func (x *decider) reply(r *Reply) error {
 	name, command, _, ok := x.current()
-	if !ok || x.in.Phase.Terminal() || x.in.Phase == Pending || r.CorrelationID != MessageID(x.in.ID, name) ||
+	if !ok || x.in.Phase.Terminal() || x.in.Phase == Pending || r.CorrelationID != MessageID(x.in.ID, x.key(name)) ||
 		command == "" {
 		return nil // a duplicate, a reply to a command the saga moved past, or to none (it waits for a signal)
 	}
@@ -652,7 +694,7 @@ func (x *decider) reply(r *Reply) error {
 	case r.Status == ReplyOK: // compensating
 		x.finishRecord(name, StepSucceeded, "")
 		x.emit(step.Compensation.Event, eventDetail{Step: name})
-		if next := x.def.compensable(x.in.Step - 1); next >= 0 {
+		if next := x.compensable(x.in.Step - 1); next >= 0 {
 			if err := x.fire(TransitionCompensateNext); err != nil {
 				return err
 			}

@@ -519,7 +519,7 @@ func TestNew(t *testing.T) {
 
 	// A pending saga has no deadline: the coordinator's starter admits it.
 	want := Instance{
-		ID: sagaID, Definition: sagaName, Phase: Pending, State: "pending", Step: 0, Attempt: 0,
+		ID: sagaID, Definition: sagaName, Version: 1, Phase: Pending, State: "pending", Step: 0, Attempt: 0,
 		Priority: prio, Data: json.RawMessage(startData),
 		Seq: 1, CreatedAt: ts(time.Microsecond), UpdatedAt: ts(time.Microsecond),
 	}

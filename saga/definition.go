@@ -12,6 +12,7 @@ package saga
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	json "github.com/goccy/go-json"
@@ -191,6 +192,15 @@ type Definition struct {
 	// IDName is the domain's name for a saga id ("order_id"); log lines
 	// about a saga carry the id under this name too.
 	IDName string
+	// Version numbers the definition's versions (1 when zero). Every saga
+	// records the version it started with, and is driven by it or by an
+	// Upgrade of a later version: a new version (steps added, removed,
+	// renamed or reordered) declares how the sagas of the earlier ones go
+	// on.
+	Version int
+	// Upgrades say, for each earlier version whose sagas may still be
+	// live, how they go on under this one.
+	Upgrades []Upgrade
 }
 
 // ErrInvalidDefinition is returned by Validate.
@@ -256,6 +266,14 @@ func (d *Definition) Validate() error {
 			errs = append(errs, fmt.Errorf("step %q: unknown kind %d", s.Name, s.Kind))
 		}
 	}
+	if d.Version == 0 {
+		d.Version = 1
+	}
+	if d.Version < 0 {
+		errs = append(errs, fmt.Errorf("version %d: versions count from 1", d.Version))
+	} else {
+		errs = append(errs, d.validateUpgrades()...)
+	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%w %q: %w", ErrInvalidDefinition, d.Name, errors.Join(errs...))
 	}
@@ -273,17 +291,6 @@ func (d *Definition) Pivot() int {
 		}
 	}
 	return p
-}
-
-// compensable is the index of the last step at or before i that has a
-// compensation, or -1: waiting steps have none.
-func (d *Definition) compensable(i int) int {
-	for ; i >= 0; i-- {
-		if d.Steps[i].Compensation != nil {
-			return i
-		}
-	}
-	return -1
 }
 
 // waitFor is the index of the step that waits for the signal name, or -1.
@@ -305,33 +312,47 @@ func (d *Definition) StateOf(in *Instance) string {
 	return string(in.Phase)
 }
 
-// States lists every state label of the definition, in lifecycle order.
+// States lists every state label of the definition, in lifecycle order,
+// then the states of the versions it keeps (Upgrade.Keep) that it has
+// not.
 func (d *Definition) States() []string {
 	out := []string{string(Pending)}
-	for _, s := range d.Steps {
-		out = append(out, s.State)
-	}
-	return append(out, string(Completed), string(Rejected), string(Compensating), string(Cancelled), string(Stuck))
-}
-
-// Signals lists the names of the signals the definition's waiting steps
-// wait for.
-func (d *Definition) Signals() []string {
-	var out []string
-	for _, s := range d.Steps {
-		if s.Waits() {
-			out = append(out, s.Wait)
+	for _, k := range d.drivers() {
+		for _, s := range k.Steps {
+			if !slices.Contains(out, s.State) {
+				out = append(out, s.State)
+			}
+		}
+		if k == d {
+			out = append(out, string(Completed), string(Rejected), string(Compensating), string(Cancelled), string(Stuck))
 		}
 	}
 	return out
 }
 
-// WaitingStates lists the states of the definition's waiting steps.
+// Signals lists the names of the signals the waiting steps of the
+// definition, and of the versions it keeps, wait for.
+func (d *Definition) Signals() []string {
+	var out []string
+	for _, k := range d.drivers() {
+		for _, s := range k.Steps {
+			if s.Waits() && !slices.Contains(out, s.Wait) {
+				out = append(out, s.Wait)
+			}
+		}
+	}
+	return out
+}
+
+// WaitingStates lists the states of the waiting steps of the definition
+// and of the versions it keeps.
 func (d *Definition) WaitingStates() []StateRef {
 	var out []StateRef
-	for _, s := range d.Steps {
-		if s.Waits() {
-			out = append(out, StateRef{Definition: d.Name, State: s.State})
+	for _, k := range d.drivers() {
+		for _, s := range k.Steps {
+			if ref := (StateRef{Definition: d.Name, State: s.State}); s.Waits() && !slices.Contains(out, ref) {
+				out = append(out, ref)
+			}
 		}
 	}
 	return out

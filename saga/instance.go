@@ -66,6 +66,10 @@ type StepRecord struct {
 	// Payload is a kept signal's payload, merged into the data (and
 	// dropped from the record) when a waiting step consumes it.
 	Payload json.RawMessage `json:"payload,omitempty"`
+	// Was is the name a step or compensation had when it began, before an
+	// upgrade renamed it (Upgrade.Steps): its commands keep the
+	// idempotency key of that name.
+	Was string `json:"was,omitempty"`
 }
 
 // Instance is the persisted state of one saga. The store saves it whole
@@ -73,7 +77,10 @@ type StepRecord struct {
 type Instance struct {
 	ID         uuid.UUID
 	Definition string
-	Phase      Phase
+	// Version is the version of the definition that drives the saga: the
+	// one it started with, or the one an Upgrade took it to.
+	Version int
+	Phase   Phase
 	// State is the definition's label for where the saga stands
 	// (Definition.StateOf), kept with the saga so it can be listed by it.
 	State string
@@ -118,6 +125,16 @@ func (in *Instance) record(name string) *StepRecord {
 		}
 	}
 	return nil
+}
+
+// began reports whether the saga began the step of this name.
+func (in *Instance) began(name string) bool {
+	for i := range in.History {
+		if in.History[i].Kind == KindAction && in.History[i].Name == name {
+			return true
+		}
+	}
+	return false
 }
 
 // signal returns the record of the signal with this key, or nil.

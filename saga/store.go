@@ -29,6 +29,11 @@ type Claim struct {
 	// Definitions are the saga types the claiming coordinator can drive;
 	// sagas of other types are left to coordinators that know them.
 	Definitions []string
+	// Versions, when set, is the newest version of each of Definitions
+	// (same order) the coordinator drives: sagas started on a later
+	// version, by a newer deployment running beside this one, are left to
+	// it.
+	Versions []int
 	// Oldest is how many of Limit go to the oldest pending sagas whatever
 	// their priority (the starter), so that no priority waits without bound.
 	Oldest int
@@ -107,6 +112,11 @@ type Store interface {
 	DeleteOutbox(ctx context.Context, ids []uuid.UUID) error
 	// Get loads one saga.
 	Get(ctx context.Context, id uuid.UUID) (Instance, error)
+	// Positions groups the live sagas (not completed, rejected or
+	// cancelled) of the definitions named in served whose version is not
+	// among the versions listed for their definition: what a deploy
+	// check (CheckDeploy) looks at.
+	Positions(ctx context.Context, served map[string][]int) ([]Position, error)
 }
 
 // Publisher sends messages to the broker.

@@ -116,7 +116,7 @@ func (c *Coordinator) startPass(ctx context.Context) (more bool) {
 	if c.cfg.OldestShare > 0 {
 		oldest = max(1, int(float64(room)*c.cfg.OldestShare))
 	}
-	outs, msgs, err := c.store.ApplyPending(ctx, saga.Claim{Limit: room, Definitions: c.names, Oldest: oldest}, c.transition)
+	outs, msgs, err := c.store.ApplyPending(ctx, saga.Claim{Limit: room, Definitions: c.names, Versions: c.versions, Oldest: oldest}, c.transition)
 	if err != nil {
 		if ctx.Err() == nil {
 			c.log.Error().Err(err).Msg("admission: start pending sagas failed")

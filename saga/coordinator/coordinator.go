@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -150,6 +151,9 @@ type Coordinator struct {
 	cfg   Config
 	defs  map[string]*saga.Definition
 	names []string // of defs, for the store's claims
+	// versions are the newest version of each of names, for the claims:
+	// sagas of later versions belong to a newer deployment.
+	versions []int
 	// waiting are the states of the definitions' waiting steps: sagas in
 	// them are not in flight.
 	waiting []saga.StateRef
@@ -193,8 +197,12 @@ func New(cfg Config, store saga.Store, pub saga.Publisher, log zerolog.Logger, d
 		if err := d.Validate(); err != nil {
 			return nil, err
 		}
+		if c.defs[d.Name] != nil {
+			return nil, fmt.Errorf("%w: %s registered twice (an earlier version goes in the newest one's Upgrades)", saga.ErrInvalidDefinition, d.Name)
+		}
 		c.defs[d.Name] = d
 		c.names = append(c.names, d.Name)
+		c.versions = append(c.versions, d.Version)
 		c.waiting = append(c.waiting, d.WaitingStates()...)
 	}
 	return c, nil
@@ -211,6 +219,20 @@ func (c *Coordinator) Definitions() []*saga.Definition {
 		out[i] = c.defs[n]
 	}
 	return out
+}
+
+// CheckDeploy lists the live sagas in the store that the coordinator's
+// definitions cannot drive (saga.CheckDeploy): of a version neither served
+// nor upgraded, or at a place an upgrade does not account for. An
+// orchestrator refuses to start while there are any: driving the others
+// would leave these stranded, unseen.
+func (c *Coordinator) CheckDeploy(ctx context.Context) ([]saga.Stranded, error) {
+	defs := c.Definitions()
+	ps, err := c.store.Positions(ctx, saga.ServedVersions(defs))
+	if err != nil {
+		return nil, err
+	}
+	return saga.CheckDeploy(defs, ps), nil
 }
 
 // Run drives sagas until ctx is done: the batch workers, the timer, the

@@ -208,9 +208,12 @@ func (c *Coordinator) handle(ctx context.Context, bodies [][]byte, what string, 
 }
 
 // refused reports whether an input's error is the saga's answer to it,
-// not a failure: a signal it does not wait for.
+// not a failure: a signal it does not wait for, or an input for a saga of
+// a version this deployment does not drive (during a rolling deploy, a
+// saga a newer orchestrator took over; its timer re-sends what the reply
+// answered).
 func refused(err error) bool {
-	return errors.Is(err, saga.ErrNotWaiting) || errors.Is(err, saga.ErrInvalidSignal)
+	return errors.Is(err, saga.ErrNotWaiting) || errors.Is(err, saga.ErrInvalidSignal) || errors.Is(err, saga.ErrVersionNotServed)
 }
 
 // decodeFor decodes an envelope addressed to a saga.

@@ -24,7 +24,7 @@ func (c *Coordinator) timerLoop(ctx context.Context) {
 // transaction and reports whether more may be due.
 func (c *Coordinator) timerPass(ctx context.Context) (more bool) {
 	began := c.cfg.Clock.Now()
-	outs, msgs, err := c.store.ApplyDue(ctx, saga.Claim{Now: began, Limit: c.cfg.TimerBatch, Definitions: c.names}, c.transition)
+	outs, msgs, err := c.store.ApplyDue(ctx, saga.Claim{Now: began, Limit: c.cfg.TimerBatch, Definitions: c.names, Versions: c.versions}, c.transition)
 	if len(outs) > 0 {
 		c.cfg.Observer.Batch("timer", len(outs), c.since(began))
 	}

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"time"
 
@@ -64,7 +65,7 @@ func New(pool *pgxpool.Pool, cfg Config) *Store {
 }
 
 const columns = `id, definition, phase, state, step, attempt, waiting, deadline, stuck_in,
-	reason, stuck_reason, priority, data, history, seq, trace_parent, created_at, updated_at`
+	reason, stuck_reason, priority, data, history, seq, trace_parent, created_at, updated_at, version`
 
 func scan(row pgx.Row) (saga.Instance, error) {
 	var (
@@ -78,7 +79,7 @@ func scan(row pgx.Row) (saga.Instance, error) {
 	)
 	err := row.Scan(&in.ID, &in.Definition, &phase, &in.State, &in.Step, &in.Attempt, &in.Waiting,
 		&deadline, &stuckIn, &in.Reason, &in.StuckReason, &prio, &data, &history, &in.Seq,
-		&in.TraceParent, &in.CreatedAt, &in.UpdatedAt)
+		&in.TraceParent, &in.CreatedAt, &in.UpdatedAt, &in.Version)
 	if err != nil {
 		return saga.Instance{}, err
 	}
@@ -140,7 +141,7 @@ func (s *Store) CreateBatch(ctx context.Context, batch []saga.NewSaga) ([]saga.C
 		ids                                        = make([]pgtype.UUID, n)
 		def, phase, state, stuckIn, reason, stuckR = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 		trace, fp                                  = make([]string, n), make([]string, n)
-		step, attempt, seq                         = make([]int32, n), make([]int32, n), make([]int32, n)
+		step, attempt, seq, version                = make([]int32, n), make([]int32, n), make([]int32, n), make([]int32, n)
 		prio                                       = make([]int16, n)
 		waiting                                    = make([]bool, n)
 		deadline                                   = make([]pgtype.Timestamptz, n)
@@ -159,6 +160,7 @@ func (s *Store) CreateBatch(ctx context.Context, batch []saga.NewSaga) ([]saga.C
 		def[i], phase[i], state[i], stuckIn[i] = in.Definition, string(in.Phase), in.State, string(in.StuckIn)
 		reason[i], stuckR[i], trace[i], fp[i] = in.Reason, in.StuckReason, in.TraceParent, ns.Fingerprint
 		step[i], attempt[i], seq[i], prio[i] = int32(in.Step), int32(in.Attempt), int32(in.Seq), int16(in.Priority)
+		version[i] = int32(saga.VersionOf(in))
 		waiting[i], deadline[i] = in.Waiting, pgtype.Timestamptz{Time: in.Deadline, Valid: !in.Deadline.IsZero()}
 		data[i], history[i] = in.Data, h
 		keys[i] = pgtype.Text{String: ns.Key, Valid: ns.Key != ""}
@@ -173,15 +175,15 @@ func (s *Store) CreateBatch(ctx context.Context, batch []saga.NewSaga) ([]saga.C
 	const insert = `
 		INSERT INTO sagas (id, definition, phase, state, step, attempt, waiting, deadline, stuck_in,
 			reason, stuck_reason, priority, data, history, seq, trace_parent, idempotency_key,
-			fingerprint, created_at, updated_at)
+			fingerprint, created_at, updated_at, version)
 		SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[],
 			$7::bool[], $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::smallint[],
 			$13::json[], $14::json[], $15::int[], $16::text[], $17::text[], $18::text[],
-			$19::timestamptz[], $20::timestamptz[])
+			$19::timestamptz[], $20::timestamptz[], $21::int[])
 		ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 		RETURNING id`
 	args := []any{ids, def, phase, state, step, attempt, waiting, deadline, stuckIn, reason, stuckR, prio,
-		data, history, seq, trace, keys, fp, created, updated}
+		data, history, seq, trace, keys, fp, created, updated, version}
 	out := make([]saga.CreateResult, n)
 	var msgs []saga.Message
 	b := &pgx.Batch{}
@@ -396,7 +398,8 @@ func (s *Store) ApplyDue(ctx context.Context, c saga.Claim, fn saga.TransitionFu
 	}
 	defer t.close(ctx)
 	loaded, order, bad, err := s.lock(ctx, t, `SELECT `+columns+` FROM sagas WHERE deadline <= $1 AND definition = ANY($3)
-		ORDER BY deadline LIMIT $2 FOR UPDATE SKIP LOCKED`, c.Now, c.Limit, c.Definitions)
+		AND version <= ($4::int[])[array_position($3, definition)]
+		ORDER BY deadline LIMIT $2 FOR UPDATE SKIP LOCKED`, c.Now, c.Limit, c.Definitions, newest(c))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -423,13 +426,15 @@ func (s *Store) ApplyPending(ctx context.Context, c saga.Claim, fn saga.Transiti
 	defer t.close(ctx)
 	oldest := min(c.Oldest, c.Limit)
 	loaded, order, bad, err := s.lock(ctx, t, `SELECT `+columns+` FROM sagas WHERE phase = 'pending' AND definition = ANY($2)
-		ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED`, oldest, c.Definitions)
+		AND version <= ($3::int[])[array_position($2, definition)]
+		ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED`, oldest, c.Definitions, newest(c))
 	if err != nil {
 		return nil, nil, err
 	}
 	more, moreOrder, moreBad, err := s.lock(ctx, t, `SELECT `+columns+` FROM sagas WHERE phase = 'pending' AND definition = ANY($2)
+		AND version <= ($4::int[])[array_position($2, definition)]
 		AND NOT id = ANY($3) ORDER BY priority DESC, id LIMIT $1 FOR UPDATE SKIP LOCKED`,
-		c.Limit-len(order)-len(bad), c.Definitions, pgUUIDs(append(slices.Clone(order), keys(bad)...)))
+		c.Limit-len(order)-len(bad), c.Definitions, pgUUIDs(append(slices.Clone(order), keys(bad)...)), newest(c))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -446,6 +451,19 @@ func (s *Store) ApplyPending(ctx context.Context, c saga.Claim, fn saga.Transiti
 		inputs[i] = saga.Input{Kind: saga.InputStart, SagaID: id}
 	}
 	return s.decide(ctx, t, loaded, bad, inputs, fn, true)
+}
+
+// newest is the claim's newest version per definition: c.Versions, or no
+// bound.
+func newest(c saga.Claim) []int32 {
+	out := make([]int32, len(c.Definitions))
+	for i := range out {
+		out[i] = math.MaxInt32
+		if i < len(c.Versions) {
+			out[i] = int32(c.Versions[i])
+		}
+	}
+	return out
 }
 
 func keys(m map[uuid.UUID]error) []uuid.UUID {
@@ -594,7 +612,7 @@ func (s *Store) save(b *pgx.Batch, sagas map[uuid.UUID]saga.Instance, ids []uuid
 	n := len(ids)
 	var (
 		phase, state, stuckIn, reason, stuckReason = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-		step, attempt, seq                         = make([]int32, n), make([]int32, n), make([]int32, n)
+		step, attempt, seq, version                = make([]int32, n), make([]int32, n), make([]int32, n), make([]int32, n)
 		waiting                                    = make([]bool, n)
 		deadline                                   = make([]*time.Time, n)
 		data, history                              = make([][]byte, n), make([][]byte, n)
@@ -608,7 +626,7 @@ func (s *Store) save(b *pgx.Batch, sagas map[uuid.UUID]saga.Instance, ids []uuid
 		}
 		phase[i], state[i], stuckIn[i] = string(in.Phase), in.State, string(in.StuckIn)
 		reason[i], stuckReason[i] = in.Reason, in.StuckReason
-		step[i], attempt[i], seq[i] = int32(in.Step), int32(in.Attempt), int32(in.Seq)
+		step[i], attempt[i], seq[i], version[i] = int32(in.Step), int32(in.Attempt), int32(in.Seq), int32(saga.VersionOf(&in))
 		waiting[i], deadline[i] = in.Waiting, deadlineOf(&in)
 		data[i], history[i], updated[i] = in.Data, h, in.UpdatedAt
 	}
@@ -616,15 +634,15 @@ func (s *Store) save(b *pgx.Batch, sagas map[uuid.UUID]saga.Instance, ids []uuid
 		UPDATE sagas AS s SET phase = u.phase, state = u.state, step = u.step, attempt = u.attempt,
 			waiting = u.waiting, deadline = u.deadline, stuck_in = u.stuck_in, reason = u.reason,
 			stuck_reason = u.stuck_reason, data = u.data, history = u.history, seq = u.seq,
-			updated_at = u.updated_at
+			updated_at = u.updated_at, version = u.version
 		FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::int[], $6::bool[],
 			$7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::json[], $12::json[],
-			$13::int[], $14::timestamptz[])
+			$13::int[], $14::timestamptz[], $15::int[])
 			AS u(id, phase, state, step, attempt, waiting, deadline, stuck_in, reason, stuck_reason,
-				data, history, seq, updated_at)
+				data, history, seq, updated_at, version)
 		WHERE s.id = u.id`,
 		pgUUIDs(ids), phase, state, step, attempt, waiting, deadline, stuckIn, reason, stuckReason,
-		data, history, seq, updated)
+		data, history, seq, updated, version)
 	return nil
 }
 
@@ -834,6 +852,59 @@ func (s *Store) OutboxStats(ctx context.Context) (count int64, oldest time.Durat
 		oldest = time.Duration(*age * float64(time.Second))
 	}
 	return count, oldest, nil
+}
+
+// Positions groups the live sagas of the definitions in served whose
+// version is not one served lists for their definition, by version,
+// phase, state and the step or compensation in progress (the last of
+// their history's), with the steps they went through. It reads every
+// live saga's row once (no index serves it: one would cost every
+// decision a write), which a deploy check can afford and the hot path
+// could not.
+func (s *Store) Positions(ctx context.Context, served map[string][]int) ([]saga.Position, error) {
+	var names, defs []string
+	var versions []int32
+	for name, vs := range served {
+		names = append(names, name)
+		for _, v := range vs {
+			defs, versions = append(defs, name), append(versions, int32(v))
+		}
+	}
+	rows, err := s.pool.Query(ctx, `
+		WITH live AS (
+			SELECT id, definition, version, phase, stuck_in, state, created_at,
+				CASE WHEN json_typeof(history) = 'array' THEN history ELSE '[]' END AS history
+			FROM sagas s
+			WHERE phase IN ('pending', 'running', 'compensating', 'stuck') AND definition = ANY($1)
+				AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::int[]) AS v(d, n)
+					WHERE v.d = s.definition AND v.n = s.version)
+		), placed AS (
+			SELECT l.*, coalesce((SELECT r->>'name' FROM json_array_elements(l.history) WITH ORDINALITY AS h(r, i)
+				WHERE r->>'kind' IN ('action', 'compensation') ORDER BY i DESC LIMIT 1), '') AS at
+			FROM live l
+		)
+		SELECT p.definition, p.version, p.phase, p.stuck_in, p.state, p.at, count(DISTINCT p.id), min(p.created_at),
+			coalesce(array_agg(DISTINCT e.r->>'name') FILTER (WHERE e.r->>'kind' = 'action'), '{}')
+		FROM placed p LEFT JOIN LATERAL json_array_elements(p.history) AS e(r) ON true
+		GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6`, names, defs, versions)
+	if err != nil {
+		return nil, fmt.Errorf("pgstore: positions: %w", err)
+	}
+	defer rows.Close()
+	var out []saga.Position
+	for rows.Next() {
+		var p saga.Position
+		var phase, stuckIn string
+		if err := rows.Scan(&p.Definition, &p.Version, &phase, &stuckIn, &p.State, &p.At, &p.Count, &p.Oldest, &p.Passed); err != nil {
+			return nil, fmt.Errorf("pgstore: positions: %w", err)
+		}
+		p.Phase, p.StuckIn, p.Oldest = saga.Phase(phase), saga.Phase(stuckIn), p.Oldest.UTC()
+		out = append(out, p)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("pgstore: positions: %w", err)
+	}
+	return out, nil
 }
 
 // CountState counts sagas in one state label.
