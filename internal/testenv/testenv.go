@@ -454,6 +454,22 @@ func (s *System) AllLogs(n int) string {
 	return b.String()
 }
 
+// RunCommand runs a binary of the deployment to its end with the
+// deployment's environment and arguments ("check-deploy") and returns
+// what it printed and its exit code.
+func (s *System) RunCommand(binary string, args ...string) (string, int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(s.bin, binary), args...)
+	cmd.Env = s.env
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		return string(out), exit.ExitCode(), nil
+	}
+	return string(out), 0, err
+}
+
 // Pool opens a pool on the deployment's database with search_path set to a
 // service's schema, closed at cleanup.
 func (s *System) Pool(t testing.TB, schema string) *pgxpool.Pool {

@@ -77,6 +77,7 @@ func (s *server) ledger(c *gin.Context) {
 type SagaView struct {
 	SagaID     string            `json:"saga_id"`
 	Definition string            `json:"definition"`
+	Version    int               `json:"version"`
 	State      string            `json:"state"`
 	Phase      string            `json:"phase"`
 	StuckIn    string            `json:"stuck_in,omitempty"`
@@ -91,7 +92,7 @@ type SagaView struct {
 
 func (s *server) sagaView(in *saga.Instance) SagaView {
 	v := SagaView{
-		SagaID: in.ID.String(), Definition: in.Definition, State: in.State, Phase: string(in.Phase),
+		SagaID: in.ID.String(), Definition: in.Definition, Version: saga.VersionOf(in), State: in.State, Phase: string(in.Phase),
 		StuckIn: string(in.StuckIn), Reason: in.Reason, Attempt: in.Attempt,
 		CreatedAt: in.CreatedAt, UpdatedAt: in.UpdatedAt, History: in.History,
 	}
@@ -102,8 +103,16 @@ func (s *server) sagaView(in *saga.Instance) SagaView {
 		d := in.Deadline
 		v.Deadline = &d
 	}
-	if def := s.Coordinator.Definition(in.Definition); def != nil && in.Step < len(def.Steps) {
-		v.Step = def.Steps[in.Step].Name
+	// The step of the version that drives the saga (one still to be
+	// upgraded keeps its old version's index: its step is its history's).
+	if def := s.Coordinator.Definition(in.Definition); def != nil && def.For(in) != nil && in.Step < len(def.For(in).Steps) {
+		v.Step = def.For(in).Steps[in.Step].Name
+	} else {
+		for _, r := range in.History {
+			if r.Kind == saga.KindAction {
+				v.Step = r.Name
+			}
+		}
 	}
 	if v.History == nil {
 		v.History = []saga.StepRecord{}

@@ -40,10 +40,14 @@ const (
 	// CommandMigrateStatus prints where the migrations stand and exits
 	// ("migrate status").
 	CommandMigrateStatus
+	// CommandCheckDeploy prints the live sagas the orchestrator's
+	// definitions could not drive, and exits ("check-deploy").
+	CommandCheckDeploy
 )
 
 // HandleFlags reads the command line every binary shares and returns what
-// to do: serve (no argument), "migrate" or "migrate status". -version
+// to do: serve (no argument), "migrate", "migrate status" or
+// "check-deploy" (which only orchestrators carry out). -version
 // prints the version and -help the environment variables cfg reads, with
 // their defaults; both exit 0. Configuration itself comes from the
 // environment only, so any other argument is an error (exit 2). cfg is the
@@ -71,8 +75,10 @@ func HandleFlags(name, summary string, cfg any) Command {
 		return CommandMigrate
 	case len(args) == 2 && args[0] == "migrate" && args[1] == "status":
 		return CommandMigrateStatus
+	case len(args) == 1 && args[0] == "check-deploy":
+		return CommandCheckDeploy
 	}
-	fmt.Fprintf(os.Stderr, "%s: unexpected argument %q (usage: %s [migrate [status]]; configuration comes from the environment; %s -help lists it)\n",
+	fmt.Fprintf(os.Stderr, "%s: unexpected argument %q (usage: %s [migrate [status] | check-deploy]; configuration comes from the environment; %s -help lists it)\n",
 		name, strings.Join(args, " "), name, name)
 	os.Exit(2)
 	return CommandServe
@@ -119,11 +125,14 @@ func EnvVars(cfg any) []EnvVar {
 // PrintHelp writes what -help prints.
 func PrintHelp(w io.Writer, name, summary string, cfg any) {
 	fmt.Fprintf(w, "%s %s: %s\n\n", name, sagaflow.Version(), summary)
-	fmt.Fprintf(w, "Usage: %s [-version | -help | migrate [status]]\n\n", name)
+	fmt.Fprintf(w, "Usage: %s [-version | -help | migrate [status] | check-deploy]\n\n", name)
 	fmt.Fprintf(w, "Without an argument it serves until SIGINT or SIGTERM, after applying its\n")
 	fmt.Fprintf(w, "pending database migrations (unless AUTO_MIGRATE=false). \"migrate\" applies\n")
 	fmt.Fprintf(w, "them and exits; \"migrate status\" prints where they stand and exits 0 when\n")
-	fmt.Fprintf(w, "the database is current, 3 when migrations are pending.\n\n")
+	fmt.Fprintf(w, "the database is current, 3 when migrations are pending. \"check-deploy\"\n")
+	fmt.Fprintf(w, "(an orchestrator's) lists the live sagas its saga definitions could not\n")
+	fmt.Fprintf(w, "drive and exits 0 when there are none, 4 when there are, 3 when migrations\n")
+	fmt.Fprintf(w, "are pending; an orchestrator refuses to start while there are any.\n\n")
 	fmt.Fprintf(w, "Configuration is read from these environment variables:\n\n")
 	for _, v := range EnvVars(cfg) {
 		def := v.Default

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -200,6 +202,13 @@ func RunOrchestrator(spec OrchestratorSpec) int {
 	}
 	b := binary{name: spec.Name, summary: spec.Summary, schema: spec.Schema, cfg: spec.Config, base: &cfg.Base,
 		sets: append([]pgmigrate.Set{pgstore.Migrations}, spec.Migrations...), memLimitMiB: 110}
+	b.checkDeploy = func(ctx context.Context, w io.Writer) int {
+		var defs []*saga.Definition
+		if spec.Definitions != nil {
+			defs = spec.Definitions()
+		}
+		return RunCheckDeploy(ctx, w, &cfg.Base, spec.Schema, defs)
+	}
 	return b.main(func(log zerolog.Logger) error { return runOrchestrator(b, spec, cfg, log) })
 }
 
@@ -240,6 +249,20 @@ func runOrchestrator(b binary, spec OrchestratorSpec, cfg *OrchestratorConfig, l
 	coord, err := coordinator.New(ccfg, store, bus, log, defs...)
 	if err != nil {
 		return err
+	}
+	// Refuse to drive some sagas while others would be stranded unseen.
+	stranded, err := coord.CheckDeploy(sctx)
+	if err != nil {
+		return err
+	}
+	if len(stranded) > 0 {
+		for _, s := range stranded {
+			log.Error().Str("definition", s.Definition).Int("version", s.Version).Str("phase", string(s.Phase)).
+				Str("state", s.State).Str("at", s.At).Int("sagas", s.Count).Time("oldest", s.Oldest).
+				Msg("stranded: " + describeStranded(s))
+		}
+		return fmt.Errorf("refusing to start: %s (listed above; \"%s check-deploy\" prints them): deploy a version that keeps or upgrades them",
+			strings.TrimSuffix(strandedSummary(stranded), ":"), spec.Name)
 	}
 	// Signals, when a definition waits for any: events bound by their
 	// names to the signal queue, handed to the coordinator.

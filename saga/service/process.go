@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/signal"
@@ -25,6 +26,8 @@ type binary struct {
 	base          *Base // cfg's
 	sets          []pgmigrate.Set
 	memLimitMiB   int64 // TuneGC's soft memory limit
+	// checkDeploy carries out check-deploy (orchestrators only).
+	checkDeploy func(ctx context.Context, w io.Writer) int
 }
 
 // main returns the process exit code: 1 for a bad setting, RunMigrate's
@@ -37,7 +40,13 @@ func (b binary) main(serve func(log zerolog.Logger) error) int {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", b.name, err)
 		return 1
 	}
-	if cmd != CommandServe {
+	switch {
+	case cmd == CommandCheckDeploy && b.checkDeploy == nil:
+		fmt.Fprintf(os.Stderr, "%s: check-deploy is an orchestrator's command\n", b.name)
+		return 2
+	case cmd == CommandCheckDeploy:
+		return b.checkDeploy(context.Background(), os.Stdout)
+	case cmd != CommandServe:
 		return RunMigrate(context.Background(), os.Stdout, b.base, b.schema, cmd, b.sets...)
 	}
 	log := Logger(b.name, b.base)
