@@ -2,6 +2,9 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"regexp"
+	"strings"
 	"time"
 
 	"github.com/sagaflow/sagaflow/saga/service"
@@ -13,7 +16,11 @@ import (
 type Config struct {
 	service.OrchestratorConfig
 	// AdminToken guards /admin routes; empty disables them (default empty).
-	AdminToken string `env:"ADMIN_TOKEN" help:"bearer token of the /admin routes; unset: the admin API is off"`
+	AdminToken string `env:"ADMIN_TOKEN" help:"bearer token of the /admin routes, for the operator named admin; unset (and no ADMIN_TOKENS): the admin API is off"`
+	// AdminTokens are named admin tokens (see ParseAdminTokens).
+	AdminTokens string `env:"ADMIN_TOKENS" help:"named admin tokens, name=token or name=@file (the token is the file's first line), comma-separated: each operator's actions carry the name"`
+	// adminTokens is AdminTokens parsed by Validate.
+	adminTokens map[string]string
 	// LedgerTimeout bounds each service's answer to the ledger (default 1s).
 	LedgerTimeout time.Duration `env:"LEDGER_TIMEOUT" envDefault:"1s" help:"how long the ledger waits for each service; one that is away is marked unanswered"`
 	// RPCTimeout bounds requests relayed to workers (default 5s).
@@ -47,8 +54,57 @@ func (c *Config) Validate() []error {
 	if c.ProductRate <= 0 || c.ProductBurst < 1 {
 		errs = append(errs, fmt.Errorf("PRODUCT_RATE and PRODUCT_BURST: want positive, got %g and %d", c.ProductRate, c.ProductBurst))
 	}
+	tokens, err := ParseAdminTokens(c.AdminTokens)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("ADMIN_TOKENS: %w", err))
+	}
+	c.adminTokens = tokens
 	if c.MaxBodyBytes < 1024 {
 		errs = append(errs, fmt.Errorf("MAX_BODY_BYTES: want at least 1024, got %d", c.MaxBodyBytes))
 	}
 	return errs
+}
+
+// operatorName is what an operator's name may be: it goes into logs and
+// audit trails as it is.
+var operatorName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$`)
+
+// ParseAdminTokens reads ADMIN_TOKENS: comma-separated name=token pairs,
+// where a token written @path is the first line of that file (a mounted
+// secret). Names are distinct, and so are tokens: a token names one
+// operator.
+func ParseAdminTokens(spec string) (map[string]string, error) {
+	out := map[string]string{}
+	seen := map[string]string{}
+	for _, pair := range strings.Split(spec, ",") {
+		pair = strings.TrimSpace(pair)
+		if pair == "" {
+			continue
+		}
+		name, token, ok := strings.Cut(pair, "=")
+		switch {
+		case !ok:
+			return nil, fmt.Errorf("%q is not name=token", name)
+		case !operatorName.MatchString(name):
+			return nil, fmt.Errorf("operator name %q: want letters, digits and . _ @ - (up to 64)", name)
+		case out[name] != "":
+			return nil, fmt.Errorf("operator %q is named twice", name)
+		}
+		if path, ok := strings.CutPrefix(token, "@"); ok {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return nil, fmt.Errorf("token of %s: %w", name, err)
+			}
+			token, _, _ = strings.Cut(string(b), "\n")
+			token = strings.TrimSpace(token)
+		}
+		switch {
+		case len(token) < 8:
+			return nil, fmt.Errorf("token of %s: want at least 8 characters", name)
+		case seen[token] != "":
+			return nil, fmt.Errorf("operators %s and %s have the same token", seen[token], name)
+		}
+		out[name], seen[token] = token, name
+	}
+	return out, nil
 }

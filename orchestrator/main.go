@@ -17,6 +17,7 @@ import (
 
 func main() {
 	cfg := &Config{}
+	var public, admin http.Handler // api.New's, built once the parts run
 	os.Exit(service.RunOrchestrator(service.OrchestratorSpec{
 		Name:    "orchestrator",
 		Summary: "the REST API and the coordinator of the order saga",
@@ -32,12 +33,14 @@ func main() {
 			contract.EmailQueue, contract.SMSQueue, contract.AuditEventsQueue,
 		},
 		Handler: func(o *service.Orchestrator) (http.Handler, error) {
-			return api.New(api.Deps{
-				Coordinator: o.Coordinator, Store: o.Store, Bus: o.Bus, DB: o.DB, Registry: o.Registry, Log: o.Log,
-				AdminToken: cfg.AdminToken, RPCTimeout: cfg.RPCTimeout, MaxBodyBytes: cfg.MaxBodyBytes,
+			public, admin = api.New(api.Deps{
+				Coordinator: o.Coordinator, Store: o.Store, Bus: o.Bus, DB: o.DB, Log: o.Log,
+				AdminToken: cfg.AdminToken, AdminTokens: cfg.adminTokens, RPCTimeout: cfg.RPCTimeout, MaxBodyBytes: cfg.MaxBodyBytes,
 				LedgerTimeout: cfg.LedgerTimeout, ProductRate: cfg.ProductRate, ProductBurst: cfg.ProductBurst,
 				ProductCacheTTL: cfg.ProductCacheTTL,
-			}), nil
+			})
+			return public, nil
 		},
+		Admin: func(*service.Orchestrator) (http.Handler, error) { return admin, nil },
 	}))
 }

@@ -52,8 +52,12 @@ type Input struct {
 	SagaID uuid.UUID
 	// Reply is set for InputReply.
 	Reply *Reply
-	// Reason is the operator's reason for InputCancel.
+	// Reason is the operator's reason for InputReplay and InputCancel.
 	Reason string
+	// Operator names who asked for InputReplay or InputCancel; with
+	// Reason, it is recorded in the saga's trail by an operator event
+	// (EventReplayed, EventCancelled).
+	Operator string
 	// Signal is set for InputSignal.
 	Signal *Signal
 }
@@ -69,6 +73,20 @@ type Signal struct {
 	// Payload is a JSON object merged into the saga's data when the
 	// waiting step takes the signal.
 	Payload json.RawMessage `json:"payload,omitempty"`
+}
+
+// Operator events: an operator's action on a saga, emitted (through the
+// outbox, like every event) by the decision it caused, with the operator
+// and the reason in their data (OperatorData).
+const (
+	EventReplayed  = "saga.replayed"
+	EventCancelled = "saga.cancelled"
+)
+
+// OperatorData is the data of an operator event.
+type OperatorData struct {
+	Operator string `json:"operator"`
+	Reason   string `json:"reason"`
 }
 
 // ErrNotWaiting is returned for a signal that no step of the saga waits
@@ -257,9 +275,9 @@ func (d *Definition) decide(in Instance, inp Input, now time.Time) (Decision, er
 		}
 		err = x.reply(inp.Reply)
 	case InputReplay:
-		err = x.replay()
+		err = x.replay(inp.Operator, inp.Reason)
 	case InputCancel:
-		err = x.cancel(inp.Reason)
+		err = x.cancel(inp.Operator, inp.Reason)
 	case InputSignal:
 		if inp.Signal == nil {
 			return Decision{}, errors.New("saga: signal input without a signal")
@@ -451,11 +469,16 @@ func (x *decider) emit(typ string, d eventDetail) {
 	if typ == "" {
 		return
 	}
-	x.in.Seq++
 	data := x.in.Data
 	if x.def.EventData != nil {
 		data = x.def.EventData(data)
 	}
+	x.emitData(typ, d, data)
+}
+
+// emitData emits an event whose payload carries data.
+func (x *decider) emitData(typ string, d eventDetail, data json.RawMessage) {
+	x.in.Seq++
 	body := struct {
 		SagaID string `json:"saga_id"`
 		Seq    int    `json:"seq"`
@@ -472,6 +495,13 @@ func (x *decider) emit(typ string, d eventDetail) {
 		At:      x.now,
 		Payload: payload,
 	})
+}
+
+// emitOperator emits an operator event: the action's operator and
+// reason are its data.
+func (x *decider) emitOperator(typ, operator, reason string) {
+	data, _ := json.Marshal(OperatorData{Operator: operator, Reason: reason}) // strings only
+	x.emitData(typ, eventDetail{}, data)
 }
 
 func (x *decider) finishRecord(name, status, errMsg string) {
@@ -758,10 +788,12 @@ func (x *decider) succeed(payload json.RawMessage) error {
 	return nil
 }
 
-func (x *decider) replay() error {
-	switch {
-	case x.in.Phase.Terminal():
+func (x *decider) replay(operator, reason string) error {
+	if x.in.Phase.Terminal() {
 		return fmt.Errorf("%w: saga is %s", ErrConflict, x.in.Phase)
+	}
+	x.emitOperator(EventReplayed, operator, reason)
+	switch {
 	case x.in.Phase == Pending:
 		return x.start()
 	case x.in.Phase == Stuck:
@@ -787,13 +819,21 @@ func (x *decider) replay() error {
 	return nil
 }
 
-func (x *decider) cancel(reason string) error {
-	if reason == "" {
-		reason = "cancelled by operator"
+func (x *decider) cancel(operator, why string) error {
+	reason := "cancelled by operator"
+	if why != "" {
+		reason += ": " + why
 	}
 	switch {
 	case x.in.Phase.Terminal():
 		return fmt.Errorf("%w: saga is %s", ErrConflict, x.in.Phase)
+	case x.in.Phase == Compensating || (x.in.Phase == Stuck && x.in.StuckIn == Compensating):
+		return fmt.Errorf("%w: saga is already compensating", ErrConflict)
+	case x.in.Phase == Stuck || (x.in.Phase != Pending && x.def.Steps[x.in.Step].Kind == Retriable):
+		return fmt.Errorf("%w: saga is past its pivot step and can only go forward", ErrConflict)
+	}
+	x.emitOperator(EventCancelled, operator, why)
+	switch {
 	case x.in.Phase == Pending:
 		x.in.Reason = reason
 		if err := x.fire(TransitionAbort); err != nil {
@@ -802,10 +842,6 @@ func (x *decider) cancel(reason string) error {
 		x.in.Deadline = time.Time{}
 		x.emit(x.def.Name+".cancelled", eventDetail{})
 		return nil
-	case x.in.Phase == Compensating || (x.in.Phase == Stuck && x.in.StuckIn == Compensating):
-		return fmt.Errorf("%w: saga is already compensating", ErrConflict)
-	case x.in.Phase == Stuck || x.def.Steps[x.in.Step].Kind == Retriable:
-		return fmt.Errorf("%w: saga is past its pivot step and can only go forward", ErrConflict)
 	}
 	name, _, _, _ := x.current()
 	x.finishRecord(name, StepFailed, reason)

@@ -1556,21 +1556,22 @@ func TestDecideReplay(t *testing.T) {
 			moves: []move{
 				{"replay", ts(200 * s), replayIn(), decView{
 					Changed: true, Transitions: []string{"resume"},
-					Instance: instView{Phase: Running, State: "committing_stock", Step: 3, Attempt: 1, Deadline: ts(210 * s), Seq: 5,
+					Instance: instView{Phase: Running, State: "committing_stock", Step: 3, Attempt: 1, Deadline: ts(210 * s), Seq: 6,
 						History: append(slices.Clone(done3), recRun(stCommit, act, 5, gaveUpCommit))},
 					Commands: []cmdView{cmdOf(d, stCommit, 1, ts(210*s))},
+					Events:   []evView{{EventReplayed, evID(6)}},
 				}},
 				{"timeout after the replay: re-sent, not stuck", ts(210 * s), timeoutIn(), decView{
 					Changed: true, Transitions: []string{"retry"},
-					Instance: instView{Phase: Running, State: "committing_stock", Step: 3, Attempt: 2, Deadline: ts(230 * s), Seq: 5,
+					Instance: instView{Phase: Running, State: "committing_stock", Step: 3, Attempt: 2, Deadline: ts(230 * s), Seq: 6,
 						History: append(slices.Clone(done3), recRun(stCommit, act, 6, "no reply to attempt 1"))},
 					Commands: []cmdView{cmdOf(d, stCommit, 2, ts(230*s))},
 				}},
 				{"ok", ts(211 * s), okIn(stCommit, ""), decView{
 					Changed: true, Transitions: []string{"complete"},
-					Instance: instView{Phase: Completed, State: "completed", Step: 3, Attempt: 2, Deadline: zero, Seq: 7,
+					Instance: instView{Phase: Completed, State: "completed", Step: 3, Attempt: 2, Deadline: zero, Seq: 8,
 						History: append(slices.Clone(done3), recOK(stCommit, act, 6))},
-					Events: []evView{{"inventory.committed", evID(6)}, {"shop.completed", evID(7)}},
+					Events: []evView{{"inventory.committed", evID(7)}, {"shop.completed", evID(8)}},
 				}},
 			},
 		},
@@ -1581,23 +1582,24 @@ func TestDecideReplay(t *testing.T) {
 				{"replay", ts(100 * s), replayIn(), decView{
 					Changed: true, Transitions: []string{"resume_compensation"},
 					Instance: instView{Phase: Compensating, State: "compensating", Step: 0, Attempt: 1, Deadline: ts(110 * s),
-						Reason: declinedMsg, Seq: 5,
+						Reason: declinedMsg, Seq: 6,
 						History: []recView{recOK(stReserve, act, 1), recFail(stCharge, act, 1, declinedMsg), recRun(stRelease, comp, 3, gaveUpRelease)}},
 					Commands: []cmdView{cmdOf(d, stRelease, 1, ts(110*s))},
+					Events:   []evView{{EventReplayed, evID(6)}},
 				}},
 				{"timeout after the replay: re-sent, not stuck", ts(110 * s), timeoutIn(), decView{
 					Changed: true, Transitions: []string{"retry_compensation"},
 					Instance: instView{Phase: Compensating, State: "compensating", Step: 0, Attempt: 2, Deadline: ts(130 * s),
-						Reason: declinedMsg, Seq: 5,
+						Reason: declinedMsg, Seq: 6,
 						History: []recView{recOK(stReserve, act, 1), recFail(stCharge, act, 1, declinedMsg), recRun(stRelease, comp, 4, "no reply to attempt 1")}},
 					Commands: []cmdView{cmdOf(d, stRelease, 2, ts(130*s))},
 				}},
 				{"release ok", ts(111 * s), okIn(stRelease, ""), decView{
 					Changed: true, Transitions: []string{"finish_compensation"},
 					Instance: instView{Phase: Cancelled, State: "cancelled", Step: 0, Attempt: 2, Deadline: zero,
-						Reason: declinedMsg, Seq: 7,
+						Reason: declinedMsg, Seq: 8,
 						History: []recView{recOK(stReserve, act, 1), recFail(stCharge, act, 1, declinedMsg), recOK(stRelease, comp, 4)}},
-					Events: []evView{{"inventory.released", evID(6)}, {"shop.cancelled", evID(7)}},
+					Events: []evView{{"inventory.released", evID(7)}, {"shop.cancelled", evID(8)}},
 				}},
 			},
 		},
@@ -1606,9 +1608,10 @@ func TestDecideReplay(t *testing.T) {
 			setup: func(t *testing.T) Instance { return timeouts(t, d, runningAt(t, d, 1), 1) }, // attempt 2, deadline t0+31s
 			moves: []move{{"replay", ts(12 * s), replayIn(), decView{
 				Changed: true, Transitions: []string{"retry"},
-				Instance: instView{Phase: Running, State: "charging_payment", Step: 1, Attempt: 1, Deadline: ts(22 * s), Seq: 2,
+				Instance: instView{Phase: Running, State: "charging_payment", Step: 1, Attempt: 1, Deadline: ts(22 * s), Seq: 3,
 					History: []recView{recOK(stReserve, act, 1), recRun(stCharge, act, 3, "no reply to attempt 1")}},
 				Commands: []cmdView{cmdOf(d, stCharge, 1, ts(22*s))},
+				Events:   []evView{{EventReplayed, evID(3)}},
 			}}},
 		},
 		{
@@ -1618,9 +1621,10 @@ func TestDecideReplay(t *testing.T) {
 			},
 			moves: []move{{"replay", ts(2500 * time.Millisecond), replayIn(), decView{
 				Changed: true, Transitions: []string{"retry"},
-				Instance: instView{Phase: Running, State: "reserving_stock", Step: 0, Attempt: 1, Deadline: ts(12500 * time.Millisecond), Seq: 1,
+				Instance: instView{Phase: Running, State: "reserving_stock", Step: 0, Attempt: 1, Deadline: ts(12500 * time.Millisecond), Seq: 2,
 					History: []recView{recRun(stReserve, act, 2, "db_busy")}},
 				Commands: []cmdView{cmdOf(d, stReserve, 1, ts(12500*time.Millisecond))},
+				Events:   []evView{{EventReplayed, evID(2)}},
 			}}},
 		},
 		{
@@ -1629,9 +1633,10 @@ func TestDecideReplay(t *testing.T) {
 			moves: []move{{"replay", ts(6 * s), replayIn(), decView{
 				Changed: true, Transitions: []string{"retry_compensation"},
 				Instance: instView{Phase: Compensating, State: "compensating", Step: 0, Attempt: 1, Deadline: ts(16 * s),
-					Reason: declinedMsg, Seq: 4,
+					Reason: declinedMsg, Seq: 5,
 					History: []recView{recOK(stReserve, act, 1), recFail(stCharge, act, 1, declinedMsg), recRun(stRelease, comp, 2, "")}},
 				Commands: []cmdView{cmdOf(d, stRelease, 1, ts(16*s))},
+				Events:   []evView{{EventReplayed, evID(5)}},
 			}}},
 		},
 		{
@@ -1639,9 +1644,10 @@ func TestDecideReplay(t *testing.T) {
 			setup: func(t *testing.T) Instance { return newSaga(t, d) },
 			moves: []move{{"replay", ts(1 * s), replayIn(), decView{
 				Changed: true, Transitions: []string{"start"},
-				Instance: instView{Phase: Running, State: "reserving_stock", Step: 0, Attempt: 1, Deadline: ts(11 * s), Seq: 1,
+				Instance: instView{Phase: Running, State: "reserving_stock", Step: 0, Attempt: 1, Deadline: ts(11 * s), Seq: 2,
 					History: []recView{recRun(stReserve, act, 1, "")}},
 				Commands: []cmdView{cmdOf(d, stReserve, 1, ts(11*s))},
+				Events:   []evView{{EventReplayed, evID(2)}},
 			}}},
 		},
 	}
@@ -1665,7 +1671,10 @@ func TestDecideReplay(t *testing.T) {
 func TestDecideCancel(t *testing.T) {
 	t.Parallel()
 	d := testDefinition(t)
-	const reason = "fraud suspected"
+	// The saga's reason says an operator cancelled it, and why; the
+	// operator's event (saga.cancelled) comes first.
+	const why = "fraud suspected"
+	const reason = "cancelled by operator: " + why
 	cases := []struct {
 		name          string
 		setup         func(t *testing.T) Instance
@@ -1678,8 +1687,8 @@ func TestDecideCancel(t *testing.T) {
 			moves: []move{{"cancel", ts(1 * s), cancelIn("customer changed their mind"), decView{
 				Changed: true, Transitions: []string{"abort"},
 				Instance: instView{Phase: Cancelled, State: "cancelled", Step: 0, Attempt: 0, Deadline: zero,
-					Reason: "customer changed their mind", Seq: 2},
-				Events: []evView{{"shop.cancelled", evID(2)}},
+					Reason: "cancelled by operator: customer changed their mind", Seq: 3},
+				Events: []evView{{EventCancelled, evID(2)}, {"shop.cancelled", evID(3)}},
 			}}},
 		},
 		{
@@ -1688,28 +1697,28 @@ func TestDecideCancel(t *testing.T) {
 			moves: []move{{"cancel", ts(1 * s), cancelIn(""), decView{
 				Changed: true, Transitions: []string{"abort"},
 				Instance: instView{Phase: Cancelled, State: "cancelled", Step: 0, Attempt: 0, Deadline: zero,
-					Reason: "cancelled by operator", Seq: 2},
-				Events: []evView{{"shop.cancelled", evID(2)}},
+					Reason: "cancelled by operator", Seq: 3},
+				Events: []evView{{EventCancelled, evID(2)}, {"shop.cancelled", evID(3)}},
 			}}},
 		},
 		{
 			name:  "running the first step: its own compensation",
 			setup: func(t *testing.T) Instance { return runningAt(t, d, 0) },
 			moves: []move{
-				{"cancel", ts(2 * s), cancelIn(reason), decView{
+				{"cancel", ts(2 * s), cancelIn(why), decView{
 					Changed: true, Transitions: []string{"compensate"},
 					Instance: instView{Phase: Compensating, State: "compensating", Step: 0, Attempt: 1, Deadline: ts(12 * s),
-						Reason: reason, Seq: 2,
+						Reason: reason, Seq: 3,
 						History: []recView{recFail(stReserve, act, 1, reason), recRun(stRelease, comp, 1, "")}},
 					Commands: []cmdView{cmdOf(d, stRelease, 1, ts(12*s))},
-					Events:   []evView{{"shop.compensating", evID(2)}},
+					Events:   []evView{{EventCancelled, evID(2)}, {"shop.compensating", evID(3)}},
 				}},
 				{"release ok", ts(3 * s), okIn(stRelease, ""), decView{
 					Changed: true, Transitions: []string{"finish_compensation"},
 					Instance: instView{Phase: Cancelled, State: "cancelled", Step: 0, Attempt: 1, Deadline: zero,
-						Reason: reason, Seq: 4,
+						Reason: reason, Seq: 5,
 						History: []recView{recFail(stReserve, act, 1, reason), recOK(stRelease, comp, 1)}},
-					Events: []evView{{"inventory.released", evID(3)}, {"shop.cancelled", evID(4)}},
+					Events: []evView{{"inventory.released", evID(4)}, {"shop.cancelled", evID(5)}},
 				}},
 			},
 			compensations: []string{"inventory.release"},
@@ -1720,40 +1729,40 @@ func TestDecideCancel(t *testing.T) {
 				return apply(t, d, runningAt(t, d, 2), retryIn(stPrepare, "busy", ""), ts(4*s))
 			},
 			moves: []move{
-				{"cancel", ts(5 * s), cancelIn(reason), decView{
+				{"cancel", ts(5 * s), cancelIn(why), decView{
 					Changed: true, Transitions: []string{"compensate"},
 					Instance: instView{Phase: Compensating, State: "compensating", Step: 2, Attempt: 1, Deadline: ts(35 * s),
-						Reason: reason, Seq: 4,
+						Reason: reason, Seq: 5,
 						History: []recView{recOK(stReserve, act, 1), recOK(stCharge, act, 1), recFail(stPrepare, act, 1, reason),
 							recRun(stCancelSh, comp, 1, "")}},
 					Commands: []cmdView{cmdOf(d, stCancelSh, 1, ts(35*s))},
-					Events:   []evView{{"shop.compensating", evID(4)}},
+					Events:   []evView{{EventCancelled, evID(4)}, {"shop.compensating", evID(5)}},
 				}},
 				{"cancel_shipment ok", ts(6 * s), okIn(stCancelSh, ""), decView{
 					Changed: true, Transitions: []string{"compensate_next"},
 					Instance: instView{Phase: Compensating, State: "compensating", Step: 1, Attempt: 1, Deadline: ts(16 * s),
-						Reason: reason, Seq: 5,
+						Reason: reason, Seq: 6,
 						History: []recView{recOK(stReserve, act, 1), recOK(stCharge, act, 1), recFail(stPrepare, act, 1, reason),
 							recOK(stCancelSh, comp, 1), recRun(stRefund, comp, 1, "")}},
 					Commands: []cmdView{cmdOf(d, stRefund, 1, ts(16*s))},
-					Events:   []evView{{"shipping.cancelled", evID(5)}},
+					Events:   []evView{{"shipping.cancelled", evID(6)}},
 				}},
 				{"refund ok", ts(7 * s), okIn(stRefund, ""), decView{
 					Changed: true, Transitions: []string{"compensate_next"},
 					Instance: instView{Phase: Compensating, State: "compensating", Step: 0, Attempt: 1, Deadline: ts(17 * s),
-						Reason: reason, Seq: 6,
+						Reason: reason, Seq: 7,
 						History: []recView{recOK(stReserve, act, 1), recOK(stCharge, act, 1), recFail(stPrepare, act, 1, reason),
 							recOK(stCancelSh, comp, 1), recOK(stRefund, comp, 1), recRun(stRelease, comp, 1, "")}},
 					Commands: []cmdView{cmdOf(d, stRelease, 1, ts(17*s))},
-					Events:   []evView{{"payment.refunded", evID(6)}},
+					Events:   []evView{{"payment.refunded", evID(7)}},
 				}},
 				{"release ok", ts(8 * s), okIn(stRelease, ""), decView{
 					Changed: true, Transitions: []string{"finish_compensation"},
 					Instance: instView{Phase: Cancelled, State: "cancelled", Step: 0, Attempt: 1, Deadline: zero,
-						Reason: reason, Seq: 8,
+						Reason: reason, Seq: 9,
 						History: []recView{recOK(stReserve, act, 1), recOK(stCharge, act, 1), recFail(stPrepare, act, 1, reason),
 							recOK(stCancelSh, comp, 1), recOK(stRefund, comp, 1), recOK(stRelease, comp, 1)}},
-					Events: []evView{{"inventory.released", evID(7)}, {"shop.cancelled", evID(8)}},
+					Events: []evView{{"inventory.released", evID(8)}, {"shop.cancelled", evID(9)}},
 				}},
 			},
 			compensations: []string{"shipping.cancel", "payment.refund", "inventory.release"},

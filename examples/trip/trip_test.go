@@ -97,12 +97,12 @@ func start(t *testing.T) *system {
 
 	sys := &system{dbURL: dbURL, amqpURL: amqpURL}
 	for _, name := range binaries {
-		addr := freeAddr(t)
+		addr, admin := freeAddr(t), freeAddr(t)
 		cmd := exec.Command(filepath.Join(dir, name))
 		// A trip waits 8s for its check-in: long enough for the tests that
 		// check in, short enough for the one that sees a trip stuck.
 		cmd.Env = append(os.Environ(), "DATABASE_URL="+dbURL, "AMQP_URL="+amqpURL, "HTTP_ADDR="+addr, "METRICS_ADDR="+addr,
-			"CHECKIN_TIMEOUT=8s")
+			"ADMIN_ADDR="+admin, "CHECKIN_TIMEOUT=8s")
 		cmd.SysProcAttr = procAttr()
 		out := &logs{}
 		cmd.Stdout, cmd.Stderr = out, out

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	json "github.com/goccy/go-json"
+
+	"github.com/sagaflow/sagaflow/saga"
 )
 
 // IDName is the order saga's name for a saga id: the order id. Log lines
@@ -396,6 +398,9 @@ type AuditEvent struct {
 	Code    string    `json:"code,omitempty"`
 	Message string    `json:"message,omitempty"`
 	Reason  string    `json:"reason,omitempty"`
+	// Data is, for an operator event (saga.replayed, saga.cancelled),
+	// who acted and why.
+	Data *saga.OperatorData `json:"data,omitempty"`
 }
 
 // OrderEventsReply is an order's audit trail, in order.

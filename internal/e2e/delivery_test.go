@@ -159,7 +159,7 @@ func TestDeliveryConfirmedByTheCustomer(t *testing.T) {
 		if n := len(types); n < 2 || !slices.Equal(types[n-2:], []string{contract.EventOrderDeliveryOverdue, "order.stuck"}) {
 			t.Errorf("trail %v, want it to end with order.delivery_overdue, order.stuck", types)
 		}
-		if r := s.Admin(t, http.MethodPost, "/admin/sagas/"+id+"/replay", nil); r.Status != http.StatusOK {
+		if r := s.Admin(t, http.MethodPost, "/admin/sagas/"+id+"/replay", why); r.Status != http.StatusOK {
 			t.Fatalf("replay = %d %s", r.Status, r.Body)
 		}
 		if v := s.Order(t, id); v.State != order.StateAwaitingDelivery {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -225,6 +227,29 @@ func TestAdminRoutesNeedTheToken(t *testing.T) {
 	}
 }
 
+// TestOperatorsHaveTheirOwnListener: the admin routes, /metrics and the
+// profiler answer on ADMIN_ADDR only; the public port knows nothing of
+// them, even with the token.
+func TestOperatorsHaveTheirOwnListener(t *testing.T) {
+	s := system(t)
+	auth := map[string]string{"Authorization": "Bearer " + s.AdminToken}
+	for _, path := range []string{"/admin/sagas", "/metrics", "/debug/pprof/"} {
+		r, err := testenv.Request(s.HTTP, s.BaseURL, http.MethodGet, path, nil, auth)
+		if err != nil || r.Status != http.StatusNotFound {
+			t.Errorf("public port, GET %s: %d %s %v, want 404", path, r.Status, trunc(r.Body), err)
+		}
+		r, err = testenv.Request(s.HTTP, s.AdminURL, http.MethodGet, path, nil, auth)
+		if err != nil || r.Status != http.StatusOK {
+			t.Errorf("admin listener, GET %s: %d %s %v, want 200", path, r.Status, trunc(r.Body), err)
+		}
+	}
+	for _, base := range []string{s.BaseURL, s.AdminURL} {
+		if r, err := testenv.Request(s.HTTP, base, http.MethodGet, "/readyz", nil, nil); err != nil || r.Status != http.StatusOK {
+			t.Errorf("%s/readyz: %d %v", base, r.Status, err)
+		}
+	}
+}
+
 func TestAdminRoutesAreRefusedWithoutAConfiguredToken(t *testing.T) {
 	s := testenv.StartT(t, testenv.Options{Env: map[string]string{"ADMIN_TOKEN": ""}})
 	for _, auth := range []string{"", "Bearer ", "Bearer " + s.AdminToken} {
@@ -330,13 +355,38 @@ func restart(t *testing.T, s *testenv.System, b *broker, name, queue string) {
 // saga.dead. Cancel compensates a saga before its pivot and refuses after.
 // A saga is held at a step by stopping that step's worker until its
 // command is queued, never by racing a worker's latency.
+// operatorEvent returns the trail's one event of type typ, failing the
+// test unless there is exactly one and it names operator and reason.
+func operatorEvent(t *testing.T, events []contract.AuditEvent, typ, operator, reason string) {
+	t.Helper()
+	var found []contract.AuditEvent
+	for _, e := range events {
+		if e.Type == typ {
+			found = append(found, e)
+		}
+	}
+	if len(found) != 1 || found[0].Data == nil || found[0].Data.Operator != operator || found[0].Data.Reason != reason {
+		t.Errorf("trail %+v: want one %s by %s for %q", events, typ, operator, reason)
+	}
+}
+
 func TestStuckSagasAreReplayedAndCancelled(t *testing.T) {
+	const aliceToken = "alice-token-0123456789"
+	tokenFile := filepath.Join(t.TempDir(), "bob")
+	if err := os.WriteFile(tokenFile, []byte("bob-token-0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	s := testenv.StartT(t, testenv.Options{
 		Env: map[string]string{
 			"STEP_TIMEOUT": "1500ms", "STEP_MAX_TIMEOUT": "1500ms", "STEP_ATTEMPTS": "2",
 			"COMPENSATION_ATTEMPTS": "2", "RETRIABLE_ATTEMPTS": "2",
+			"ADMIN_TOKENS": "alice=" + aliceToken + ",bob=@" + tokenFile,
 		},
 	})
+	as := func(token, method, path string, body any) testenv.Response {
+		t.Helper()
+		return s.Call(t, method, path, body, map[string]string{"Authorization": "Bearer " + token})
+	}
 	sk := sku(t, "a")
 	s.PutProduct(t, sk, "Sofa", 30000, 10)
 	b := dialBroker(t, s)
@@ -350,7 +400,7 @@ func TestStuckSagasAreReplayedAndCancelled(t *testing.T) {
 		if v.StuckIn != string(saga.Compensating) || v.Step != order.StepReserveStock || !strings.Contains(v.Reason, order.StepReleaseStock) {
 			t.Errorf("stuck saga %+v: want stuck compensating at reserve_stock with a release_stock reason", v)
 		}
-		if r := s.Admin(t, http.MethodPost, "/admin/sagas/"+id+"/cancel", nil); r.Status != http.StatusConflict {
+		if r := s.Admin(t, http.MethodPost, "/admin/sagas/"+id+"/cancel", why); r.Status != http.StatusConflict {
 			t.Errorf("cancel a saga stuck compensating: %d %s, want 409", r.Status, r.Body)
 		}
 		// Commands that waited longer than their deadline expired into saga.dead.
@@ -366,12 +416,23 @@ func TestStuckSagasAreReplayedAndCancelled(t *testing.T) {
 			t.Error("no expired inventory command in saga.dead")
 		}
 		restart(t, s, b, "inventory", contract.InventoryQueue)
-		if r := s.Admin(t, http.MethodPost, "/admin/sagas/"+id+"/replay", nil); r.Status != http.StatusOK {
+		// Without a reason, nothing happens.
+		for _, body := range []any{nil, map[string]string{"reason": ""}, map[string]string{"reason": "  "}} {
+			if r := as(aliceToken, http.MethodPost, "/admin/sagas/"+id+"/replay", body); r.Status != http.StatusBadRequest ||
+				!strings.Contains(string(r.Body), "reason is required") {
+				t.Errorf("replay with %v: %d %s, want 400 reason is required", body, r.Status, r.Body)
+			}
+		}
+		if v := stuckSaga(t, s, id); v.Phase != string(saga.Stuck) {
+			t.Fatalf("a replay without a reason moved the saga: %+v", v)
+		}
+		if r := as(aliceToken, http.MethodPost, "/admin/sagas/"+id+"/replay", map[string]string{"reason": "inventory is back"}); r.Status != http.StatusOK {
 			t.Fatalf("replay: %d %s", r.Status, r.Body)
 		}
 		if v := s.WaitTerminal(t, []string{id}, waitFor)[id]; v.State != order.StateCancelled {
 			t.Errorf("after replay: %s (%s), want cancelled", v.State, v.Reason)
 		}
+		operatorEvent(t, trail(t, s, id, "order.cancelled"), saga.EventReplayed, "alice", "inventory is back")
 		if p := s.Product(t, sk); p.Available != 10 || p.Reserved != 0 {
 			t.Errorf("stock %+v, want all 10 available", p)
 		}
@@ -393,11 +454,11 @@ func TestStuckSagasAreReplayedAndCancelled(t *testing.T) {
 		if v.StuckIn != string(saga.Running) || v.Step != order.StepCommitStock {
 			t.Errorf("stuck saga %+v: want stuck running at commit_stock", v)
 		}
-		if r := s.Admin(t, http.MethodPost, "/admin/sagas/"+id+"/cancel", nil); r.Status != http.StatusConflict {
+		if r := s.Admin(t, http.MethodPost, "/admin/sagas/"+id+"/cancel", why); r.Status != http.StatusConflict {
 			t.Errorf("cancel past the pivot: %d %s, want 409", r.Status, r.Body)
 		}
 		restart(t, s, b, "inventory", contract.InventoryQueue)
-		if r := s.Admin(t, http.MethodPost, "/admin/sagas/"+id+"/replay", nil); r.Status != http.StatusOK {
+		if r := as("bob-token-0123456789", http.MethodPost, "/admin/sagas/"+id+"/replay", map[string]string{"reason": "commit after the outage"}); r.Status != http.StatusOK {
 			t.Fatalf("replay: %d %s", r.Status, r.Body)
 		}
 		if v := s.WaitTerminal(t, []string{id}, waitFor)[id]; v.State != order.StateCompleted {
@@ -424,6 +485,7 @@ func TestStuckSagasAreReplayedAndCancelled(t *testing.T) {
 		if v.State != order.StateCancelled || !strings.Contains(v.Reason, "customer called") {
 			t.Errorf("after cancel: %s (%s), want cancelled with the operator's reason", v.State, v.Reason)
 		}
+		operatorEvent(t, trail(t, s, id, "order.cancelled"), saga.EventCancelled, api.UnnamedOperator, "customer called")
 		// The charge in flight may land before or after its refund: either
 		// way nothing stays charged.
 		l := s.Ledger(t, id)
@@ -439,10 +501,10 @@ func TestStuckSagasAreReplayedAndCancelled(t *testing.T) {
 		id := s.Place(t, testenv.OrderSpec{Items: testenv.Items(sk, 1)})
 		s.WaitTerminal(t, []string{id}, waitFor)
 		for _, action := range []string{"replay", "cancel"} {
-			if r := s.Admin(t, http.MethodPost, "/admin/sagas/"+id+"/"+action, nil); r.Status != http.StatusConflict {
+			if r := s.Admin(t, http.MethodPost, "/admin/sagas/"+id+"/"+action, why); r.Status != http.StatusConflict {
 				t.Errorf("%s a completed saga: %d %s, want 409", action, r.Status, r.Body)
 			}
-			if r := s.Admin(t, http.MethodPost, "/admin/sagas/"+uuid.NewString()+"/"+action, nil); r.Status != http.StatusNotFound {
+			if r := s.Admin(t, http.MethodPost, "/admin/sagas/"+uuid.NewString()+"/"+action, why); r.Status != http.StatusNotFound {
 				t.Errorf("%s an unknown saga: %d %s, want 404", action, r.Status, r.Body)
 			}
 		}

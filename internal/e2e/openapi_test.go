@@ -26,7 +26,6 @@ import (
 	"github.com/gin-gonic/gin"
 	"github.com/goccy/go-yaml"
 	"github.com/google/uuid"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	"github.com/sagaflow/sagaflow/docs"
@@ -297,6 +296,9 @@ func (c *conformance) send(t *testing.T, s *testenv.System, base string, ac apiC
 	if body != nil {
 		sent = body
 	}
+	if testenv.AdminPath(op.Path) {
+		base = s.AdminOf(base) // the operators' routes are on the orchestrator's admin listener
+	}
 	r, err := testenv.Request(s.HTTP, base, op.Method, path, sent, ac.header)
 	if err != nil {
 		t.Fatalf("%s %s: %v", op.Method, path, err)
@@ -481,7 +483,11 @@ func (c *conformance) checkUnrouted(t *testing.T, s *testenv.System, path string
 		}
 	}
 	concrete := strings.NewReplacer("{id}", uuid.NewString(), "{sku}", "sku-x").Replace(path)
-	r, err := testenv.Request(s.HTTP, s.BaseURL, method, concrete, nil, nil)
+	base := s.BaseURL
+	if testenv.AdminPath(path) {
+		base = s.AdminURL
+	}
+	r, err := testenv.Request(s.HTTP, base, method, concrete, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -656,27 +662,34 @@ func usesError(d *openAPI, t testing.TB, ptr string) bool {
 	return false
 }
 
-// TestOpenAPIRoutesMatchTheRouter: every route the router registers is
-// documented, and every documented operation is registered.
+// TestOpenAPIRoutesMatchTheRouter: every route the routers register is
+// documented, every documented operation is registered, and the
+// operators' routes are on the admin listener only.
 func TestOpenAPIRoutesMatchTheRouter(t *testing.T) {
 	d := loadOpenAPI(t)
-	h := api.New(api.Deps{Registry: prometheus.NewRegistry()})
-	engine, ok := h.(*gin.Engine)
-	if !ok {
-		t.Fatalf("api.New returned a %T, not a *gin.Engine", h)
-	}
-	registered := map[string]bool{}
-	for _, r := range engine.Routes() {
-		segs := strings.Split(r.Path, "/")
-		for i, s := range segs {
-			if strings.HasPrefix(s, ":") || strings.HasPrefix(s, "*") {
-				segs[i] = "{" + s[1:] + "}"
-			}
+	public, admin := api.New(api.Deps{})
+	// /metrics is served beside the admin routes by saga/service.
+	registered := map[string]bool{"GET /metrics": true}
+	for name, h := range map[string]http.Handler{"public": public, "admin": admin} {
+		engine, ok := h.(*gin.Engine)
+		if !ok {
+			t.Fatalf("api.New returned a %T, not a *gin.Engine", h)
 		}
-		key := r.Method + " " + strings.Join(segs, "/")
-		registered[key] = true
-		if d.ops[key] == nil {
-			t.Errorf("the router serves %s, which docs/openapi.yaml does not document", key)
+		for _, r := range engine.Routes() {
+			segs := strings.Split(r.Path, "/")
+			for i, s := range segs {
+				if strings.HasPrefix(s, ":") || strings.HasPrefix(s, "*") {
+					segs[i] = "{" + s[1:] + "}"
+				}
+			}
+			key := r.Method + " " + strings.Join(segs, "/")
+			registered[key] = true
+			if d.ops[key] == nil {
+				t.Errorf("the router serves %s, which docs/openapi.yaml does not document", key)
+			}
+			if onAdmin := testenv.AdminPath(r.Path); onAdmin != (name == "admin") {
+				t.Errorf("the %s router serves %s", name, key)
+			}
 		}
 	}
 	for key := range d.ops {
@@ -707,6 +720,7 @@ func TestOpenAPIEnumsMatchTheCode(t *testing.T) {
 		}
 	}
 	events = slices.DeleteFunc(events, func(e string) bool { return e == "" })
+	events = append(events, saga.EventReplayed, saga.EventCancelled) // an operator's, for every saga
 	for name, want := range map[string][]string{
 		"OrderState":      def.States(),
 		"StateFilter":     append([]string{""}, def.States()...),
@@ -1131,9 +1145,12 @@ func conformOrders(t *testing.T, s *testenv.System, c *conformance) {
 	// Admin errors, and every admin operation without the token.
 	done := ids[0]
 	for _, op := range []string{"POST /admin/sagas/{id}/replay", "POST /admin/sagas/{id}/cancel"} {
-		c.send(t, s, base, apiCall{op: op, path: id(done), header: auth, want: 409})
-		c.send(t, s, base, apiCall{op: op, path: id(uuid.NewString()), header: auth, want: 404})
-		c.send(t, s, base, apiCall{op: op, path: id("not-a-uuid"), header: auth, want: 400, docRejects: true})
+		c.send(t, s, base, apiCall{op: op, path: id(done), body: why, header: auth, want: 409})
+		c.send(t, s, base, apiCall{op: op, path: id(uuid.NewString()), body: why, header: auth, want: 404})
+		c.send(t, s, base, apiCall{op: op, path: id("not-a-uuid"), body: why, header: auth, want: 400, docRejects: true})
+		// An action without a reason is refused before anything else.
+		c.send(t, s, base, apiCall{op: op, path: id(done), header: auth, want: 400, docRejects: true})
+		c.send(t, s, base, apiCall{op: op, path: id(done), body: map[string]any{"reason": " "}, header: auth, want: 400, docRejects: true})
 	}
 	cancel := func(body any, header map[string]string, want int, docRejects bool) {
 		t.Helper()
@@ -1163,6 +1180,9 @@ func conformOrders(t *testing.T, s *testenv.System, c *conformance) {
 	}
 }
 
+// why is the body of an operator's action.
+var why = map[string]any{"reason": "the conformance test"}
+
 // adminCalls is one valid call of each admin operation.
 func adminCalls(orderID, sku string) []apiCall {
 	id := map[string]string{"id": orderID}
@@ -1172,8 +1192,8 @@ func adminCalls(orderID, sku string) []apiCall {
 		{op: "GET /admin/orders/{id}/ledger", path: id},
 		{op: "GET /admin/orders/{id}", path: id},
 		{op: "GET /admin/sagas"},
-		{op: "POST /admin/sagas/{id}/replay", path: id},
-		{op: "POST /admin/sagas/{id}/cancel", path: id},
+		{op: "POST /admin/sagas/{id}/replay", path: id, body: why},
+		{op: "POST /admin/sagas/{id}/cancel", path: id, body: why},
 		{op: "GET /admin/quarantine"},
 		{op: "POST /admin/products/{sku}/restock", path: map[string]string{"sku": sku}, body: map[string]any{"delta": 1}},
 	}
@@ -1249,9 +1269,9 @@ func conformDegraded(t *testing.T, c *conformance) {
 	c.send(t, p, base, apiCall{op: "GET /admin/sagas", query: url.Values{"state": {""}}, header: auth, want: 200})
 	c.send(t, p, base, apiCall{op: "POST /admin/sagas/{id}/cancel", path: id(pending1), header: auth, want: 200,
 		body: map[string]any{"reason": "customer called"}})
-	c.send(t, p, base, apiCall{op: "POST /admin/sagas/{id}/replay", path: id(pending2), header: auth, want: 200})
-	c.send(t, p, base, apiCall{op: "POST /admin/sagas/{id}/cancel", path: id(running), header: auth, want: 200})
-	c.send(t, p, base, apiCall{op: "POST /admin/sagas/{id}/cancel", path: id(running), header: auth, want: 409})
+	c.send(t, p, base, apiCall{op: "POST /admin/sagas/{id}/replay", body: why, path: id(pending2), header: auth, want: 200})
+	c.send(t, p, base, apiCall{op: "POST /admin/sagas/{id}/cancel", body: why, path: id(running), header: auth, want: 200})
+	c.send(t, p, base, apiCall{op: "POST /admin/sagas/{id}/cancel", body: why, path: id(running), header: auth, want: 409})
 	// Its release_stock is never answered: the order is stuck.
 	type listed struct {
 		SagaID  string `json:"saga_id"`
@@ -1271,7 +1291,7 @@ func conformDegraded(t *testing.T, c *conformance) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	c.send(t, p, base, apiCall{op: "GET /orders/{id}", path: id(running), want: 200})
-	c.send(t, p, base, apiCall{op: "POST /admin/sagas/{id}/replay", path: id(running), header: auth, want: 200})
+	c.send(t, p, base, apiCall{op: "POST /admin/sagas/{id}/replay", body: why, path: id(running), header: auth, want: 200})
 	for _, oid := range []string{running, pending1, pending2} {
 		c.send(t, p, base, apiCall{op: "GET /orders/{id}", path: id(oid), want: 200})
 	}
@@ -1313,8 +1333,8 @@ func conformDegraded(t *testing.T, c *conformance) {
 	c.send(t, p, o3, apiCall{op: "GET /orders/{id}/events", path: id(running), want: 503})
 	c.send(t, p, o3, apiCall{op: "GET /admin/orders/{id}/ledger", path: id(running), header: auth, want: 503})
 	c.send(t, p, o3, apiCall{op: "GET /admin/sagas", header: auth, want: 503})
-	c.send(t, p, o3, apiCall{op: "POST /admin/sagas/{id}/replay", path: id(running), header: auth, want: 503})
-	c.send(t, p, o3, apiCall{op: "POST /admin/sagas/{id}/cancel", path: id(running), header: auth, want: 503})
+	c.send(t, p, o3, apiCall{op: "POST /admin/sagas/{id}/replay", body: why, path: id(running), header: auth, want: 503})
+	c.send(t, p, o3, apiCall{op: "POST /admin/sagas/{id}/cancel", body: why, path: id(running), header: auth, want: 503})
 }
 
 // startOrchestrator starts one more orchestrator in s with extra

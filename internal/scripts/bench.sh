@@ -11,7 +11,7 @@ PORT="${BENCH_PORT:-18080}"
 # shellcheck source=defaults.sh
 source internal/scripts/defaults.sh
 export DATABASE_URL="postgres://${PG_USER}:${PG_PASSWORD}@${PG_HOST}:${PG_PORT}/${NAME}?sslmode=disable"
-export ADMIN_TOKEN=bench-token LOG_LEVEL="${LOG_LEVEL:-warn}" HTTP_ADDR="127.0.0.1:${PORT}"
+export ADMIN_TOKEN=bench-token LOG_LEVEL="${LOG_LEVEL:-warn}" HTTP_ADDR="127.0.0.1:${PORT}" ADMIN_ADDR="127.0.0.1:$((PORT + 1))"
 LOGS=tmp/bench/logs
 mkdir -p "$LOGS"
 # One run at a time: a second one would drop the database under the first.
@@ -52,4 +52,4 @@ curl -fsS "http://127.0.0.1:${PORT}/readyz" >/dev/null || { echo "not ready; see
 out="tmp/bench/$(date -u +%Y%m%dT%H%M%SZ).json"
 echo "bench $BENCH_ARGS  (services' logs: $LOGS, report: $out)"
 # shellcheck disable=SC2086
-bin/bench -api "http://127.0.0.1:${PORT}" $BENCH_ARGS -json "$out"
+bin/bench -api "http://127.0.0.1:${PORT}" -admin "http://127.0.0.1:$((PORT + 1))" $BENCH_ARGS -json "$out"

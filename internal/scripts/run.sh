@@ -8,6 +8,7 @@ cd "$(dirname "$0")/../.."
 # shellcheck source=defaults.sh
 source internal/scripts/defaults.sh
 export HTTP_ADDR="${HTTP_ADDR:-:8080}"
+export ADMIN_ADDR="${ADMIN_ADDR:-127.0.0.1:8081}"
 export ADMIN_TOKEN="${ADMIN_TOKEN:-dev-admin-token}"
 export LOG_LEVEL="${LOG_LEVEL:-info}"
 export LOG_FORMAT="${LOG_FORMAT:-console}"
@@ -36,6 +37,7 @@ done
 
 port="${HTTP_ADDR##*:}"
 api="http://localhost:${port}"
+admin="http://localhost:${ADMIN_ADDR##*:}"
 for _ in $(seq 1 60); do
 	if curl -fsS "$api/readyz" >/dev/null 2>&1; then break; fi
 	for pid in "${pids[@]}"; do
@@ -48,12 +50,12 @@ for _ in $(seq 1 60); do
 	sleep 0.5
 done
 curl -fsS "$api/readyz" >/dev/null || { echo "the API did not become ready; see $LOGS" >&2; exit 1; }
-curl -fsS -X PUT "$api/admin/products/sku-demo" -H "Authorization: Bearer $ADMIN_TOKEN" \
+curl -fsS -X PUT "$admin/admin/products/sku-demo" -H "Authorization: Bearer $ADMIN_TOKEN" \
 	-H 'Content-Type: application/json' -d '{"name":"Demo Widget","price_cents":1999,"available":1000}' >/dev/null
 
 cat <<MSG
 
-sagaflow is running. API: $api   (logs: $LOGS/, admin token: $ADMIN_TOKEN)
+sagaflow is running. API: $api   admin: $admin (admin token: $ADMIN_TOKEN)   logs: $LOGS/
 
 Place an order (sku-demo is stocked with 1000):
   curl -s -X POST $api/orders -H 'Content-Type: application/json' \\

@@ -37,9 +37,14 @@ type ErrorBody struct {
 	} `json:"error"`
 }
 
-// Do sends a request to the deployment's API; see Request.
+// Do sends a request to the deployment's orchestrator: to its admin
+// listener for the admin paths (AdminPath), else to its API; see Request.
 func (s *System) Do(method, path string, body any, headers map[string]string) (Response, error) {
-	return Request(s.HTTP, s.BaseURL, method, path, body, headers)
+	base := s.BaseURL
+	if AdminPath(path) {
+		base = s.AdminURL
+	}
+	return Request(s.HTTP, base, method, path, body, headers)
 }
 
 // Request sends a request to base+path. A body that is not []byte is

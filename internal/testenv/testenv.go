@@ -106,10 +106,13 @@ func (e *serverError) Unwrap() error { return e.err }
 // System is one running deployment with its own database, vhost, ports
 // and processes.
 type System struct {
-	Name       string
-	DBURL      string
-	AMQPURL    string
-	BaseURL    string
+	Name    string
+	DBURL   string
+	AMQPURL string
+	BaseURL string
+	// AdminURL is the orchestrator's admin listener (ADMIN_ADDR): /admin/*,
+	// /metrics, /debug/pprof/.
+	AdminURL   string
 	AdminToken string
 	HTTP       *http.Client
 
@@ -123,6 +126,7 @@ type System struct {
 	exited  map[string]chan struct{}
 	metrics map[string]string // worker -> metrics address
 	apis    map[string]string // orchestrator instance -> base URL
+	admins  map[string]string // orchestrator instance -> admin listener's base URL
 }
 
 // binaryOf maps an instance name to its binary: "orchestrator-2" runs
@@ -151,7 +155,7 @@ func Start(opts Options) (*System, error) {
 		Name: sagatest.Name("sf_e2e_"), opts: opts, bin: bin,
 		HTTP:  &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}},
 		procs: map[string]*exec.Cmd{}, exited: map[string]chan struct{}{}, metrics: map[string]string{},
-		apis: map[string]string{},
+		apis: map[string]string{}, admins: map[string]string{},
 	}
 	s.AdminToken = "admin-" + s.Name
 	if s.logDir, err = os.MkdirTemp("", s.Name+"-logs-"); err != nil {
@@ -173,6 +177,13 @@ func Start(opts Options) (*System, error) {
 	}
 	s.BaseURL = fmt.Sprintf("http://127.0.0.1:%d", port)
 	s.apis["orchestrator"] = s.BaseURL
+	adminPort, err := freePort()
+	if err != nil {
+		s.Stop()
+		return nil, err
+	}
+	s.AdminURL = fmt.Sprintf("http://127.0.0.1:%d", adminPort)
+	s.admins["orchestrator"] = s.AdminURL
 	s.env = append(os.Environ(),
 		"DATABASE_URL="+s.DBURL, "AMQP_URL="+s.AMQPURL, fmt.Sprintf("HTTP_ADDR=127.0.0.1:%d", port),
 		"ADMIN_TOKEN="+s.AdminToken, "LOG_LEVEL=info",
@@ -301,7 +312,16 @@ func (s *System) StartService(name string, extra map[string]string) error {
 			base = fmt.Sprintf("http://127.0.0.1:%d", p)
 			s.apis[name] = base
 		}
-		env = append(env, "HTTP_ADDR="+strings.TrimPrefix(base, "http://"))
+		admin := s.admins[name]
+		if admin == "" {
+			p, err := freePort()
+			if err != nil {
+				return err
+			}
+			admin = fmt.Sprintf("http://127.0.0.1:%d", p)
+			s.admins[name] = admin
+		}
+		env = append(env, "HTTP_ADDR="+strings.TrimPrefix(base, "http://"), "ADMIN_ADDR="+strings.TrimPrefix(admin, "http://"))
 	} else {
 		addr := s.metrics[name]
 		if addr == "" {
@@ -388,6 +408,33 @@ func (s *System) API(name string) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.apis[name]
+}
+
+// AdminAPI is the admin listener's base URL of an orchestrator instance.
+func (s *System) AdminAPI(name string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.admins[name]
+}
+
+// AdminOf is the admin listener of the orchestrator whose API is at base
+// (base itself when none is known).
+func (s *System) AdminOf(base string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, b := range s.apis {
+		if b == base {
+			return s.admins[name]
+		}
+	}
+	return base
+}
+
+// AdminPath reports whether path is served by an orchestrator's admin
+// listener: /admin/*, /metrics, /debug/pprof/.
+func AdminPath(path string) bool {
+	return strings.HasPrefix(path, "/admin/") || path == "/admin" || strings.HasPrefix(path, "/metrics") ||
+		strings.HasPrefix(path, "/debug/pprof/")
 }
 
 // MetricsAddr is a worker's metrics/health address.

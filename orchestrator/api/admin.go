@@ -7,9 +7,11 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/google/uuid"
 
 	"github.com/sagaflow/sagaflow/internal/contract"
 	"github.com/sagaflow/sagaflow/saga"
+	"github.com/sagaflow/sagaflow/saga/coordinator"
 	"github.com/sagaflow/sagaflow/saga/pgstore"
 )
 
@@ -166,24 +168,19 @@ func (s *server) listSagas(c *gin.Context) {
 }
 
 // replaySaga re-drives a saga from where it stands, with a fresh attempt
-// budget.
+// budget; the operator and the reason go into its trail.
 func (s *server) replaySaga(c *gin.Context) {
-	id, err := parseID(c, "saga")
-	if err != nil {
-		abort(c, err)
-		return
-	}
-	in, err := s.Coordinator.Replay(c, id)
-	if err != nil {
-		abort(c, err)
-		return
-	}
-	logOf(c).Info().Str("saga_id", id.String()).Str("state", in.State).Msg("operator replayed saga")
-	c.JSON(http.StatusOK, s.sagaView(&in))
+	s.operatorAction(c, "replayed", s.Coordinator.Replay)
 }
 
 // cancelSaga forces compensation of a saga that has not passed its pivot.
 func (s *server) cancelSaga(c *gin.Context) {
+	s.operatorAction(c, "cancelled", s.Coordinator.Cancel)
+}
+
+// operatorAction reads an action's {"reason"} (required), applies it on
+// behalf of the request's operator and answers the saga.
+func (s *server) operatorAction(c *gin.Context, done string, apply func(context.Context, uuid.UUID, coordinator.Action) (saga.Instance, error)) {
 	id, err := parseID(c, "saga")
 	if err != nil {
 		abort(c, err)
@@ -198,20 +195,18 @@ func (s *server) cancelSaga(c *gin.Context) {
 			return
 		}
 	}
-	if p := textProblem("reason", body.Reason, maxReasonLen, false); p != "" {
-		abort(c, invalid("%s", p))
+	if p := textProblem("reason", body.Reason, maxReasonLen, true); p != "" {
+		abort(c, invalid("%s: an operator's action says why (body {\"reason\": \"…\"})", p))
 		return
 	}
-	reason := "cancelled by operator"
-	if body.Reason != "" {
-		reason += ": " + body.Reason
-	}
-	in, err := s.Coordinator.Cancel(c, id, reason)
+	op := operatorOf(c)
+	in, err := apply(c, id, coordinator.Action{Operator: op, Reason: body.Reason})
 	if err != nil {
 		abort(c, err)
 		return
 	}
-	logOf(c).Info().Str("saga_id", id.String()).Str("state", in.State).Msg("operator cancelled saga")
+	logOf(c).Info().Str("saga_id", id.String()).Str("state", in.State).Str("operator", op).Str("reason", body.Reason).
+		Msg("operator " + done + " saga")
 	c.JSON(http.StatusOK, s.sagaView(&in))
 }
 

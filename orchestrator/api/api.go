@@ -6,6 +6,7 @@ package api
 import (
 	"context"
 	"crypto/subtle"
+	"maps"
 	"net/http"
 	"strings"
 	"time"
@@ -14,7 +15,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 	"go.opentelemetry.io/contrib/instrumentation/github.com/gin-gonic/gin/otelgin"
 	"go.opentelemetry.io/otel"
@@ -34,8 +34,12 @@ type Deps struct {
 	DB          *pgxpool.Pool
 	Registry    *prometheus.Registry
 	Log         zerolog.Logger
-	// AdminToken guards /admin routes; empty refuses them all.
+	// AdminToken guards /admin routes, as the operator "admin"; with
+	// AdminTokens empty too, the admin routes are refused.
 	AdminToken string
+	// AdminTokens are named tokens: operator name to token. The name of
+	// the token a request carries is recorded with its actions.
+	AdminTokens map[string]string
 	// RPCTimeout bounds a request relayed to a worker (default 5s).
 	RPCTimeout time.Duration
 	// MaxBodyBytes bounds request bodies (default 1 MiB).
@@ -62,8 +66,11 @@ type server struct {
 	products *productCache
 }
 
-// New returns the API's HTTP handler.
-func New(d Deps) http.Handler {
+// New returns the API's HTTP handlers: the public API (orders, products,
+// the OpenAPI document, health), for HTTP_ADDR, and the operators' routes
+// (/admin/*), for the admin listener (ADMIN_ADDR), which also serves
+// /metrics and the profiler.
+func New(d Deps) (public, admin http.Handler) {
 	if d.RPCTimeout <= 0 {
 		d.RPCTimeout = 5 * time.Second
 	}
@@ -86,22 +93,8 @@ func New(d Deps) http.Handler {
 		limiter: newClientLimiter(d.ProductRate, d.ProductBurst), tarpit: make(chan struct{}, maxTarpitted),
 		products: newProductCache(d.ProductCacheTTL)}
 	gin.SetMode(gin.ReleaseMode)
-	r := gin.New()
-	// A client is its connection's address: X-Forwarded-For is anyone's to
-	// write, and would let one client pass for thousands.
-	_ = r.SetTrustedProxies(nil)
-	r.HandleMethodNotAllowed = true
-	r.ContextWithFallback = true
-	// The product route's limit comes first: a refused request in a flood
-	// costs no span, no log context, nothing but the bucket and the answer.
-	r.Use(s.limitProducts, otelgin.Middleware("sagaflow-orchestrator"), s.logging, s.recovery)
-	r.NoRoute(func(c *gin.Context) {
-		abort(c, errorf(http.StatusNotFound, CodeNotFound, "no route %s %s", c.Request.Method, c.Request.URL.Path))
-	})
-	r.NoMethod(func(c *gin.Context) {
-		abort(c, errorf(http.StatusMethodNotAllowed, CodeMethodNotAllowed, "%s is not allowed on %s", c.Request.Method, c.Request.URL.Path))
-	})
 
+	r := s.engine(s.limitProducts)
 	r.POST("/orders", s.createOrder)
 	r.GET("/orders", s.listOrders)
 	r.GET("/orders/:id", s.getOrder)
@@ -110,30 +103,51 @@ func New(d Deps) http.Handler {
 	r.GET("/products/:sku", s.getProduct)
 	r.GET("/openapi.json", openAPIJSON)
 	r.GET("/openapi.yaml", openAPIYAML)
+	s.health(r)
 
-	admin := r.Group("/admin", s.requireAdmin)
-	admin.PUT("/products/:sku", s.putProduct)
-	admin.POST("/products/:sku/restock", s.restockProduct)
-	admin.GET("/orders/:id", s.getAdminOrder)
-	admin.GET("/orders/:id/ledger", s.ledger)
-	admin.GET("/sagas", s.listSagas)
-	admin.POST("/sagas/:id/replay", s.replaySaga)
-	admin.POST("/sagas/:id/cancel", s.cancelSaga)
-	admin.GET("/quarantine", s.listQuarantined)
+	a := s.engine()
+	g := a.Group("/admin", s.requireAdmin)
+	g.PUT("/products/:sku", s.putProduct)
+	g.POST("/products/:sku/restock", s.restockProduct)
+	g.GET("/orders/:id", s.getAdminOrder)
+	g.GET("/orders/:id/ledger", s.ledger)
+	g.GET("/sagas", s.listSagas)
+	g.POST("/sagas/:id/replay", s.replaySaga)
+	g.POST("/sagas/:id/cancel", s.cancelSaga)
+	g.GET("/quarantine", s.listQuarantined)
+	return r, a
+}
 
-	r.GET("/healthz", func(c *gin.Context) { c.JSON(http.StatusOK, service.Check(c, d.DB, d.Bus)) })
+// engine is a router with the middleware every route has (first) and
+// JSON answers for unknown routes and methods.
+func (s *server) engine(first ...gin.HandlerFunc) *gin.Engine {
+	r := gin.New()
+	// A client is its connection's address: X-Forwarded-For is anyone's to
+	// write, and would let one client pass for thousands.
+	_ = r.SetTrustedProxies(nil)
+	r.HandleMethodNotAllowed = true
+	r.ContextWithFallback = true
+	r.Use(append(first, otelgin.Middleware("sagaflow-orchestrator"), s.logging, s.recovery)...)
+	r.NoRoute(func(c *gin.Context) {
+		abort(c, errorf(http.StatusNotFound, CodeNotFound, "no route %s %s", c.Request.Method, c.Request.URL.Path))
+	})
+	r.NoMethod(func(c *gin.Context) {
+		abort(c, errorf(http.StatusMethodNotAllowed, CodeMethodNotAllowed, "%s is not allowed on %s", c.Request.Method, c.Request.URL.Path))
+	})
+	return r
+}
+
+// health serves /healthz and /readyz.
+func (s *server) health(r *gin.Engine) {
+	r.GET("/healthz", func(c *gin.Context) { c.JSON(http.StatusOK, service.Check(c, s.DB, s.Bus)) })
 	r.GET("/readyz", func(c *gin.Context) {
-		st := service.Check(c, d.DB, d.Bus)
+		st := service.Check(c, s.DB, s.Bus)
 		code := http.StatusOK
 		if !st.OK() {
 			code = http.StatusServiceUnavailable
 		}
 		c.JSON(code, st)
 	})
-	if d.Registry != nil {
-		r.GET("/metrics", gin.WrapH(promhttp.HandlerFor(d.Registry, promhttp.HandlerOpts{Registry: d.Registry})))
-	}
-	return r
 }
 
 const logKey = "sagaflow.log"
@@ -178,21 +192,41 @@ func (s *server) recovery(c *gin.Context) {
 	c.Next()
 }
 
-// requireAdmin checks Authorization: Bearer $ADMIN_TOKEN in constant time.
-// With no token configured, the admin API is off.
+// UnnamedOperator is the operator of the unnamed ADMIN_TOKEN.
+const UnnamedOperator = "admin"
+
+// requireAdmin checks Authorization: Bearer <token> against every admin
+// token, each in constant time, and keeps the operator it names for the
+// handler. With no token configured, the admin API is off.
 func (s *server) requireAdmin(c *gin.Context) {
-	if s.AdminToken == "" {
-		abort(c, errorf(http.StatusForbidden, CodeForbidden, "the admin API is disabled: ADMIN_TOKEN is not set"))
+	if s.AdminToken == "" && len(s.AdminTokens) == 0 {
+		abort(c, errorf(http.StatusForbidden, CodeForbidden, "the admin API is disabled: neither ADMIN_TOKEN nor ADMIN_TOKENS is set"))
 		return
 	}
 	got, ok := strings.CutPrefix(c.GetHeader("Authorization"), "Bearer ")
-	if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.AdminToken)) != 1 {
+	operator := ""
+	if ok && got != "" {
+		tokens := map[string]string{UnnamedOperator: s.AdminToken}
+		maps.Copy(tokens, s.AdminTokens)
+		for name, token := range tokens {
+			if token != "" && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1 {
+				operator = name
+			}
+		}
+	}
+	if operator == "" {
 		c.Header("WWW-Authenticate", `Bearer realm="sagaflow-admin"`)
 		abort(c, errorf(http.StatusUnauthorized, CodeUnauthorized, "a valid admin bearer token is required"))
 		return
 	}
+	c.Set(operatorKey, operator)
 	c.Next()
 }
+
+const operatorKey = "sagaflow.operator"
+
+// operatorOf is the operator an admin request authenticated as.
+func operatorOf(c *gin.Context) string { return c.GetString(operatorKey) }
 
 // traceHeaders renders the request span's W3C trace context (the
 // caller's traceparent continued, or a new trace) as message headers.

@@ -80,17 +80,25 @@ func (c *Coordinator) applyBatch(ctx context.Context, batch []*queued) {
 	}
 }
 
-// Replay re-drives a saga that is not terminal from where it stands, with a
-// fresh attempt budget. It returns ErrConflict for a terminal saga.
-func (c *Coordinator) Replay(ctx context.Context, id uuid.UUID) (saga.Instance, error) {
-	return c.applyNow(ctx, saga.Input{Kind: saga.InputReplay, SagaID: id})
+// Action is who asks for an operator's action on a saga, and why: both go
+// into the saga's trail, in the operator event the action emits
+// (saga.EventReplayed, saga.EventCancelled).
+type Action struct {
+	Operator string
+	Reason   string
 }
 
-// Cancel forces compensation of a saga that has not passed its pivot. It
-// returns ErrConflict when the saga is terminal, compensating, or past its
-// pivot.
-func (c *Coordinator) Cancel(ctx context.Context, id uuid.UUID, reason string) (saga.Instance, error) {
-	return c.applyNow(ctx, saga.Input{Kind: saga.InputCancel, SagaID: id, Reason: reason})
+// Replay re-drives a saga that is not terminal from where it stands, with a
+// fresh attempt budget. It returns ErrConflict for a terminal saga.
+func (c *Coordinator) Replay(ctx context.Context, id uuid.UUID, a Action) (saga.Instance, error) {
+	return c.applyNow(ctx, saga.Input{Kind: saga.InputReplay, SagaID: id, Operator: a.Operator, Reason: a.Reason})
+}
+
+// Cancel forces compensation of a saga that has not passed its pivot; its
+// reason becomes "cancelled by operator: <reason>". It returns ErrConflict
+// when the saga is terminal, compensating, or past its pivot.
+func (c *Coordinator) Cancel(ctx context.Context, id uuid.UUID, a Action) (saga.Instance, error) {
+	return c.applyNow(ctx, saga.Input{Kind: saga.InputCancel, SagaID: id, Operator: a.Operator, Reason: a.Reason})
 }
 
 // Signal hands a signal to a saga (see saga.Step.Wait): the waiting step it
@@ -216,8 +224,8 @@ func (c *Coordinator) sagaFields(ev *zerolog.Event, def *saga.Definition, in *sa
 	if def.IDName != "" {
 		ev = ev.Str(def.IDName, id)
 	}
-	if in.Step >= 0 && in.Step < len(def.Steps) {
-		ev = ev.Str("step", def.Steps[in.Step].Name)
+	if d := def.For(in); d != nil && in.Step >= 0 && in.Step < len(d.Steps) {
+		ev = ev.Str("step", d.Steps[in.Step].Name) // of the version that drives it
 	}
 	return ev
 }

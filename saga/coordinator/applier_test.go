@@ -157,30 +157,32 @@ func TestOperatorActions(t *testing.T) {
 	// flight (its command may have been carried out).
 	h.applyReplies(h.reply(sagas[0], saga.ReplyOK, ""))
 	h.staged()
-	got, err := h.c.Cancel(h.ctx, sagas[0].ID, "the traveller changed their mind")
-	if err != nil || got.Phase != saga.Compensating {
-		t.Errorf("Cancel = %s, %v; want compensating", got.Phase, err)
+	got, err := h.c.Cancel(h.ctx, sagas[0].ID, Action{Operator: "ada", Reason: "the traveller changed their mind"})
+	if err != nil || got.Phase != saga.Compensating || got.Reason != "cancelled by operator: the traveller changed their mind" {
+		t.Errorf("Cancel = %s (%s), %v; want compensating", got.Phase, got.Reason, err)
 	}
-	if diff := cmp.Diff([]string{"flight.cancel", "trip.compensating"}, types(h.staged())); diff != "" {
+	// The operator's event goes through the outbox with the cancel.
+	if diff := cmp.Diff([]string{"flight.cancel", saga.EventCancelled, "trip.compensating"}, types(h.staged())); diff != "" {
 		t.Errorf("staged by Cancel (-want +got):\n%s", diff)
 	}
-	if _, err := h.c.Cancel(h.ctx, sagas[0].ID, "again"); !errors.Is(err, saga.ErrConflict) {
+	if _, err := h.c.Cancel(h.ctx, sagas[0].ID, Action{Operator: "ada", Reason: "again"}); !errors.Is(err, saga.ErrConflict) {
 		t.Errorf("Cancel of a compensating saga: %v, want ErrConflict", err)
 	}
 
 	// Replay re-sends the command in flight with a fresh budget.
-	got, err = h.c.Replay(h.ctx, sagas[1].ID)
+	ops := Action{Operator: "bo", Reason: "the hotel desk is back"}
+	got, err = h.c.Replay(h.ctx, sagas[1].ID, ops)
 	if err != nil || got.Phase != saga.Running {
 		t.Errorf("Replay = %s, %v", got.Phase, err)
 	}
-	if diff := cmp.Diff([]string{"hotel.book"}, types(h.staged())); diff != "" {
+	if diff := cmp.Diff([]string{"hotel.book", saga.EventReplayed}, types(h.staged())); diff != "" {
 		t.Errorf("staged by Replay (-want +got):\n%s", diff)
 	}
-	if _, err := h.c.Replay(h.ctx, uuid.Must(uuid.NewV7())); !errors.Is(err, saga.ErrNotFound) {
+	if _, err := h.c.Replay(h.ctx, uuid.Must(uuid.NewV7()), ops); !errors.Is(err, saga.ErrNotFound) {
 		t.Errorf("Replay of an unknown saga: %v, want ErrNotFound", err)
 	}
 	h.store.setDown(true)
-	if _, err := h.c.Replay(h.ctx, sagas[1].ID); !errors.Is(err, errStoreDownByTheTest) {
+	if _, err := h.c.Replay(h.ctx, sagas[1].ID, ops); !errors.Is(err, errStoreDownByTheTest) {
 		t.Errorf("Replay with the store down: %v", err)
 	}
 }

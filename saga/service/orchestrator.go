@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	json "github.com/goccy/go-json"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,7 +30,10 @@ import (
 type OrchestratorConfig struct {
 	Base
 	// HTTPAddr is where the binary's HTTP handler listens (default :8080).
-	HTTPAddr string `env:"HTTP_ADDR" envDefault:":8080" help:"address of the REST API"`
+	HTTPAddr string `env:"HTTP_ADDR" envDefault:":8080" help:"address of the public REST API"`
+	// AdminAddr is where the operators' routes listen: the admin API,
+	// /metrics and the profiler (default 127.0.0.1:8081: this host only).
+	AdminAddr string `env:"ADMIN_ADDR" envDefault:"127.0.0.1:8081" help:"address of the operators' listener: /admin/*, /metrics, /debug/pprof/ (and /healthz, /readyz); keep it off the public network"`
 
 	// StepTimeout is how long a step's first attempt waits for its reply
 	// (default 10s); later attempts wait longer, up to StepMaxTimeout.
@@ -164,10 +168,13 @@ type OrchestratorSpec struct {
 	// WatchQueues are queues whose depth and consumers the metrics report
 	// (saga.dead and the reply queue always are).
 	WatchQueues []string
-	// Handler builds the HTTP handler (the binary's API) on the running
-	// parts; Orchestrator.Health serves /healthz, /readyz and /metrics for
-	// a handler that has no better.
+	// Handler builds the public HTTP handler (the binary's API) on the
+	// running parts, served on HTTP_ADDR; Orchestrator.Health serves
+	// /healthz and /readyz for a handler that has no better.
 	Handler func(o *Orchestrator) (http.Handler, error)
+	// Admin builds the operators' handler, served on ADMIN_ADDR beside
+	// /metrics, /debug/pprof/, /healthz and /readyz (nil: those only).
+	Admin func(o *Orchestrator) (http.Handler, error)
 }
 
 // Orchestrator is what an orchestrator's HTTP handler is built on.
@@ -180,8 +187,9 @@ type Orchestrator struct {
 	Log         zerolog.Logger
 }
 
-// Health serves /healthz, /readyz and /metrics (see HealthMux).
-func (o *Orchestrator) Health() *http.ServeMux { return HealthMux(o.Registry, o.DB, o.Bus) }
+// Health serves /healthz and /readyz (see HealthMux), without /metrics:
+// that is the admin listener's.
+func (o *Orchestrator) Health() *http.ServeMux { return HealthMux(nil, o.DB, o.Bus) }
 
 // RunOrchestrator runs an orchestrator until SIGINT or SIGTERM, or carries
 // out its migrate command, and returns the process exit code: 0 after a
@@ -218,6 +226,10 @@ func runOrchestrator(b binary, spec OrchestratorSpec, cfg *OrchestratorConfig, l
 		return err
 	}
 	defer p.close()
+	if p.adminLn, err = Listen("ADMIN_ADDR", cfg.AdminAddr); err != nil {
+		return err
+	}
+	defer p.adminLn.Close()
 	ctx, stop, sctx, ln, db, bus := p.ctx, p.stop, p.start, p.ln, p.db, p.bus
 
 	store := pgstore.New(db, pgstore.Config{OutboxLease: cfg.OutboxLease,
@@ -275,9 +287,20 @@ func runOrchestrator(b binary, spec OrchestratorSpec, cfg *OrchestratorConfig, l
 			return err
 		}
 	}
-	handler, err := spec.Handler(&Orchestrator{Coordinator: coord, Store: store, Bus: bus, DB: db, Registry: reg, Log: log})
+	o := &Orchestrator{Coordinator: coord, Store: store, Bus: bus, DB: db, Registry: reg, Log: log}
+	handler, err := spec.Handler(o)
 	if err != nil {
 		return err
+	}
+	adminMux := HealthMux(reg, db, bus)
+	adminMux.Handle("/metrics", methodNotAllowed("GET"))
+	HandlePprof(adminMux)
+	if spec.Admin != nil {
+		admin, err := spec.Admin(o)
+		if err != nil {
+			return err
+		}
+		adminMux.Handle("/", admin)
 	}
 
 	// Three lifetimes, stopped in order: the HTTP server, then the reply
@@ -310,13 +333,20 @@ func runOrchestrator(b binary, spec OrchestratorSpec, cfg *OrchestratorConfig, l
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 	}
+	adminSrv := &http.Server{Handler: adminMux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
+	adminDone := make(chan error, 1)
+	go func() { adminDone <- Serve(ctx, adminSrv, p.adminLn, cfg.ShutdownTimeout) }()
 	names := make([]string, len(defs))
 	for i, d := range defs {
 		names[i] = d.Name
 	}
-	log.Info().Str("http_addr", ln.Addr().String()).Strs("definitions", names).Msg("orchestrator started")
+	log.Info().Str("http_addr", ln.Addr().String()).Str("admin_addr", p.adminLn.Addr().String()).
+		Strs("definitions", names).Msg("orchestrator started")
 	httpErr := Serve(ctx, srv, ln, cfg.ShutdownTimeout)
 	stop()
+	if err := <-adminDone; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Error().Err(err).Msg("admin http server")
+	}
 	if httpErr != nil && !errors.Is(httpErr, http.ErrServerClosed) {
 		log.Error().Err(httpErr).Msg("http server")
 	}
@@ -326,4 +356,16 @@ func runOrchestrator(b binary, spec OrchestratorSpec, cfg *OrchestratorConfig, l
 	stopCoord()
 	<-coordDone
 	return nil
+}
+
+// methodNotAllowed answers 405 with the methods allowed and an error in
+// the API's JSON shape: for the other methods of a path the mux serves.
+func methodNotAllowed(allow string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", allow)
+		w.Header().Set("Content-Type", "application/json; charset=utf-8")
+		w.WriteHeader(http.StatusMethodNotAllowed)
+		_ = json.NewEncoder(w).Encode(map[string]map[string]string{"error": {
+			"code": "method_not_allowed", "message": r.Method + " is not allowed on " + r.URL.Path}})
+	})
 }

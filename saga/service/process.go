@@ -69,8 +69,10 @@ type process struct {
 	// before it serves.
 	start context.Context
 	ln    net.Listener
-	db    *pgxpool.Pool
-	bus   *amqpbus.Bus
+	// adminLn is an orchestrator's admin listener (ADMIN_ADDR).
+	adminLn net.Listener
+	db      *pgxpool.Pool
+	bus     *amqpbus.Bus
 	// closers run last first by close.
 	closers []func()
 }

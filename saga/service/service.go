@@ -287,14 +287,19 @@ func StartPprof(b *Base, log zerolog.Logger) error {
 		return err
 	}
 	mux := http.NewServeMux()
+	HandlePprof(mux)
+	go func() { _ = http.Serve(ln, mux) }()
+	log.Info().Str("pprof_addr", ln.Addr().String()).Msg("profiler listening")
+	return nil
+}
+
+// HandlePprof mounts Go's profiler on mux under /debug/pprof/.
+func HandlePprof(mux *http.ServeMux) {
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	go func() { _ = http.Serve(ln, mux) }()
-	log.Info().Str("pprof_addr", ln.Addr().String()).Msg("profiler listening")
-	return nil
 }
 
 // Serve runs srv on ln until ctx is done, then shuts it down gracefully.

@@ -182,7 +182,9 @@ func runWorker(b binary, spec WorkerSpec, cfg *WorkerConfig, log zerolog.Logger)
 // RabbitMQ are both reachable).
 func HealthMux(reg *prometheus.Registry, db *pgxpool.Pool, bus *amqpbus.Bus) *http.ServeMux {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	if reg != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	}
 	check := func(w http.ResponseWriter, r *http.Request, strict bool) {
 		st := Check(r.Context(), db, bus)
 		code := http.StatusOK

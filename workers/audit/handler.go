@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sagaflow/sagaflow/internal/contract"
+	"github.com/sagaflow/sagaflow/saga"
 	"github.com/sagaflow/sagaflow/saga/worker"
 )
 
@@ -87,6 +88,12 @@ func orderEvents(ctx context.Context, db *pgxpool.Pool, cmd worker.Command) (wor
 		_ = json.Unmarshal(raw, &p) // stored as received; fields are best effort
 		e.ID, e.At = evID.String(), e.At.UTC()
 		e.State, e.Step, e.Code, e.Message, e.Reason = p.State, p.Step, p.Code, p.Message, p.Reason
+		if e.Type == saga.EventReplayed || e.Type == saga.EventCancelled {
+			var op saga.OperatorData
+			if json.Unmarshal(p.Data, &op) == nil {
+				e.Data = &op
+			}
+		}
 		out.Events = append(out.Events, e)
 	}
 	if err := rows.Err(); err != nil {

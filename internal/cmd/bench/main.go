@@ -29,6 +29,7 @@ import (
 type Options struct {
 	API         string
 	AdminToken  string
+	Admin       string
 	Scenario    string
 	Rate        float64
 	Duration    time.Duration
@@ -49,6 +50,7 @@ func main() {
 		procs string
 	)
 	flag.StringVar(&o.API, "api", envOr("BENCH_API", "http://localhost:8080"), "orchestrator API base URL")
+	flag.StringVar(&o.Admin, "admin", envOr("BENCH_ADMIN", "http://localhost:8081"), "orchestrator admin listener base URL (ADMIN_ADDR), for stocking the catalog")
 	flag.StringVar(&o.AdminToken, "admin-token", os.Getenv("ADMIN_TOKEN"), "admin bearer token (default $ADMIN_TOKEN)")
 	flag.StringVar(&o.Scenario, "scenario", "steady", "steady (fixed rate for a fixed time), burst (orders as fast as accepted), mixed (steady with the failure mix)")
 	flag.Float64Var(&o.Rate, "rate", 500, "orders per second (steady, mixed)")

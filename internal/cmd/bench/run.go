@@ -100,7 +100,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 		MaxIdleConns: o.Concurrency * 2, MaxIdleConnsPerHost: o.Concurrency * 2, IdleConnTimeout: time.Minute,
 	}}
-	c := &client{hc: hc, api: strings.TrimRight(o.API, "/"), token: o.AdminToken}
+	c := &client{hc: hc, api: strings.TrimRight(o.API, "/"), admin: strings.TrimRight(o.Admin, "/"), token: o.AdminToken}
 	var rb [4]byte
 	_, _ = rand.Read(rb[:])
 	run := "bench-" + hex.EncodeToString(rb[:])
@@ -338,6 +338,7 @@ func verify(ctx context.Context, c *client, orders []order, prices []int64, run 
 type client struct {
 	hc    *http.Client
 	api   string
+	admin string // the admin listener, for /admin paths
 	token string
 }
 
@@ -350,7 +351,11 @@ func (c *client) do(ctx context.Context, method, path string, body any, headers 
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.api+path, rd)
+	base := c.api
+	if strings.HasPrefix(path, "/admin/") {
+		base = c.admin
+	}
+	req, err := http.NewRequestWithContext(ctx, method, base+path, rd)
 	if err != nil {
 		return 0, nil, err
 	}

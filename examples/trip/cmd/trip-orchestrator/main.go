@@ -4,7 +4,8 @@
 //	GET  /trips/{id}          where a trip stands
 //	POST /trips/{id}/checkin  the traveller checked in (the trip's last step waits for it)
 //
-// and /healthz, /readyz, /metrics. Configuration: the environment, as for
+// and /healthz, /readyz; /metrics and the profiler are on its admin
+// listener (ADMIN_ADDR). Configuration: the environment, as for
 // every sagaflow orchestrator, and CHECKIN_TIMEOUT (trip-orchestrator
 // -help lists it).
 package main
