@@ -370,6 +370,8 @@ func TestMetricsMoveWhenOrdersFlow(t *testing.T) {
 		`sagaflow_step_duration_seconds_count{step="release_stock"}`: 1,
 		"sagaflow_compensations_total":                               1,
 		`sagaflow_messages_published_total{result="confirmed"}`:      3 * 2, // at least: commands and events
+		// The API's own: three orders accepted.
+		`sagaflow_http_requests_total{code="202",method="POST",route="/orders"}`: 3,
 	}
 	// Metrics move just after the commit that WaitTerminal sees: wait until
 	// they all got there (then check they did not go further).
@@ -389,7 +391,8 @@ func TestMetricsMoveWhenOrdersFlow(t *testing.T) {
 			t.Errorf("%s moved by %v, want %v", name, got, want)
 		}
 	}
-	for _, name := range []string{"sagaflow_outbox_backlog", "sagaflow_outbox_oldest_seconds", "sagaflow_stuck_sagas"} {
+	for _, name := range []string{"sagaflow_outbox_backlog", "sagaflow_outbox_oldest_seconds", "sagaflow_stuck_sagas",
+		"sagaflow_sagas_pending", "sagaflow_amqp_reconnects_total", `sagaflow_http_request_duration_seconds_count{method="POST",route="/orders"}`} {
 		if _, ok := after[name]; !ok {
 			t.Errorf("%s is not exposed", name)
 		}

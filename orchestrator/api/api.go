@@ -8,6 +8,7 @@ import (
 	"crypto/subtle"
 	"maps"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	"github.com/sagaflow/sagaflow/saga/amqpbus"
 	"github.com/sagaflow/sagaflow/saga/coordinator"
 	"github.com/sagaflow/sagaflow/saga/pgstore"
+	"github.com/sagaflow/sagaflow/saga/sagaprom"
 	"github.com/sagaflow/sagaflow/saga/service"
 )
 
@@ -127,7 +129,7 @@ func (s *server) engine(first ...gin.HandlerFunc) *gin.Engine {
 	_ = r.SetTrustedProxies(nil)
 	r.HandleMethodNotAllowed = true
 	r.ContextWithFallback = true
-	r.Use(append(first, otelgin.Middleware("sagaflow-orchestrator"), s.logging, s.recovery)...)
+	r.Use(append(append([]gin.HandlerFunc{measure}, first...), otelgin.Middleware("sagaflow-orchestrator"), s.logging, s.recovery)...)
 	r.NoRoute(func(c *gin.Context) {
 		abort(c, errorf(http.StatusNotFound, CodeNotFound, "no route %s %s", c.Request.Method, c.Request.URL.Path))
 	})
@@ -135,6 +137,27 @@ func (s *server) engine(first ...gin.HandlerFunc) *gin.Engine {
 		abort(c, errorf(http.StatusMethodNotAllowed, CodeMethodNotAllowed, "%s is not allowed on %s", c.Request.Method, c.Request.URL.Path))
 	})
 	return r
+}
+
+// measure counts every request and its time by route pattern, method and
+// status (sagaflow_http_requests_total, sagaflow_http_request_duration_seconds);
+// a path no route matches counts as "unmatched" and an unusual method as
+// "other", so that scanners cannot grow the label set.
+func measure(c *gin.Context) {
+	start := time.Now()
+	c.Next()
+	route := c.FullPath()
+	if route == "" {
+		route = "unmatched"
+	}
+	method := c.Request.Method
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions:
+	default:
+		method = "other" // any token is a method: keep the label set bounded
+	}
+	sagaprom.HTTPRequests.WithLabelValues(route, method, strconv.Itoa(c.Writer.Status())).Inc()
+	sagaprom.HTTPDuration.WithLabelValues(route, method).Observe(time.Since(start).Seconds())
 }
 
 // health serves /healthz and /readyz.

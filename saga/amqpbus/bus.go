@@ -46,6 +46,9 @@ type Config struct {
 	// OnDeadLetter, when set, is called after each message this process
 	// dead-lettered (for metrics).
 	OnDeadLetter func(queue, reason string)
+	// OnReconnect, when set, is called each time a lost connection is
+	// dialed again (for metrics).
+	OnReconnect func()
 	// CommandExchange receives commands and requests, routed by their type
 	// (default CommandExchange, "saga.commands").
 	CommandExchange string
@@ -228,6 +231,9 @@ func (b *Bus) supervise(conn *amqp.Connection) {
 				return
 			}
 			b.log.Info().Int("attempts", attempt).Msg("rabbitmq: reconnected")
+			if b.cfg.OnReconnect != nil {
+				b.cfg.OnReconnect()
+			}
 			conn = c
 			break
 		}

@@ -907,6 +907,29 @@ func (s *Store) Positions(ctx context.Context, served map[string][]int) ([]saga.
 	return out, nil
 }
 
+// CountLive counts the sagas that have not ended, by definition and
+// state: those with a deadline (running, compensating), pending and
+// stuck, each found through its index (sagas_due, sagas_pending,
+// sagas_state), never by reading the ended ones.
+func (s *Store) CountLive(ctx context.Context) (map[saga.StateRef]int64, error) {
+	rows, err := s.pool.Query(ctx, `SELECT definition, state, count(*) FROM sagas
+		WHERE deadline IS NOT NULL OR phase = 'pending' OR state = 'stuck' GROUP BY 1, 2`)
+	if err != nil {
+		return nil, fmt.Errorf("pgstore: count live sagas: %w", err)
+	}
+	defer rows.Close()
+	out := map[saga.StateRef]int64{}
+	for rows.Next() {
+		var ref saga.StateRef
+		var n int64
+		if err := rows.Scan(&ref.Definition, &ref.State, &n); err != nil {
+			return nil, fmt.Errorf("pgstore: count live sagas: %w", err)
+		}
+		out[ref] = n
+	}
+	return out, rows.Err()
+}
+
 // CountState counts sagas in one state label.
 func (s *Store) CountState(ctx context.Context, state string) (int64, error) {
 	var n int64

@@ -85,3 +85,26 @@ func TestVersionsInTheStore(t *testing.T) {
 		t.Fatalf("Positions after the upgrade = %+v, %v; want none", ps, err)
 	}
 }
+
+// CountLive counts what has not ended, by definition and state, and
+// nothing that has.
+func TestCountLive(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t, pgstore.Config{})
+	ctx := testContext(t)
+	def := tripDefinition(t)
+	t0 := now()
+	pending := newSaga(t, def, t0, t0.Add(time.Hour))
+	pending.Deadline = time.Time{}
+	running, _ := decide(t, def, newSaga(t, def, t0, t0), t0, saga.Input{Kind: saga.InputStart})
+	done, _ := decide(t, def, newSaga(t, def, t0, t0), t0, saga.Input{Kind: saga.InputCancel})
+	create(t, s, pending, running, done)
+	got, err := s.CountLive(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[saga.StateRef]int64{{Definition: "trip", State: "pending"}: 1, {Definition: "trip", State: "booking_hotel"}: 1}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("CountLive (-want +got):\n%s", diff)
+	}
+}

@@ -108,6 +108,9 @@ func (CoordinatorObserver) Published(confirmed, failed int) {
 type StoreStats interface {
 	OutboxStats(ctx context.Context) (count int64, oldest time.Duration, err error)
 	CountState(ctx context.Context, state string) (int64, error)
+	// CountLive counts the sagas that are not terminal by definition and
+	// state.
+	CountLive(ctx context.Context) (map[saga.StateRef]int64, error)
 }
 
 // StoreCollector reads the outbox backlog and the stuck sagas at scrape
@@ -120,6 +123,8 @@ var (
 	outboxBacklogDesc = prometheus.NewDesc("sagaflow_outbox_backlog", "Messages staged in the outbox, not yet confirmed by the broker.", nil, nil)
 	outboxAgeDesc     = prometheus.NewDesc("sagaflow_outbox_oldest_seconds", "Age of the oldest message in the outbox.", nil, nil)
 	stuckDesc         = prometheus.NewDesc("sagaflow_stuck_sagas", "Sagas waiting for an operator (state stuck).", nil, nil)
+	pendingDesc       = prometheus.NewDesc("sagaflow_sagas_pending", "Sagas accepted and waiting for admission (state pending).", nil, nil)
+	inFlightDesc      = prometheus.NewDesc("sagaflow_sagas_in_flight", "Sagas that have not ended, by definition and state (pending and stuck included).", []string{"definition", "state"}, nil)
 )
 
 // Describe implements prometheus.Collector.
@@ -127,6 +132,8 @@ func (c StoreCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- outboxBacklogDesc
 	ch <- outboxAgeDesc
 	ch <- stuckDesc
+	ch <- pendingDesc
+	ch <- inFlightDesc
 }
 
 // Collect implements prometheus.Collector; a database that does not answer
@@ -138,16 +145,30 @@ func (c StoreCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(outboxBacklogDesc, prometheus.GaugeValue, float64(n))
 		ch <- prometheus.MustNewConstMetric(outboxAgeDesc, prometheus.GaugeValue, age.Seconds())
 	}
-	if n, err := c.Stats.CountState(ctx, string(saga.Stuck)); err == nil {
-		ch <- prometheus.MustNewConstMetric(stuckDesc, prometheus.GaugeValue, float64(n))
+	live, err := c.Stats.CountLive(ctx)
+	if err != nil {
+		return
 	}
+	var stuck, pending int64
+	for ref, n := range live {
+		ch <- prometheus.MustNewConstMetric(inFlightDesc, prometheus.GaugeValue, float64(n), ref.Definition, ref.State)
+		switch ref.State {
+		case string(saga.Stuck):
+			stuck += n
+		case string(saga.Pending):
+			pending += n
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(stuckDesc, prometheus.GaugeValue, float64(stuck))
+	ch <- prometheus.MustNewConstMetric(pendingDesc, prometheus.GaugeValue, float64(pending))
 }
 
 // RegisterCoordinator registers the coordinator metrics with r, and the
 // gauges read from the store (outbox backlog, stuck sagas).
 func RegisterCoordinator(r prometheus.Registerer, stats StoreStats) {
 	r.MustRegister(SagasStarted, SagasFinished, StepDuration, StepRetries, Compensations, SagasStuck,
-		MessagesPublished, Quarantined, DeadLetters, BatchSize, BatchDuration, StoreCollector{Stats: stats})
+		MessagesPublished, Quarantined, DeadLetters, AMQPReconnects, HTTPRequests, HTTPDuration,
+		BatchSize, BatchDuration, StoreCollector{Stats: stats})
 }
 
 // QueueInspector reads a queue's depth and consumers from the broker.

@@ -52,6 +52,30 @@ var DeadLetters = prometheus.NewCounterVec(prometheus.CounterOpts{
 // CountDeadLetter is an amqpbus.Config.OnDeadLetter hook.
 func CountDeadLetter(queue, _ string) { DeadLetters.WithLabelValues(queue).Inc() }
 
+// AMQPReconnects counts the times this process dialed RabbitMQ again
+// after losing its connection.
+var AMQPReconnects = prometheus.NewCounter(prometheus.CounterOpts{
+	Name: "sagaflow_amqp_reconnects_total",
+	Help: "Times this process reconnected to RabbitMQ after losing its connection.",
+})
+
+// CountReconnect is an amqpbus.Config.OnReconnect hook.
+func CountReconnect() { AMQPReconnects.Inc() }
+
+// HTTP API metrics, by route (the router's pattern, "/orders/:id"; the
+// unmatched share one label), method and status code.
+var (
+	HTTPRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sagaflow_http_requests_total",
+		Help: "HTTP requests answered, by route pattern, method and status code.",
+	}, []string{"route", "method", "code"})
+	HTTPDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "sagaflow_http_request_duration_seconds",
+		Help:    "Time to answer an HTTP request, by route pattern and method.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+	}, []string{"route", "method"})
+)
+
 // WorkerObserver feeds the worker metrics; it implements worker.Observer.
 type WorkerObserver struct{}
 
@@ -63,5 +87,5 @@ func (WorkerObserver) Handled(typ, outcome string, d time.Duration) {
 
 // RegisterWorker registers the worker metrics with r.
 func RegisterWorker(r prometheus.Registerer) {
-	r.MustRegister(WorkerCommands, WorkerCommandDuration, DeadLetters)
+	r.MustRegister(WorkerCommands, WorkerCommandDuration, DeadLetters, AMQPReconnects)
 }

@@ -256,7 +256,8 @@ type TopologyFunc func(qt amqpbus.QueueType, deadLetterMax int64) amqpbus.Topolo
 // DialBus connects to RabbitMQ and declares the system's topology (every
 // process declares all of it, so nobody has to start first).
 func DialBus(ctx context.Context, b *Base, name string, topology TopologyFunc, log zerolog.Logger) (*amqpbus.Bus, error) {
-	bus, err := amqpbus.Dial(ctx, amqpbus.Config{URL: b.AMQPURL, Name: name, OnDeadLetter: sagaprom.CountDeadLetter}, log)
+	bus, err := amqpbus.Dial(ctx, amqpbus.Config{URL: b.AMQPURL, Name: name,
+		OnDeadLetter: sagaprom.CountDeadLetter, OnReconnect: sagaprom.CountReconnect}, log)
 	if err != nil {
 		return nil, err
 	}
