@@ -11,8 +11,8 @@ LDFLAGS  := -X github.com/sagaflow/sagaflow.version=$(VERSION)
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-build: ## build every binary into bin/ (the services, the load generator bench, createdb), stamped with VERSION
-	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./orchestrator $(addprefix ./workers/,$(WORKERS)) ./internal/cmd/bench ./internal/cmd/brokerbench ./internal/cmd/createdb
+build: ## build every binary into bin/ (the services, the operators' CLI sagactl, the load generator bench, createdb), stamped with VERSION
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./orchestrator $(addprefix ./workers/,$(WORKERS)) ./sagactl ./internal/cmd/bench ./internal/cmd/brokerbench ./internal/cmd/createdb
 
 run: ## start PostgreSQL and RabbitMQ if needed, create the database, run every service
 	internal/scripts/run.sh

@@ -57,3 +57,32 @@ func TestOperatorActionsAreOnTheRecord(t *testing.T) {
 		t.Error("cancel past the pivot was not refused")
 	}
 }
+
+// A replay's plan is what the replay then does.
+func TestPlanReplay(t *testing.T) {
+	d := testDefinition(t)
+	stuckComp := exhaust(t, d, declined(t, d)) // release_stock out of attempts
+	p, err := d.PlanReplay(stuckComp, ts(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.After != "compensating" || len(p.Commands) != 1 || p.Commands[0].Key != mid(stRelease) || p.Forward || len(p.Compensations) != 0 {
+		t.Errorf("plan of a saga stuck releasing: %+v", p)
+	}
+	shipped := shipmentRefused(t, d) // refund_payment in flight, release_stock after it
+	p, err = d.PlanReplay(shipped, ts(time.Hour))
+	if err != nil || len(p.Commands) != 1 || p.Commands[0].Type != "payment.refund" || len(p.Compensations) != 1 || p.Compensations[0] != stRelease {
+		t.Errorf("plan of a saga refunding: %+v, %v", p, err)
+	}
+	stuck := timeouts(t, d, runningAt(t, d, 3), 4)
+	p, err = d.PlanReplay(stuck, ts(time.Hour))
+	if err != nil || !p.Forward || p.After != "committing_stock" || p.Commands[0].Key != mid(stCommit) || p.Commands[0].Attempt != 1 {
+		t.Errorf("plan of a saga stuck committing: %+v, %v", p, err)
+	}
+	if dec := decide(t, d, stuck, replayIn(), ts(time.Hour)); dec.Commands[0].MessageID != p.Commands[0].Key {
+		t.Errorf("the replay sent %s, the plan said %s", dec.Commands[0].MessageID, p.Commands[0].Key)
+	}
+	if _, err := d.PlanReplay(apply(t, d, runningAt(t, d, 0), failedIn(stReserve, "out_of_stock", ""), ts(s)), ts(time.Hour)); err == nil {
+		t.Error("a plan for a saga that ended")
+	}
+}

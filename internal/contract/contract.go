@@ -101,6 +101,13 @@ const (
 	ShippingQueue  = "shipping.commands"
 )
 
+// QueueOf is the queue a saga command type goes to ("payment.charge":
+// payment.commands), as the topology binds it.
+func QueueOf(commandType string) string {
+	service, _, _ := strings.Cut(commandType, ".")
+	return service + ".commands"
+}
+
 // Worker request queues: what the API relays (product queries, restocks,
 // ledgers, audit trails) travels on queues of its own, with consumers of
 // their own, never ahead of saga commands. notification and audit serve

@@ -47,6 +47,10 @@ import (
 // TestOpenAPIConformance cannot produce, with the reason. A key is
 // "METHOD /path STATUS", or "* STATUS" for every operation.
 var untestable = map[string]string{
+	"POST /admin/replays 429":              "needs two bulk actions at once on one orchestrator: a race this test does not stage",
+	"POST /admin/dead-letters/redrive 429": "needs two bulk actions at once on one orchestrator: a race this test does not stage",
+	"GET /admin/dead-letters 503":          "needs RabbitMQ away while PostgreSQL answers; the tests never stop the shared broker",
+	"POST /admin/dead-letters/redrive 503": "needs RabbitMQ away while PostgreSQL answers; the tests never stop the shared broker",
 	"* 500": "internal is answered only on an unexpected error or a panic (a bug): nothing a client sends, " +
 		"nor anything this test can arrange without changing the code, produces it",
 }
@@ -1167,6 +1171,43 @@ func conformOrders(t *testing.T, s *testenv.System, c *conformance) {
 	cancel(append(append([]byte(`{"reason":"`), bytes.Repeat([]byte("r"), 2<<20)...), `"}`...), nil, 413, false)
 	cancel(map[string]any{"reason": "x"}, map[string]string{"Content-Type": "text/plain"}, 415, true)
 	c.send(t, s, base, apiCall{op: "GET /admin/quarantine", header: auth, want: 200})
+	// The operators' tools (sagactl's routes).
+	for _, op := range []string{"GET /admin/sagas/{id}", "GET /admin/sagas/{id}/events"} {
+		c.send(t, s, base, apiCall{op: op, path: id(done), header: auth, want: 200})
+		c.send(t, s, base, apiCall{op: op, path: id(uuid.NewString()), header: auth, want: 404})
+		c.send(t, s, base, apiCall{op: op, path: id("not-a-uuid"), header: auth, want: 400, docRejects: true})
+	}
+	bulk := func(body any, header map[string]string, want int, docRejects bool) {
+		t.Helper()
+		h := map[string]string{"Authorization": auth["Authorization"]}
+		for k, v := range header {
+			h[k] = v
+		}
+		c.send(t, s, base, apiCall{op: "POST /admin/replays", body: body, header: h, want: want, docRejects: docRejects})
+	}
+	bulk(map[string]any{"state": "stuck", "older_than": "1h", "reason": "what would it do", "dry_run": true}, nil, 200, false)
+	bulk(map[string]any{"state": "stuck", "dry_run": true}, nil, 400, true)
+	bulk(map[string]any{"older_than": "a while", "reason": "x", "dry_run": true}, nil, 400, false)
+	bulk(map[string]any{"state": "completed", "reason": "x", "dry_run": true}, nil, 400, false)
+	bulk(append(append([]byte(`{"reason":"`), bytes.Repeat([]byte("r"), 2<<20)...), `"}`...), nil, 413, false)
+	bulk(map[string]any{"reason": "x"}, map[string]string{"Content-Type": "text/plain"}, 415, true)
+	c.send(t, s, base, apiCall{op: "GET /admin/dead-letters", header: auth, want: 200})
+	c.send(t, s, base, apiCall{op: "GET /admin/dead-letters", query: url.Values{"limit": {"0"}}, header: auth, want: 400, docRejects: true})
+	redrive := func(body any, header map[string]string, want int, docRejects bool) {
+		t.Helper()
+		h := map[string]string{"Authorization": auth["Authorization"]}
+		for k, v := range header {
+			h[k] = v
+		}
+		c.send(t, s, base, apiCall{op: "POST /admin/dead-letters/redrive", body: body, header: h, want: want, docRejects: docRejects})
+	}
+	redrive(map[string]any{"message_ids": []string{"no-such-message"}, "reason": "conformance"}, nil, 200, false)
+	redrive(map[string]any{"reason": "which ones?"}, nil, 400, false)
+	redrive(map[string]any{"all": true}, nil, 400, true)
+	redrive(append(append([]byte(`{"reason":"`), bytes.Repeat([]byte("r"), 2<<20)...), `"}`...), nil, 413, false)
+	redrive(map[string]any{"reason": "x", "all": true}, map[string]string{"Content-Type": "text/plain"}, 415, true)
+	c.send(t, s, base, apiCall{op: "GET /admin/outbox", header: auth, want: 200})
+	c.send(t, s, base, apiCall{op: "GET /admin/outbox", query: url.Values{"limit": {"1001"}}, header: auth, want: 400, docRejects: true})
 	c.send(t, s, base, apiCall{op: "GET /admin/orders/{id}", path: id(done), header: auth, want: 200})
 	c.send(t, s, base, apiCall{op: "GET /admin/orders/{id}", path: id("not-a-uuid"), header: auth, want: 400, docRejects: true})
 	c.send(t, s, base, apiCall{op: "GET /admin/orders/{id}", path: id(uuid.NewString()), header: auth, want: 404})
@@ -1196,6 +1237,12 @@ func adminCalls(orderID, sku string) []apiCall {
 		{op: "POST /admin/sagas/{id}/cancel", path: id, body: why},
 		{op: "GET /admin/quarantine"},
 		{op: "POST /admin/products/{sku}/restock", path: map[string]string{"sku": sku}, body: map[string]any{"delta": 1}},
+		{op: "GET /admin/sagas/{id}", path: id},
+		{op: "GET /admin/sagas/{id}/events", path: id},
+		{op: "POST /admin/replays", body: map[string]any{"reason": "x", "dry_run": true}},
+		{op: "GET /admin/dead-letters"},
+		{op: "POST /admin/dead-letters/redrive", body: map[string]any{"reason": "x", "all": true}},
+		{op: "GET /admin/outbox"},
 	}
 }
 
@@ -1335,6 +1382,10 @@ func conformDegraded(t *testing.T, c *conformance) {
 	c.send(t, p, o3, apiCall{op: "GET /admin/sagas", header: auth, want: 503})
 	c.send(t, p, o3, apiCall{op: "POST /admin/sagas/{id}/replay", body: why, path: id(running), header: auth, want: 503})
 	c.send(t, p, o3, apiCall{op: "POST /admin/sagas/{id}/cancel", body: why, path: id(running), header: auth, want: 503})
+	c.send(t, p, o3, apiCall{op: "GET /admin/sagas/{id}", path: id(running), header: auth, want: 503})
+	c.send(t, p, o3, apiCall{op: "GET /admin/sagas/{id}/events", path: id(running), header: auth, want: 503})
+	c.send(t, p, o3, apiCall{op: "POST /admin/replays", body: map[string]any{"reason": "x", "dry_run": true}, header: auth, want: 503})
+	c.send(t, p, o3, apiCall{op: "GET /admin/outbox", header: auth, want: 503})
 }
 
 // startOrchestrator starts one more orchestrator in s with extra

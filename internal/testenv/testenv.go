@@ -51,7 +51,7 @@ func Binaries() (string, error) {
 			buildErr = err
 			return
 		}
-		cmd := exec.Command("go", "build", "-o", binDir+string(os.PathSeparator), "./orchestrator", "./workers/...")
+		cmd := exec.Command("go", "build", "-o", binDir+string(os.PathSeparator), "./orchestrator", "./workers/...", "./sagactl")
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %w\n%s", err, out)

@@ -114,9 +114,15 @@ func New(d Deps) (public, admin http.Handler) {
 	g.GET("/orders/:id", s.getAdminOrder)
 	g.GET("/orders/:id/ledger", s.ledger)
 	g.GET("/sagas", s.listSagas)
+	g.POST("/replays", s.bulkReplay)
+	g.GET("/sagas/:id", s.getSaga)
+	g.GET("/sagas/:id/events", s.sagaEvents)
 	g.POST("/sagas/:id/replay", s.replaySaga)
 	g.POST("/sagas/:id/cancel", s.cancelSaga)
 	g.GET("/quarantine", s.listQuarantined)
+	g.GET("/dead-letters", s.deadLetters)
+	g.POST("/dead-letters/redrive", s.redrive)
+	g.GET("/outbox", s.outbox)
 	return r, a
 }
 

@@ -751,6 +751,67 @@ func (s *Store) ListQuarantined(ctx context.Context, limit int) ([]Quarantined, 
 	})
 }
 
+// OutboxRow is an outbox row decoded for a human (sagactl outbox inspect).
+type OutboxRow struct {
+	ID          uuid.UUID `json:"id"`
+	CreatedAt   time.Time `json:"created_at"`
+	LeasedUntil time.Time `json:"leased_until"`
+	// Quarantine is why the row was set aside; empty for a row waiting to
+	// be published.
+	Quarantine string `json:"quarantine,omitempty"`
+	// Messages are the row's messages, decoded; nil when the payload does
+	// not decode (Error says why).
+	Messages []OutboxMessage `json:"messages"`
+	Error    string          `json:"error,omitempty"`
+}
+
+// OutboxMessage is one decoded message of an outbox row.
+type OutboxMessage struct {
+	Kind          string `json:"kind"`
+	Type          string `json:"type"`
+	MessageID     string `json:"message_id"`
+	CorrelationID string `json:"correlation_id,omitempty"`
+	SagaID        string `json:"saga_id,omitempty"`
+	Bytes         int    `json:"bytes"`
+}
+
+// ListOutbox reads up to limit outbox rows, oldest first, and decodes
+// their compressed payloads; it changes nothing.
+func (s *Store) ListOutbox(ctx context.Context, limit int) ([]OutboxRow, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id, created_at, leased_until, coalesce(quarantine_reason, ''), payload
+		FROM outbox ORDER BY id LIMIT $1`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("pgstore: list outbox: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (OutboxRow, error) {
+		var o OutboxRow
+		var payload []byte
+		if err := r.Scan(&o.ID, &o.CreatedAt, &o.LeasedUntil, &o.Quarantine, &payload); err != nil {
+			return o, err
+		}
+		o.CreatedAt, o.LeasedUntil = o.CreatedAt.UTC(), o.LeasedUntil.UTC()
+		msgs, err := decodeMessages(payload)
+		if err != nil {
+			o.Error = err.Error()
+			return o, nil
+		}
+		o.Messages = []OutboxMessage{}
+		for _, m := range msgs {
+			om := OutboxMessage{Kind: m.Kind.String(), Type: m.Type, MessageID: m.MessageID,
+				CorrelationID: m.CorrelationID, Bytes: len(m.Body)}
+			if env, err := saga.Decode(m.Body); err == nil {
+				om.SagaID = env.SagaID
+			}
+			o.Messages = append(o.Messages, om)
+		}
+		return o, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pgstore: list outbox: %w", err)
+	}
+	return out, nil
+}
+
 // DeleteOutbox removes outbox rows whose messages were all published. It
 // commits without waiting for the WAL flush: a delete lost in a crash only
 // means messages published again, which consumers deduplicate; nothing of
