@@ -114,6 +114,7 @@ func engineRules() map[string][]rule {
 		module + "/saga/amqpbus":          {nothing("the bus knows no database", pgx), nothing("the engine knows no web framework", gin), nothing("the engine knows nothing of the order application", app)},
 		module + "/saga/worker":           {nothing("the engine knows no web framework", gin), nothing("the engine knows nothing of the order application", app)},
 		module + "/saga/service":          {nothing("the engine knows no web framework", gin), nothing("the engine knows nothing of the order application", app)},
+		module + "/saga/console":          {nothing("the engine knows no web framework", gin), nothing("the engine knows nothing of the order application", app)},
 		module + "/saga/sagatest":         {nothing("the engine knows no web framework", gin), nothing("the engine knows nothing of the order application", app)},
 	}
 }

@@ -164,6 +164,12 @@ if ! port_open "$AMQP_HOST" "$MGMT_PORT"; then
 fi
 log "PostgreSQL ($PG_HOST:$PG_PORT, role $PG_USER) and RabbitMQ ($AMQP_HOST:$AMQP_PORT, management :$MGMT_PORT) are up"
 
+# Chromium (Debian's chromium package), which the suite drives headless to
+# test the operator console.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+	apt_install --no-install-recommends chromium || log "could not install Chromium; the console's browser test will skip (fail under CI=true)"
+fi
+
 # promtool (Debian's prometheus package), which the suite uses to check the
 # shipped alerting rules (deploy/prometheus). Installing the package must
 # not leave a Prometheus server running or enabled on this machine: the

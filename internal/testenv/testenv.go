@@ -431,10 +431,10 @@ func (s *System) AdminOf(base string) string {
 }
 
 // AdminPath reports whether path is served by an orchestrator's admin
-// listener: /admin/*, /metrics, /debug/pprof/.
+// listener: /admin/*, /metrics, /debug/pprof/, the console (/ui/).
 func AdminPath(path string) bool {
 	return strings.HasPrefix(path, "/admin/") || path == "/admin" || strings.HasPrefix(path, "/metrics") ||
-		strings.HasPrefix(path, "/debug/pprof/")
+		strings.HasPrefix(path, "/debug/pprof/") || strings.HasPrefix(path, "/ui/") || path == "/ui"
 }
 
 // MetricsAddr is a worker's metrics/health address.

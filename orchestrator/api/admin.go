@@ -8,6 +8,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
+	"github.com/rs/zerolog"
 
 	"github.com/sagaflow/sagaflow/internal/contract"
 	"github.com/sagaflow/sagaflow/saga"
@@ -34,14 +35,19 @@ func (s *server) ledger(c *gin.Context) {
 		abort(c, err)
 		return
 	}
-	ref := contract.OrderRef{OrderID: in.ID.String()}
+	c.JSON(http.StatusOK, s.ledgerOf(c, *logOf(c), in.ID))
+}
+
+// ledgerOf asks the services for their books of one saga.
+func (s *server) ledgerOf(c context.Context, log zerolog.Logger, id uuid.UUID) Ledger {
+	ref := contract.OrderRef{OrderID: id.String()}
 	l := Ledger{Unanswered: []string{}}
 	ask := func(typ string, out any) error {
 		ctx, cancel := context.WithTimeout(c, s.LedgerTimeout)
 		defer cancel()
 		err := s.rpc.call(ctx, typ, ref, out)
 		if err != nil {
-			logOf(c).Warn().Err(err).Str("service", serviceOf(typ)).Msg("ledger: a service did not answer")
+			log.Warn().Err(err).Str("service", serviceOf(typ)).Msg("ledger: a service did not answer")
 		}
 		return err
 	}
@@ -72,7 +78,7 @@ func (s *server) ledger(c *gin.Context) {
 	} else {
 		l.Unanswered = append(l.Unanswered, "notification")
 	}
-	c.JSON(http.StatusOK, l)
+	return l
 }
 
 // SagaView is a saga as the admin API shows it.

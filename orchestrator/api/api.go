@@ -6,6 +6,7 @@ package api
 import (
 	"context"
 	"crypto/subtle"
+	"encoding/json"
 	"maps"
 	"net/http"
 	"strconv"
@@ -21,7 +22,9 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
 
+	"github.com/sagaflow/sagaflow/internal/contract"
 	"github.com/sagaflow/sagaflow/saga/amqpbus"
+	"github.com/sagaflow/sagaflow/saga/console"
 	"github.com/sagaflow/sagaflow/saga/coordinator"
 	"github.com/sagaflow/sagaflow/saga/pgstore"
 	"github.com/sagaflow/sagaflow/saga/sagaprom"
@@ -123,7 +126,41 @@ func New(d Deps) (public, admin http.Handler) {
 	g.GET("/dead-letters", s.deadLetters)
 	g.POST("/dead-letters/redrive", s.redrive)
 	g.GET("/outbox", s.outbox)
+	// The operator console (HTML, with its own login and sessions).
+	ui := console.New(console.Options{Coordinator: d.Coordinator, Store: d.Store, Bus: d.Bus, Tokens: s.tokens(),
+		Trail: s.consoleTrail, Ledger: func(ctx context.Context, id uuid.UUID) (json.RawMessage, error) {
+			return json.Marshal(s.ledgerOf(ctx, d.Log, id))
+		}, Log: d.Log, Prefix: "/ui"})
+	a.Any("/ui/*page", gin.WrapH(ui))
+	a.GET("/ui", func(c *gin.Context) { c.Redirect(http.StatusMovedPermanently, "/ui/") })
 	return r, a
+}
+
+// tokens are the admin tokens by operator name (ADMIN_TOKEN is "admin").
+func (s *server) tokens() map[string]string {
+	out := map[string]string{}
+	if s.AdminToken != "" {
+		out[UnnamedOperator] = s.AdminToken
+	}
+	maps.Copy(out, s.AdminTokens)
+	return out
+}
+
+// consoleTrail is a saga's audit trail for the console.
+func (s *server) consoleTrail(ctx context.Context, id uuid.UUID) ([]console.TrailEvent, error) {
+	var trail contract.OrderEventsReply
+	if err := s.rpc.call(ctx, contract.AuditOrderEvents, contract.OrderRef{OrderID: id.String()}, &trail); err != nil {
+		return nil, err
+	}
+	out := make([]console.TrailEvent, 0, len(trail.Events))
+	for _, e := range trail.Events {
+		te := console.TrailEvent{Seq: e.Seq, Type: e.Type, At: e.At, State: e.State, Step: e.Step, Reason: e.Reason}
+		if e.Data != nil {
+			te.Operator, te.Why = e.Data.Operator, e.Data.Reason
+		}
+		out = append(out, te)
+	}
+	return out, nil
 }
 
 // engine is a router with the middleware every route has (first) and
@@ -235,9 +272,7 @@ func (s *server) requireAdmin(c *gin.Context) {
 	got, ok := strings.CutPrefix(c.GetHeader("Authorization"), "Bearer ")
 	operator := ""
 	if ok && got != "" {
-		tokens := map[string]string{UnnamedOperator: s.AdminToken}
-		maps.Copy(tokens, s.AdminTokens)
-		for name, token := range tokens {
+		for name, token := range s.tokens() {
 			if token != "" && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1 {
 				operator = name
 			}

@@ -991,6 +991,51 @@ func (s *Store) CountLive(ctx context.Context) (map[saga.StateRef]int64, error) 
 	return out, rows.Err()
 }
 
+// Minute is one minute of activity: sagas started and finished, and the
+// 99th percentile of the steps that finished in it.
+type Minute struct {
+	At             time.Time
+	Started        int
+	Finished       int
+	StepP99Seconds float64
+}
+
+// Activity returns the activity of each minute since since, oldest first,
+// read from the sagas created since then (ids are UUIDv7: a range of the
+// primary key, never the older rows): sagas started, those of them that
+// finished, and the p99 of their steps' durations. A saga that started
+// before since and finished after it is not counted: a console's chart,
+// not an account.
+func (s *Store) Activity(ctx context.Context, since time.Time) ([]Minute, error) {
+	var lower uuid.UUID // the smallest UUIDv7 of since's millisecond
+	ms := since.UnixMilli()
+	for i := 0; i < 6; i++ {
+		lower[i] = byte(ms >> (40 - 8*i))
+	}
+	rows, err := s.pool.Query(ctx, `
+		WITH recent AS (SELECT created_at, updated_at, phase, history FROM sagas WHERE id >= $1),
+		started AS (SELECT date_trunc('minute', created_at) AS m, count(*) AS n FROM recent GROUP BY 1),
+		finished AS (SELECT date_trunc('minute', updated_at) AS m, count(*) AS n FROM recent
+			WHERE phase IN ('completed', 'rejected', 'cancelled') GROUP BY 1),
+		steps AS (SELECT date_trunc('minute', (r->>'finished_at')::timestamptz) AS m,
+				percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM
+					(r->>'finished_at')::timestamptz - (r->>'started_at')::timestamptz))::float8 AS p99
+			FROM recent, json_array_elements(CASE WHEN json_typeof(history) = 'array' THEN history ELSE '[]' END) AS r
+			WHERE r->>'kind' IN ('action', 'compensation') AND r->>'finished_at' IS NOT NULL GROUP BY 1)
+		SELECT m, coalesce(started.n, 0), coalesce(finished.n, 0), coalesce(steps.p99, 0)
+		FROM started FULL JOIN finished USING (m) FULL JOIN steps USING (m)
+		WHERE m >= date_trunc('minute', $2::timestamptz) ORDER BY m`, pgtype.UUID{Bytes: lower, Valid: true}, since)
+	if err != nil {
+		return nil, fmt.Errorf("pgstore: activity: %w", err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Minute, error) {
+		var m Minute
+		err := r.Scan(&m.At, &m.Started, &m.Finished, &m.StepP99Seconds)
+		m.At = m.At.UTC()
+		return m, err
+	})
+}
+
 // CountState counts sagas in one state label.
 func (s *Store) CountState(ctx context.Context, state string) (int64, error) {
 	var n int64

@@ -108,3 +108,27 @@ func TestCountLive(t *testing.T) {
 		t.Errorf("CountLive (-want +got):\n%s", diff)
 	}
 }
+
+func TestActivity(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t, pgstore.Config{})
+	ctx := testContext(t)
+	def := tripDefinition(t)
+	t0 := now()
+	done := newSaga(t, def, t0, t0)
+	done, _ = decide(t, def, done, t0, saga.Input{Kind: saga.InputStart, SagaID: done.ID},
+		saga.Input{Kind: saga.InputReply, SagaID: done.ID, Reply: &saga.Reply{CorrelationID: saga.MessageID(done.ID, "book_hotel"), Status: saga.ReplyFailed, Code: "full"}})
+	running := newSaga(t, def, t0, t0)
+	create(t, s, done, running)
+	got, err := s.Activity(ctx, t0.Add(-time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var started, finished int
+	for _, m := range got {
+		started, finished = started+m.Started, finished+m.Finished
+	}
+	if started != 2 || finished != 1 {
+		t.Fatalf("Activity = %+v: started %d, finished %d; want 2 and 1", got, started, finished)
+	}
+}
