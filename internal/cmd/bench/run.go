@@ -338,7 +338,7 @@ func verify(ctx context.Context, c *client, orders []order, prices []int64, run 
 type client struct {
 	hc    *http.Client
 	api   string
-	admin string // the admin listener, for /admin paths
+	admin string // the admin listener, for /admin paths and /metrics
 	token string
 }
 
@@ -352,8 +352,8 @@ func (c *client) do(ctx context.Context, method, path string, body any, headers 
 		rd = bytes.NewReader(b)
 	}
 	base := c.api
-	if strings.HasPrefix(path, "/admin/") {
-		base = c.admin
+	if strings.HasPrefix(path, "/admin/") || path == "/metrics" {
+		base = c.admin // the operators' listener (ADMIN_ADDR)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, base+path, rd)
 	if err != nil {
