@@ -26,6 +26,7 @@ const (
 	InputReplay                       // an operator re-drives the saga with a fresh attempt budget
 	InputCancel                       // an operator forces compensation
 	InputSignal                       // something outside the saga happened that a waiting step may wait for
+	InputNote                         // an operator did something about the saga that changes nothing in it (a re-drive): on the record
 )
 
 func (k InputKind) String() string {
@@ -42,6 +43,8 @@ func (k InputKind) String() string {
 		return "cancel"
 	case InputSignal:
 		return "signal"
+	case InputNote:
+		return "note"
 	}
 	return "input(" + strconv.Itoa(int(k)) + ")"
 }
@@ -60,6 +63,9 @@ type Input struct {
 	Operator string
 	// Signal is set for InputSignal.
 	Signal *Signal
+	// Note is, for InputNote, the operator event to record
+	// (EventRedriven) and the message it is about.
+	Note, Subject string
 }
 
 // Signal is news from outside a saga that a waiting step waits for
@@ -81,12 +87,17 @@ type Signal struct {
 const (
 	EventReplayed  = "saga.replayed"
 	EventCancelled = "saga.cancelled"
+	// EventRedriven: an operator sent a dead letter of the saga back to
+	// where it came from; Subject names the message.
+	EventRedriven = "saga.redriven"
 )
 
 // OperatorData is the data of an operator event.
 type OperatorData struct {
 	Operator string `json:"operator"`
 	Reason   string `json:"reason"`
+	// Message is the message the action was about (a re-drive's).
+	Message string `json:"message,omitempty"`
 }
 
 // ErrNotWaiting is returned for a signal that no step of the saga waits
@@ -244,7 +255,7 @@ func (d *Definition) New(id uuid.UUID, data json.RawMessage, prio Priority, now 
 // the decision when it changes anything); ErrVersionNotServed when
 // neither applies.
 func (d *Definition) Decide(in Instance, inp Input, now time.Time) (Decision, error) {
-	if VersionOf(&in) == max(d.Version, 1) || in.Phase.Terminal() {
+	if VersionOf(&in) == max(d.Version, 1) || in.Phase.Terminal() || inp.Kind == InputNote {
 		return d.decide(in, inp, now) // a saga that ended needs no driving, whatever its version
 	}
 	k, up, err := d.resolve(in)
@@ -283,6 +294,15 @@ func (d *Definition) decide(in Instance, inp Input, now time.Time) (Decision, er
 			return Decision{}, errors.New("saga: signal input without a signal")
 		}
 		err = x.signal(inp.Signal)
+	case InputNote:
+		if inp.Note == "" {
+			return Decision{}, errors.New("saga: note input without an event")
+		}
+		// The saga's trail records it; nothing else changes, whatever the
+		// saga's phase.
+		data, _ := json.Marshal(OperatorData{Operator: inp.Operator, Reason: inp.Reason, Message: inp.Subject})
+		x.emitData(inp.Note, eventDetail{}, data)
+		x.changed = true
 	default:
 		return Decision{}, fmt.Errorf("saga: unknown input %d", inp.Kind)
 	}
@@ -549,7 +569,10 @@ func (x *decider) overdue() error {
 	x.in.StuckIn = Running
 	x.in.Deadline, x.in.Waiting = time.Time{}, false
 	x.in.StuckReason = msg
-	x.emit(x.def.Name+".stuck", eventDetail{Step: s.Name, Message: msg})
+	if rec := x.in.record(s.Name); rec != nil {
+		rec.Cause = CauseSignalOverdue
+	}
+	x.emit(x.def.Name+".stuck", eventDetail{Step: s.Name, Code: string(CauseSignalOverdue), Message: msg})
 	return nil
 }
 
@@ -603,6 +626,11 @@ func (x *decider) resume() error {
 		return err
 	}
 	x.in.StuckReason = ""
+	if name, _, _, ok := x.current(); ok {
+		if rec := x.in.record(name); rec != nil {
+			rec.Cause = ""
+		}
+	}
 	return nil
 }
 
@@ -626,7 +654,11 @@ func (x *decider) fail(msg string, transient bool) error {
 		rec.Error = msg
 	}
 	if x.in.Attempt >= budget {
-		return x.exhausted(fmt.Sprintf("%s: gave up after %d attempts: %s", name, x.in.Attempt, msg))
+		cause := CauseNoReply
+		if transient {
+			cause = CauseWorkerError
+		}
+		return x.exhausted(fmt.Sprintf("%s: gave up after %d attempts: %s", name, x.in.Attempt, msg), cause)
 	}
 	if err := x.fire(x.retryEvent()); err != nil {
 		return err
@@ -663,7 +695,7 @@ func (x *decider) resend() error {
 	return nil
 }
 
-func (x *decider) exhausted(msg string) error {
+func (x *decider) exhausted(msg string, cause StuckCause) error {
 	name, _, _, _ := x.current()
 	s := x.def.Steps[x.in.Step]
 	if x.in.Phase == Running && s.Kind == Compensatable {
@@ -679,7 +711,13 @@ func (x *decider) exhausted(msg string) error {
 	x.in.Deadline, x.in.Waiting = time.Time{}, false
 	x.in.StuckReason = msg
 	x.finishRecord(name, StepFailed, msg)
-	x.emit(x.def.Name+".stuck", eventDetail{Step: name, Message: msg})
+	if prev == Compensating {
+		cause = CauseCompensationExhausted
+	}
+	if rec := x.in.record(name); rec != nil {
+		rec.Cause = cause
+	}
+	x.emit(x.def.Name+".stuck", eventDetail{Step: name, Code: string(cause), Message: msg})
 	return nil
 }
 

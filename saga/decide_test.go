@@ -737,7 +737,7 @@ func TestDecideCommandAndEventDetails(t *testing.T) {
 		t.Fatalf("events = %+v, want one", sd.Events)
 	}
 	wantStuck := map[string]any{
-		"saga_id": sagaID.String(), "seq": 5.0, "state": "stuck", "step": stCommit,
+		"saga_id": sagaID.String(), "seq": 5.0, "state": "stuck", "step": stCommit, "code": string(CauseNoReply),
 		"message": "commit_stock: gave up after 4 attempts: no reply to attempt 4",
 		"data":    map[string]any{"order_id": "o-1"},
 	}

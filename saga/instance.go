@@ -70,6 +70,9 @@ type StepRecord struct {
 	// upgrade renamed it (Upgrade.Steps): its commands keep the
 	// idempotency key of that name.
 	Was string `json:"was,omitempty"`
+	// Cause classifies why the saga got stuck at this step or
+	// compensation (set when it did; see StuckCause).
+	Cause StuckCause `json:"cause,omitempty"`
 }
 
 // Instance is the persisted state of one saga. The store saves it whole

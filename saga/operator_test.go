@@ -86,3 +86,58 @@ func TestPlanReplay(t *testing.T) {
 		t.Error("a plan for a saga that ended")
 	}
 }
+
+// A note (a re-drive of one of its messages) goes on the saga's record
+// and changes nothing else, whatever its phase or version.
+func TestNoteIsOnTheRecordOnly(t *testing.T) {
+	d := testDefinition(t)
+	done := apply(t, d, runningAt(t, d, 0), failedIn(stReserve, "out_of_stock", ""), ts(s))
+	note := Input{Kind: InputNote, SagaID: sagaID, Operator: "fay", Reason: "inventory back", Note: EventRedriven, Subject: mid(stReserve)}
+	dec := decide(t, d, done, note, ts(time.Hour))
+	if !dec.Changed || len(dec.Events) != 1 || dec.Events[0].Type != EventRedriven || len(dec.Commands) != 0 {
+		t.Fatalf("note: changed %v, events %v, %d commands", dec.Changed, viewEvents(dec.Events), len(dec.Commands))
+	}
+	var body struct {
+		Data OperatorData `json:"data"`
+	}
+	if err := json.Unmarshal(dec.Events[0].Payload, &body); err != nil || body.Data.Message != mid(stReserve) || body.Data.Operator != "fay" {
+		t.Errorf("note data %+v, %v", body.Data, err)
+	}
+	after := dec.Instance
+	after.Seq, after.UpdatedAt, after.State = done.Seq, done.UpdatedAt, done.State
+	if after.Phase != done.Phase || after.Step != done.Step || len(after.History) != len(done.History) {
+		t.Errorf("a note changed the saga: %+v", dec.Instance)
+	}
+}
+
+// A stuck saga says why, classified by the engine when it got stuck.
+func TestStuckCause(t *testing.T) {
+	d := testDefinition(t)
+	check := func(name string, in Instance, want StuckCause) {
+		t.Helper()
+		if got, _ := in.Cause(); got != want {
+			t.Errorf("%s: cause %q, want %q (reason %q)", name, got, want, in.StuckReason)
+		}
+	}
+	noReply := timeouts(t, d, runningAt(t, d, 3), 4)
+	check("commit never answered", noReply, CauseNoReply)
+	in := runningAt(t, d, 3)
+	for i := 1; i <= 4; i++ {
+		r := retryOf(stCommit, i)
+		in = apply(t, d, in, r, ts(time.Duration(10+i)*s))
+		if in.Phase != Stuck {
+			in = apply(t, d, in, timeoutIn(), ts(time.Duration(10+i)*s+30*s))
+		}
+	}
+	check("commit answered retry each time", in, CauseWorkerError)
+	check("release never answered", exhaust(t, d, declined(t, d)), CauseCompensationExhausted)
+	dd := deliveryDefinition(t)
+	check("delivery overdue", apply(t, dd, at(t, dd, 4), timeoutIn(), ts(time.Hour)), CauseSignalOverdue)
+	q := noReply
+	q.StuckReason = QuarantinePrefix + "history does not parse"
+	check("quarantined", q, CauseQuarantined)
+	check("replayed", apply(t, d, noReply, replayIn(), ts(time.Hour)), "")
+	if dec := decide(t, d, noReply, replayIn(), ts(time.Hour)); dec.Instance.History[len(dec.Instance.History)-1].Cause != "" {
+		t.Error("a replayed step keeps its cause")
+	}
+}

@@ -101,7 +101,10 @@ func TestConsoleReplaysAStuckSaga(t *testing.T) {
 	); err != nil {
 		t.Fatalf("open the saga: %v", err)
 	}
-	reason := text("#stuck-reason")
+	reason, cause := text("#stuck-reason"), text("#cause")
+	if cause != "compensation_exhausted" {
+		t.Errorf("the saga page says the cause is %q, want compensation_exhausted", cause)
+	}
 	if err := chromedp.Do(ctx,
 		chromedp.SendKeys(chromedp.CSS("#replay input[name=reason]"), "inventory is back"),
 		chromedp.Submit(chromedp.ID("replay")),

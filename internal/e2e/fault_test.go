@@ -451,8 +451,14 @@ func TestStuckSagasAreReplayedAndCancelled(t *testing.T) {
 		}
 		restart(t, s, b, "payment", contract.PaymentQueue)
 		v := stuckSaga(t, s, id)
-		if v.StuckIn != string(saga.Running) || v.Step != order.StepCommitStock {
-			t.Errorf("stuck saga %+v: want stuck running at commit_stock", v)
+		if v.StuckIn != string(saga.Running) || v.Step != order.StepCommitStock || v.Cause != string(saga.CauseNoReply) {
+			t.Errorf("stuck saga %+v: want stuck running at commit_stock, for want of a reply", v)
+		}
+		// One saga's view asks the broker: nobody consumes inventory's queue.
+		var one api.SagaView
+		s.Admin(t, http.MethodGet, "/admin/sagas/"+id, nil).Decode(t, &one)
+		if one.Cause != string(saga.CauseNoConsumer) {
+			t.Errorf("GET /admin/sagas/%s while inventory is down: cause %q, want no_consumer", id, one.Cause)
 		}
 		if r := s.Admin(t, http.MethodPost, "/admin/sagas/"+id+"/cancel", why); r.Status != http.StatusConflict {
 			t.Errorf("cancel past the pivot: %d %s, want 409", r.Status, r.Body)

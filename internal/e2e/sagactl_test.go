@@ -11,6 +11,7 @@ import (
 	"github.com/sagaflow/sagaflow/internal/contract"
 	"github.com/sagaflow/sagaflow/internal/testenv"
 	"github.com/sagaflow/sagaflow/orchestrator/order"
+	"github.com/sagaflow/sagaflow/saga"
 )
 
 // TestSagactlOperatesAStuckSaga: an operator finds a stuck saga with
@@ -94,6 +95,11 @@ func TestSagactlOperatesAStuckSaga(t *testing.T) {
 	if out := ctl(0, "dlq", "redrive", "--queue", contract.InventoryQueue, "--reason", "inventory is back"); !strings.Contains(out, "re-drove") ||
 		strings.Contains(out, "re-drove 0 ") {
 		t.Errorf("dlq redrive:\n%s", out)
+	}
+	// Each re-driven command is on its saga's record.
+	trail(t, s, id, saga.EventRedriven)
+	if out := ctl(0, "sagas", "events", id); !strings.Contains(out, "saga.redriven") || !strings.Contains(out, "by carol: inventory is back") {
+		t.Errorf("sagas events after the re-drive:\n%s", out)
 	}
 	var dead struct {
 		DeadLetters []struct{ Queue string } `json:"dead_letters"`

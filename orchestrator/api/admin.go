@@ -83,19 +83,21 @@ func (s *server) ledgerOf(c context.Context, log zerolog.Logger, id uuid.UUID) L
 
 // SagaView is a saga as the admin API shows it.
 type SagaView struct {
-	SagaID     string            `json:"saga_id"`
-	Definition string            `json:"definition"`
-	Version    int               `json:"version"`
-	State      string            `json:"state"`
-	Phase      string            `json:"phase"`
-	StuckIn    string            `json:"stuck_in,omitempty"`
-	Reason     string            `json:"reason"`
-	Step       string            `json:"step"`
-	Attempt    int               `json:"attempt"`
-	Deadline   *time.Time        `json:"deadline"`
-	CreatedAt  time.Time         `json:"created_at"`
-	UpdatedAt  time.Time         `json:"updated_at"`
-	History    []saga.StepRecord `json:"history"`
+	SagaID     string `json:"saga_id"`
+	Definition string `json:"definition"`
+	Version    int    `json:"version"`
+	State      string `json:"state"`
+	Phase      string `json:"phase"`
+	StuckIn    string `json:"stuck_in,omitempty"`
+	Reason     string `json:"reason"`
+	// Cause classifies why a stuck saga is stuck (saga.StuckCause).
+	Cause     string            `json:"cause,omitempty"`
+	Step      string            `json:"step"`
+	Attempt   int               `json:"attempt"`
+	Deadline  *time.Time        `json:"deadline"`
+	CreatedAt time.Time         `json:"created_at"`
+	UpdatedAt time.Time         `json:"updated_at"`
+	History   []saga.StepRecord `json:"history"`
 }
 
 func (s *server) sagaView(in *saga.Instance) SagaView {
@@ -106,6 +108,8 @@ func (s *server) sagaView(in *saga.Instance) SagaView {
 	}
 	if in.Phase == saga.Stuck {
 		v.Reason = in.StuckReason
+		cause, _ := in.Cause()
+		v.Cause = string(cause)
 	}
 	if !in.Deadline.IsZero() {
 		d := in.Deadline

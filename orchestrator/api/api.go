@@ -130,7 +130,7 @@ func New(d Deps) (public, admin http.Handler) {
 	ui := console.New(console.Options{Coordinator: d.Coordinator, Store: d.Store, Bus: d.Bus, Tokens: s.tokens(),
 		Trail: s.consoleTrail, Ledger: func(ctx context.Context, id uuid.UUID) (json.RawMessage, error) {
 			return json.Marshal(s.ledgerOf(ctx, d.Log, id))
-		}, Log: d.Log, Prefix: "/ui"})
+		}, Log: d.Log, Prefix: "/ui", QueueOf: contract.QueueOf})
 	a.Any("/ui/*page", gin.WrapH(ui))
 	a.GET("/ui", func(c *gin.Context) { c.Redirect(http.StatusMovedPermanently, "/ui/") })
 	return r, a

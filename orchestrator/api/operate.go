@@ -11,6 +11,7 @@ import (
 	"github.com/sagaflow/sagaflow/internal/contract"
 	"github.com/sagaflow/sagaflow/saga"
 	"github.com/sagaflow/sagaflow/saga/amqpbus"
+	"github.com/sagaflow/sagaflow/saga/console"
 	"github.com/sagaflow/sagaflow/saga/coordinator"
 	"github.com/sagaflow/sagaflow/saga/pgstore"
 )
@@ -39,7 +40,12 @@ func (s *server) getSaga(c *gin.Context) {
 		abort(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, s.sagaView(&in))
+	v := s.sagaView(&in)
+	// One saga: worth asking the broker whether its worker is there.
+	if cause, _ := console.Diagnose(c, s.Bus, contract.QueueOf, s.Coordinator.Definition(in.Definition), &in); cause != "" {
+		v.Cause = string(cause)
+	}
+	c.JSON(http.StatusOK, v)
 }
 
 // sagaEvents is a saga's audit trail (the audit service keeps every
@@ -286,6 +292,7 @@ func (s *server) redrive(c *gin.Context) {
 	if done == nil {
 		done = []amqpbus.DeadMessage{}
 	}
+	console.RecordRedrives(c, s.Coordinator, coordinator.Action{Operator: operatorOf(c), Reason: r.Reason}, done, *logOf(c))
 	logOf(c).Info().Str("operator", operatorOf(c)).Str("reason", r.Reason).Int("messages", len(done)).
 		Msg("operator re-drove dead letters")
 	c.JSON(http.StatusOK, gin.H{"redriven": done})

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/sagaflow/sagaflow/saga"
 )
 
 // DeadMessage is a message kept in saga.dead, as an operator sees it.
@@ -29,11 +31,16 @@ type DeadMessage struct {
 	Deliveries int    `json:"deliveries"`
 	DeadAt     string `json:"dead_at,omitempty"`
 	Bytes      int    `json:"bytes"`
+	// SagaID is the saga the message is about, when its body says.
+	SagaID string `json:"saga_id,omitempty"`
 }
 
 func describeDead(d *amqp.Delivery) DeadMessage {
 	m := DeadMessage{MessageID: d.MessageId, Type: d.Type, CorrelationID: d.CorrelationId, Bytes: len(d.Body),
 		Exchange: d.Exchange, RoutingKey: d.RoutingKey}
+	if env, err := saga.Decode(d.Body); err == nil {
+		m.SagaID = env.SagaID
+	}
 	str := func(k string) string { s, _ := d.Headers[k].(string); return s }
 	if r := str("x-sagaflow-reason"); r != "" {
 		m.Reason, m.Queue, m.Exchange, m.RoutingKey = r, str("x-sagaflow-queue"), str("x-sagaflow-exchange"), str("x-sagaflow-routing-key")

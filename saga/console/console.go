@@ -66,6 +66,10 @@ type Options struct {
 	Log    zerolog.Logger
 	// Prefix is where the console is mounted (default "/ui").
 	Prefix string
+	// QueueOf names the queue a command type goes to, so that a saga stuck
+	// for want of a reply can be told apart from one whose worker is not
+	// there at all (nil: not told).
+	QueueOf func(commandType string) string
 }
 
 // Console serves the pages.
@@ -114,6 +118,7 @@ func New(o Options) *Console {
 		"join":   strings.Join,
 		"prefix": func() string { return o.Prefix },
 		"key":    func(id uuid.UUID, r saga.StepRecord) string { return saga.MessageID(id, keyName(r)) },
+		"cause":  func(in saga.Instance) string { c, _ := in.Cause(); return string(c) },
 	}
 	for _, p := range []string{"login", "overview", "sagas", "saga", "plan", "dead"} {
 		c.pages[p] = template.Must(template.New("layout.html").Funcs(funcs).ParseFS(assets, "assets/layout.html", "assets/"+p+".html"))
@@ -291,4 +296,31 @@ func sortedRefs(m map[saga.StateRef]int64) []stateCount {
 type stateCount struct {
 	Definition, State string
 	N                 int64
+}
+
+// Diagnose is a stuck saga's cause, told finer where the broker can say
+// more: a command that got no reply whose queue has no consumer is
+// saga.CauseNoConsumer. "" for a saga that is not stuck.
+func Diagnose(ctx context.Context, bus *amqpbus.Bus, queueOf func(string) string, def *saga.Definition, in *saga.Instance) (saga.StuckCause, string) {
+	cause, detail := in.Cause()
+	if cause != saga.CauseNoReply || bus == nil || queueOf == nil || def == nil {
+		return cause, detail
+	}
+	k := def.For(in)
+	if k == nil || in.Step < 0 || in.Step >= len(k.Steps) {
+		return cause, detail
+	}
+	st := &k.Steps[in.Step]
+	command := st.Command
+	if in.StuckIn == saga.Compensating && st.Compensation != nil {
+		command = st.Compensation.Command
+	}
+	if command == "" {
+		return cause, detail
+	}
+	q := queueOf(command)
+	if _, consumers, err := bus.Inspect(ctx, q); err == nil && consumers == 0 {
+		return saga.CauseNoConsumer, "no consumer on " + q + ": " + detail
+	}
+	return cause, detail
 }

@@ -1,6 +1,7 @@
 package console
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/rs/zerolog"
 
 	"github.com/sagaflow/sagaflow/saga"
 	"github.com/sagaflow/sagaflow/saga/amqpbus"
@@ -236,6 +238,9 @@ func (c *Console) saga(w http.ResponseWriter, r *http.Request, s session) {
 		return
 	}
 	data := map[string]any{"Saga": in, "Step": stepOf(&in)}
+	if cause, detail := Diagnose(r.Context(), c.o.Bus, c.o.QueueOf, c.o.Coordinator.Definition(in.Definition), &in); cause != "" {
+		data["Cause"], data["CauseDetail"] = cause, detail
+	}
 	var sent []sentCommand
 	for _, rec := range in.History {
 		if rec.Kind != saga.KindSignal {
@@ -426,6 +431,23 @@ func (c *Console) redrive(w http.ResponseWriter, r *http.Request, s session) {
 		http.Redirect(w, r, back+"?error="+url.QueryEscape(err.Error()), http.StatusSeeOther)
 		return
 	}
+	RecordRedrives(r.Context(), c.o.Coordinator, coordinator.Action{Operator: s.operator, Reason: reason}, done, c.o.Log)
 	c.o.Log.Info().Str("operator", s.operator).Str("reason", reason).Int("messages", len(done)).Msg("console: operator re-drove dead letters")
 	http.Redirect(w, r, back+"?done="+url.QueryEscape(fmt.Sprintf("re-drove %d messages", len(done))), http.StatusSeeOther)
+}
+
+// RecordRedrives puts each re-driven message that belongs to a saga this
+// coordinator has on that saga's record: a saga.redriven event with the
+// operator, the reason and the message id. A message of a saga the store
+// does not have (another deployment's) has no trail to go into.
+func RecordRedrives(ctx context.Context, coord *coordinator.Coordinator, a coordinator.Action, done []amqpbus.DeadMessage, log zerolog.Logger) {
+	for _, m := range done {
+		id, err := uuid.Parse(m.SagaID)
+		if err != nil {
+			continue
+		}
+		if err := coord.Note(ctx, id, a, saga.EventRedriven, m.MessageID); err != nil && !errors.Is(err, saga.ErrNotFound) {
+			log.Warn().Err(err).Str("saga_id", id.String()).Str("message_id", m.MessageID).Msg("re-drive not recorded in the saga's trail")
+		}
+	}
 }

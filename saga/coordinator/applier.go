@@ -101,6 +101,16 @@ func (c *Coordinator) Cancel(ctx context.Context, id uuid.UUID, a Action) (saga.
 	return c.applyNow(ctx, saga.Input{Kind: saga.InputCancel, SagaID: id, Operator: a.Operator, Reason: a.Reason})
 }
 
+// Note records an operator's action about a saga that changes nothing in
+// it (a re-drive of one of its messages) as an operator event in its
+// trail: event (saga.EventRedriven) with the action's operator and reason
+// and the subject (the message id).
+func (c *Coordinator) Note(ctx context.Context, id uuid.UUID, a Action, event, subject string) error {
+	_, err := c.applyNow(ctx, saga.Input{Kind: saga.InputNote, SagaID: id, Operator: a.Operator, Reason: a.Reason,
+		Note: event, Subject: subject})
+	return err
+}
+
 // Signal hands a signal to a saga (see saga.Step.Wait): the waiting step it
 // is at takes it and the saga moves on, or it is kept for a waiting step
 // ahead; a duplicate (same key) changes nothing. It returns

@@ -596,7 +596,7 @@ func (s *Store) decide(ctx context.Context, t *txn, sagas map[uuid.UUID]saga.Ins
 }
 
 // QuarantinePrefix starts the stuck reason of a quarantined saga.
-const QuarantinePrefix = "quarantined: "
+const QuarantinePrefix = saga.QuarantinePrefix
 
 // queueQuarantine sets a saga aside: stuck, with the reason, and no
 // deadline, so that no loop claims it again; an operator lists it with the

@@ -88,7 +88,7 @@ func orderEvents(ctx context.Context, db *pgxpool.Pool, cmd worker.Command) (wor
 		_ = json.Unmarshal(raw, &p) // stored as received; fields are best effort
 		e.ID, e.At = evID.String(), e.At.UTC()
 		e.State, e.Step, e.Code, e.Message, e.Reason = p.State, p.Step, p.Code, p.Message, p.Reason
-		if e.Type == saga.EventReplayed || e.Type == saga.EventCancelled {
+		if e.Type == saga.EventReplayed || e.Type == saga.EventCancelled || e.Type == saga.EventRedriven {
 			var op saga.OperatorData
 			if json.Unmarshal(p.Data, &op) == nil {
 				e.Data = &op
