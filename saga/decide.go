@@ -27,6 +27,7 @@ const (
 	InputCancel                       // an operator forces compensation
 	InputSignal                       // something outside the saga happened that a waiting step may wait for
 	InputNote                         // an operator did something about the saga that changes nothing in it (a re-drive): on the record
+	InputSLA                          // the coordinator asks whether the saga stayed in its state longer than the step's SLA
 )
 
 func (k InputKind) String() string {
@@ -45,6 +46,8 @@ func (k InputKind) String() string {
 		return "signal"
 	case InputNote:
 		return "note"
+	case InputSLA:
+		return "sla"
 	}
 	return "input(" + strconv.Itoa(int(k)) + ")"
 }
@@ -294,6 +297,8 @@ func (d *Definition) decide(in Instance, inp Input, now time.Time) (Decision, er
 			return Decision{}, errors.New("saga: signal input without a signal")
 		}
 		err = x.signal(inp.Signal)
+	case InputSLA:
+		x.sla()
 	case InputNote:
 		if inp.Note == "" {
 			return Decision{}, errors.New("saga: note input without an event")
@@ -610,6 +615,24 @@ func (x *decider) signal(sg *Signal) error {
 		return err
 	}
 	return x.take(&x.in.History[len(x.in.History)-1])
+}
+
+// sla emits "<name>.sla_missed" once for a saga that has been at a step
+// with an SLA for longer than it: the step's record keeps that it did.
+// Anything else is no change (the step ended meanwhile, or it was said).
+func (x *decider) sla() {
+	if x.in.Phase != Running || x.in.Step < 0 || x.in.Step >= len(x.def.Steps) {
+		return
+	}
+	s := &x.def.Steps[x.in.Step]
+	rec := x.in.record(s.Name)
+	if s.SLA <= 0 || rec == nil || rec.SLAMissed || rec.Status != StepRunning || x.now.Before(rec.StartedAt.Add(s.SLA)) {
+		return
+	}
+	rec.SLAMissed = true
+	x.changed = true
+	x.emit(x.def.Name+".sla_missed", eventDetail{Step: s.Name,
+		Message: fmt.Sprintf("in %s for more than its SLA of %s", s.State, s.SLA)})
 }
 
 // resume takes a stuck saga back to the phase it was stuck in; others

@@ -84,6 +84,11 @@ type Step struct {
 	// OverdueReason is the saga's reason when a waiting step's deadline
 	// passes (default "<signal> not received within <timeout>").
 	OverdueReason string
+	// SLA is how long a saga may stay in this step's state before someone
+	// should know, whatever its attempts (0: no SLA). Once it is passed
+	// the saga emits "<Name>.sla_missed", once per stay, and goes on as
+	// before (the coordinator looks every Config.SLAInterval).
+	SLA time.Duration
 }
 
 // Waits reports whether the step waits for a signal instead of sending a
@@ -226,6 +231,9 @@ func (d *Definition) Validate() error {
 				break
 			}
 		}
+		if s.SLA < 0 {
+			errs = append(errs, fmt.Errorf("step %q: a negative SLA", s.Name))
+		}
 		if s.Waits() {
 			switch {
 			case s.Command != "":
@@ -325,6 +333,17 @@ func (d *Definition) States() []string {
 		}
 		if k == d {
 			out = append(out, string(Completed), string(Rejected), string(Compensating), string(Cancelled), string(Stuck))
+		}
+	}
+	return out
+}
+
+// SLAStates lists the states of the steps that have an SLA.
+func (d *Definition) SLAStates() []string {
+	var out []string
+	for _, s := range d.Steps {
+		if s.SLA > 0 {
+			out = append(out, s.State)
 		}
 	}
 	return out

@@ -73,6 +73,8 @@ type StepRecord struct {
 	// Cause classifies why the saga got stuck at this step or
 	// compensation (set when it did; see StuckCause).
 	Cause StuckCause `json:"cause,omitempty"`
+	// SLAMissed is set once the step stayed longer than its SLA.
+	SLAMissed bool `json:"sla_missed,omitempty"`
 }
 
 // Instance is the persisted state of one saga. The store saves it whole

@@ -141,3 +141,35 @@ func TestStuckCause(t *testing.T) {
 		t.Error("a replayed step keeps its cause")
 	}
 }
+
+// A step's SLA: the saga says it stayed too long, once per stay, and goes
+// on as before.
+func TestSLA(t *testing.T) {
+	steps := testSteps()
+	steps[1].SLA = 30 * s // charging_payment
+	d := &Definition{Name: sagaName, Steps: steps, Retry: testRetry()}
+	if err := d.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	sla := Input{Kind: InputSLA, SagaID: sagaID}
+	in := runningAt(t, d, 1) // charge_payment began at t0+1s
+	if dec := decide(t, d, in, sla, ts(30*s)); dec.Changed {
+		t.Fatal("late before the SLA passed")
+	}
+	dec := decide(t, d, in, sla, ts(32*s))
+	if !dec.Changed || len(dec.Events) != 1 || dec.Events[0].Type != sagaName+".sla_missed" || len(dec.Commands) != 0 ||
+		dec.Instance.Deadline != in.Deadline || dec.Instance.Attempt != in.Attempt {
+		t.Fatalf("SLA passed: changed %v, events %v, commands %d", dec.Changed, viewEvents(dec.Events), len(dec.Commands))
+	}
+	if again := decide(t, d, dec.Instance, sla, ts(90*s)); again.Changed {
+		t.Error("said twice for one stay")
+	}
+	// The next step has no SLA; the one that ended is not late any more.
+	next := apply(t, d, dec.Instance, okIn(stCharge, ""), ts(95*s))
+	if later := decide(t, d, next, sla, ts(time.Hour)); later.Changed {
+		t.Error("a step without an SLA said it was late")
+	}
+	if got := d.SLAStates(); len(got) != 1 || got[0] != "charging_payment" {
+		t.Errorf("SLAStates() = %v", got)
+	}
+}

@@ -117,6 +117,10 @@ type Store interface {
 	// among the versions listed for their definition: what a deploy
 	// check (CheckDeploy) looks at.
 	Positions(ctx context.Context, served map[string][]int) ([]Position, error)
+	// InState returns up to limit ids of sagas of definition in state,
+	// oldest first, after the id after (uuid.Nil: from the oldest): what
+	// the SLA watch looks at.
+	InState(ctx context.Context, definition, state string, after uuid.UUID, limit int) ([]uuid.UUID, error)
 }
 
 // Publisher sends messages to the broker.

@@ -62,7 +62,8 @@ func served(t *testing.T) []string {
 		sagaprom.SagasStarted, sagaprom.SagasFinished, sagaprom.StepDuration, sagaprom.StepRetries,
 		sagaprom.Compensations, sagaprom.SagasStuck, sagaprom.BatchSize, sagaprom.BatchDuration,
 		sagaprom.Quarantined, sagaprom.MessagesPublished, sagaprom.DeadLetters, sagaprom.AMQPReconnects,
-		sagaprom.HTTPRequests, sagaprom.HTTPDuration, sagaprom.WorkerCommands, sagaprom.WorkerCommandDuration}
+		sagaprom.HTTPRequests, sagaprom.HTTPDuration, sagaprom.WorkerCommands, sagaprom.WorkerCommandDuration,
+		sagaprom.SLAMissed}
 	var names []string
 	fq := regexp.MustCompile(`fqName: "([a-z_]+)"`)
 	ch := make(chan *prometheus.Desc, 64)

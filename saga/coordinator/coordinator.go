@@ -43,6 +43,11 @@ type Config struct {
 	TimerInterval time.Duration
 	// TimerBatch is the most due sagas claimed per transaction (default 512).
 	TimerBatch int
+	// SLAInterval is how often the sagas in states with an SLA
+	// (saga.Step.SLA) are looked at (default 10s); each look reads at most
+	// SLABatch of each such state, going round.
+	SLAInterval time.Duration
+	SLABatch    int
 	// OldestShare is the share of each admission batch that goes to the
 	// oldest pending sagas whatever their priority (default 0.2; negative:
 	// none, strict priority). High priority keeps its head start, but a
@@ -94,6 +99,8 @@ func (c Config) withDefaults() Config {
 	defInt(&c.QueueSize, 4096)
 	defDur(&c.TimerInterval, 200*time.Millisecond)
 	defInt(&c.TimerBatch, 512)
+	defDur(&c.SLAInterval, 10*time.Second)
+	defInt(&c.SLABatch, 1000)
 	defInt(&c.MaxActive, 2000)
 	if c.OldestShare == 0 {
 		c.OldestShare = 0.2
@@ -254,6 +261,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	spawn(c.createLoop)
 	spawn(c.startLoop)
 	spawn(c.deleteLoop)
+	spawn(c.slaLoop)
 	wg.Wait()
 	return nil
 }

@@ -3,7 +3,8 @@
 // relays the messages their decisions stage in the outbox. It keeps no
 // saga state in memory; several coordinators may share one store.
 //
-// The coordinator is six stages, one concern each, joined by channels.
+// The coordinator is six stages, one concern each, joined by channels (and
+// an SLA watch beside the timer, for definitions whose steps have an SLA).
 // Every arrow into the store is one transaction for a batch of sagas:
 //
 //	Submit ──creates──▶ intake ──────────▶ store.CreateBatch ─┐
@@ -12,6 +13,7 @@
 //	HandleReplies ──inputs──▶ applier ──▶ store.Apply ─────────────┤
 //	Replay, Cancel ─────────────────────▶ store.Apply ─────────────┤
 //	Clock ──▶ timer ──▶ store.ApplyDue ────────────────────────────┤
+//	Clock ──▶ SLA watch ──▶ store.InState, store.Apply ────────────┤
 //	                                                               │
 //	                             relayq (staged messages) ◀────────┘
 //	                                       │
@@ -34,7 +36,9 @@
 // what each commit staged at once and deletes the rows whose messages were
 // all confirmed. Recovery (recovery.go) publishes the rows the relay left
 // behind: those of a crashed process, of a broker that was away, or of a
-// relay that had no room, once their lease expires.
+// relay that had no room, once their lease expires. The SLA watch (sla.go)
+// reads the sagas of the states with an SLA (saga.Step.SLA), a batch per
+// state and pass, and has the late ones emit their sla_missed event.
 //
 // Delivery is at least once on every arrow: a crash between a commit and a
 // publish, or between a publish and a delete, means a message published
@@ -42,6 +46,6 @@
 //
 // Each stage's loop takes a batch (saga/internal/collect) or waits for the
 // clock, and hands it to a step (createBatch, startPass, applyBatch,
-// timerPass, relaySend, deleteBatch, recoveryPass) that does one batch's
+// timerPass, relaySend, deleteBatch, recoveryPass, slaPass) that does one batch's
 // work; the tests drive the steps with a real store and a simulated clock.
 package coordinator

@@ -162,3 +162,39 @@ func TestDeployOfANewVersionStrandsNoSaga(t *testing.T) {
 		t.Fatalf("CheckDeploy with confirm mapped = %+v, %v", stranded, err)
 	}
 }
+
+// The SLA watch reads the sagas of states with an SLA and has the late
+// ones say so, once.
+func TestSLAWatch(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, Config{})
+	d := trip(t)
+	d.Steps = slices.Clone(d.Steps)
+	d.Steps[1].SLA = time.Minute // booking_flight
+	var err error
+	h.c, err = New(Config{Clock: h.clock, Observer: h.obs, SLABatch: 1}, h.store, h.pub, zerolog.Nop(), d, parcel(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	trips := h.create(submission(normal), submission(normal))
+	for _, tr := range trips {
+		h.answer(tr.ID, "book_hotel", saga.ReplyOK)
+	}
+	_ = h.staged()
+	cursors := map[saga.StateRef]uuid.UUID{}
+	h.c.slaPass(h.ctx, cursors)
+	if n := len(h.staged()); n != 0 {
+		t.Fatalf("%d messages before the SLA passed", n)
+	}
+	h.clock.Advance(2 * time.Minute)
+	var late []string
+	for range 3 { // a batch of one: one saga per pass, round and round
+		h.c.slaPass(h.ctx, cursors)
+		for _, m := range h.staged() {
+			late = append(late, m.Type)
+		}
+	}
+	if len(late) != 2 || late[0] != "trip.sla_missed" || late[1] != "trip.sla_missed" {
+		t.Fatalf("events after the SLA passed: %v, want trip.sla_missed once for each trip", late)
+	}
+}

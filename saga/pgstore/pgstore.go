@@ -968,6 +968,25 @@ func (s *Store) Positions(ctx context.Context, served map[string][]int) ([]saga.
 	return out, nil
 }
 
+// InState returns up to limit ids of definition's sagas in state, oldest
+// first, after the id after (the sagas_state index, in id order).
+func (s *Store) InState(ctx context.Context, definition, state string, after uuid.UUID, limit int) ([]uuid.UUID, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id FROM sagas WHERE state = $1 AND id > $2 AND definition = $3
+		ORDER BY state, id LIMIT $4`, state, pgtype.UUID{Bytes: after, Valid: true}, definition, limit)
+	if err != nil {
+		return nil, fmt.Errorf("pgstore: sagas in %s: %w", state, err)
+	}
+	ids, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (uuid.UUID, error) {
+		var id pgtype.UUID
+		err := r.Scan(&id)
+		return uuid.UUID(id.Bytes), err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pgstore: sagas in %s: %w", state, err)
+	}
+	return ids, nil
+}
+
 // CountLive counts the sagas that have not ended, by definition and
 // state: those with a deadline (running, compensating), pending and
 // stuck, each found through its index (sagas_due, sagas_pending,

@@ -51,6 +51,10 @@ var (
 		Name: "sagaflow_quarantined_total",
 		Help: "Rows set aside because they cannot be read or transitioned, by kind (saga, outbox); pgstore.Store.ListQuarantined lists them.",
 	}, []string{"kind"})
+	SLAMissed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sagaflow_sla_missed_total",
+		Help: "Sagas that stayed in a state longer than its SLA (saga.Step.SLA), by definition and state.",
+	}, []string{"definition", "state"})
 	MessagesPublished = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sagaflow_messages_published_total",
 		Help: "Outbox messages published, by result (confirmed, failed).",
@@ -74,6 +78,11 @@ func (CoordinatorObserver) SagaChanged(def *saga.Definition, d saga.Decision) {
 		r := &in.History[i]
 		if r.Kind != saga.KindSignal && r.FinishedAt != nil && r.FinishedAt.Equal(in.UpdatedAt) {
 			StepDuration.WithLabelValues(r.Name).Observe(r.FinishedAt.Sub(r.StartedAt).Seconds())
+		}
+	}
+	for _, ev := range d.Events {
+		if def != nil && ev.Type == def.Name+".sla_missed" {
+			SLAMissed.WithLabelValues(def.Name, in.State).Inc()
 		}
 	}
 	for _, t := range d.Transitions {
@@ -167,7 +176,7 @@ func (c StoreCollector) Collect(ch chan<- prometheus.Metric) {
 // gauges read from the store (outbox backlog, stuck sagas).
 func RegisterCoordinator(r prometheus.Registerer, stats StoreStats) {
 	r.MustRegister(SagasStarted, SagasFinished, StepDuration, StepRetries, Compensations, SagasStuck,
-		MessagesPublished, Quarantined, DeadLetters, AMQPReconnects, HTTPRequests, HTTPDuration,
+		MessagesPublished, Quarantined, DeadLetters, AMQPReconnects, HTTPRequests, HTTPDuration, SLAMissed,
 		BatchSize, BatchDuration, StoreCollector{Stats: stats})
 }
 
