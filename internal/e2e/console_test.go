@@ -52,13 +52,7 @@ func browser(t *testing.T) context.Context {
 // with the operator and the reason, in its audit trail.
 func TestConsoleReplaysAStuckSaga(t *testing.T) {
 	ctx := browser(t)
-	s := testenv.StartT(t, testenv.Options{
-		Env: map[string]string{
-			"STEP_TIMEOUT": "1500ms", "STEP_MAX_TIMEOUT": "1500ms", "STEP_ATTEMPTS": "2",
-			"COMPENSATION_ATTEMPTS": "2", "RETRIABLE_ATTEMPTS": "2",
-			"ADMIN_TOKENS": "dana=dana-token-0123456789",
-		},
-	})
+	s := testenv.StartT(t, shortAttempts("dana=dana-token-0123456789"))
 	sk := sku(t, "a")
 	s.PutProduct(t, sk, "Kettle", 3500, 10)
 	b := dialBroker(t, s)

@@ -376,13 +376,7 @@ func TestStuckSagasAreReplayedAndCancelled(t *testing.T) {
 	if err := os.WriteFile(tokenFile, []byte("bob-token-0123456789\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s := testenv.StartT(t, testenv.Options{
-		Env: map[string]string{
-			"STEP_TIMEOUT": "1500ms", "STEP_MAX_TIMEOUT": "1500ms", "STEP_ATTEMPTS": "2",
-			"COMPENSATION_ATTEMPTS": "2", "RETRIABLE_ATTEMPTS": "2",
-			"ADMIN_TOKENS": "alice=" + aliceToken + ",bob=@" + tokenFile,
-		},
-	})
+	s := testenv.StartT(t, shortAttempts("alice="+aliceToken+",bob=@"+tokenFile))
 	as := func(token, method, path string, body any) testenv.Response {
 		t.Helper()
 		return s.Call(t, method, path, body, map[string]string{"Authorization": "Bearer " + token})

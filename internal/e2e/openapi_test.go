@@ -1159,19 +1159,23 @@ func conformOrders(t *testing.T, s *testenv.System, c *conformance) {
 		c.send(t, s, base, apiCall{op: op, path: id(done), header: auth, want: 400, docRejects: true})
 		c.send(t, s, base, apiCall{op: op, path: id(done), body: map[string]any{"reason": " "}, header: auth, want: 400, docRejects: true})
 	}
-	cancel := func(body any, header map[string]string, want int, docRejects bool) {
-		t.Helper()
-		h := map[string]string{"Authorization": auth["Authorization"]}
-		for k, v := range header {
-			h[k] = v
+	// adminPost sends an admin POST with the token and any other headers.
+	adminPost := func(op string, path map[string]string) func(body any, header map[string]string, want int, docRejects bool) {
+		return func(body any, header map[string]string, want int, docRejects bool) {
+			t.Helper()
+			h := map[string]string{"Authorization": auth["Authorization"]}
+			for k, v := range header {
+				h[k] = v
+			}
+			c.send(t, s, base, apiCall{op: op, path: path, body: body, header: h, want: want, docRejects: docRejects})
 		}
-		c.send(t, s, base, apiCall{op: "POST /admin/sagas/{id}/cancel", path: id(done), body: body, header: h,
-			want: want, docRejects: docRejects})
 	}
+	tooBig := append(append([]byte(`{"reason":"`), bytes.Repeat([]byte("r"), 2<<20)...), `"}`...)
+	cancel := adminPost("POST /admin/sagas/{id}/cancel", id(done))
 	cancel(map[string]any{"reason": "customer called"}, nil, 409, false)
 	cancel([]byte(`{"reason":`), nil, 400, true)
 	cancel(map[string]any{"why": "x"}, nil, 400, true)
-	cancel(append(append([]byte(`{"reason":"`), bytes.Repeat([]byte("r"), 2<<20)...), `"}`...), nil, 413, false)
+	cancel(tooBig, nil, 413, false)
 	cancel(map[string]any{"reason": "x"}, map[string]string{"Content-Type": "text/plain"}, 415, true)
 	c.send(t, s, base, apiCall{op: "GET /admin/quarantine", header: auth, want: 200})
 	// The operators' tools (sagactl's routes).
@@ -1180,34 +1184,20 @@ func conformOrders(t *testing.T, s *testenv.System, c *conformance) {
 		c.send(t, s, base, apiCall{op: op, path: id(uuid.NewString()), header: auth, want: 404})
 		c.send(t, s, base, apiCall{op: op, path: id("not-a-uuid"), header: auth, want: 400, docRejects: true})
 	}
-	bulk := func(body any, header map[string]string, want int, docRejects bool) {
-		t.Helper()
-		h := map[string]string{"Authorization": auth["Authorization"]}
-		for k, v := range header {
-			h[k] = v
-		}
-		c.send(t, s, base, apiCall{op: "POST /admin/replays", body: body, header: h, want: want, docRejects: docRejects})
-	}
+	bulk := adminPost("POST /admin/replays", nil)
 	bulk(map[string]any{"state": "stuck", "older_than": "1h", "reason": "what would it do", "dry_run": true}, nil, 200, false)
 	bulk(map[string]any{"state": "stuck", "dry_run": true}, nil, 400, true)
 	bulk(map[string]any{"older_than": "a while", "reason": "x", "dry_run": true}, nil, 400, false)
 	bulk(map[string]any{"state": "completed", "reason": "x", "dry_run": true}, nil, 400, false)
-	bulk(append(append([]byte(`{"reason":"`), bytes.Repeat([]byte("r"), 2<<20)...), `"}`...), nil, 413, false)
+	bulk(tooBig, nil, 413, false)
 	bulk(map[string]any{"reason": "x"}, map[string]string{"Content-Type": "text/plain"}, 415, true)
 	c.send(t, s, base, apiCall{op: "GET /admin/dead-letters", header: auth, want: 200})
 	c.send(t, s, base, apiCall{op: "GET /admin/dead-letters", query: url.Values{"limit": {"0"}}, header: auth, want: 400, docRejects: true})
-	redrive := func(body any, header map[string]string, want int, docRejects bool) {
-		t.Helper()
-		h := map[string]string{"Authorization": auth["Authorization"]}
-		for k, v := range header {
-			h[k] = v
-		}
-		c.send(t, s, base, apiCall{op: "POST /admin/dead-letters/redrive", body: body, header: h, want: want, docRejects: docRejects})
-	}
+	redrive := adminPost("POST /admin/dead-letters/redrive", nil)
 	redrive(map[string]any{"message_ids": []string{"no-such-message"}, "reason": "conformance"}, nil, 200, false)
 	redrive(map[string]any{"reason": "which ones?"}, nil, 400, false)
 	redrive(map[string]any{"all": true}, nil, 400, true)
-	redrive(append(append([]byte(`{"reason":"`), bytes.Repeat([]byte("r"), 2<<20)...), `"}`...), nil, 413, false)
+	redrive(tooBig, nil, 413, false)
 	redrive(map[string]any{"reason": "x", "all": true}, map[string]string{"Content-Type": "text/plain"}, 415, true)
 	c.send(t, s, base, apiCall{op: "GET /admin/outbox", header: auth, want: 200})
 	c.send(t, s, base, apiCall{op: "GET /admin/outbox", query: url.Values{"limit": {"1001"}}, header: auth, want: 400, docRejects: true})

@@ -19,13 +19,7 @@ import (
 // replays it with a reason once the worker is back, re-drives the dead
 // letters, and reads the outbox; each command against the real binaries.
 func TestSagactlOperatesAStuckSaga(t *testing.T) {
-	s := testenv.StartT(t, testenv.Options{
-		Env: map[string]string{
-			"STEP_TIMEOUT": "1500ms", "STEP_MAX_TIMEOUT": "1500ms", "STEP_ATTEMPTS": "2",
-			"COMPENSATION_ATTEMPTS": "2", "RETRIABLE_ATTEMPTS": "2",
-			"ADMIN_TOKENS": "carol=carol-token-0123456789",
-		},
-	})
+	s := testenv.StartT(t, shortAttempts("carol=carol-token-0123456789"))
 	ctl := func(wantCode int, args ...string) string {
 		t.Helper()
 		out, code, err := s.RunCommand("sagactl", append([]string{"--url", s.AdminURL, "--token", "carol-token-0123456789"}, args...)...)
@@ -122,4 +116,14 @@ func TestSagactlOperatesAStuckSaga(t *testing.T) {
 		t.Errorf("sagas ledger:\n%s", out)
 	}
 	ctl(2, "sagas", "explode")
+}
+
+// shortAttempts is a deployment whose sagas give up within seconds (two
+// attempts of 1.5 s), so that a test sees one stuck soon, with the
+// operators' named admin tokens.
+func shortAttempts(tokens string) testenv.Options {
+	return testenv.Options{Env: map[string]string{
+		"STEP_TIMEOUT": "1500ms", "STEP_MAX_TIMEOUT": "1500ms", "STEP_ATTEMPTS": "2",
+		"COMPENSATION_ATTEMPTS": "2", "RETRIABLE_ATTEMPTS": "2", "ADMIN_TOKENS": tokens,
+	}}
 }

@@ -205,8 +205,7 @@ func (s *server) operatorAction(c *gin.Context, done string, apply func(context.
 			return
 		}
 	}
-	if p := textProblem("reason", body.Reason, maxReasonLen, true); p != "" {
-		abort(c, invalid("%s: an operator's action says why (body {\"reason\": \"…\"})", p))
+	if !hasReason(c, body.Reason) {
 		return
 	}
 	op := operatorOf(c)

@@ -28,6 +28,25 @@ const (
 // bulkGate lets one bulk action run at a time.
 var bulkGate sync.Mutex
 
+// lockBulk takes bulkGate, or answers 429 while another bulk action holds
+// it; the caller unlocks it when it took it.
+func lockBulk(c *gin.Context) bool {
+	if bulkGate.TryLock() {
+		return true
+	}
+	abort(c, errorf(http.StatusTooManyRequests, CodeRateLimited, "another bulk action is running; try again when it is done"))
+	return false
+}
+
+// hasReason answers 400 unless an operator's action says why.
+func hasReason(c *gin.Context, reason string) bool {
+	if p := textProblem("reason", reason, maxReasonLen, true); p != "" {
+		abort(c, invalid("%s: an operator's action says why (body {\"reason\": \"…\"})", p))
+		return false
+	}
+	return true
+}
+
 // getSaga shows one saga, of any definition.
 func (s *server) getSaga(c *gin.Context) {
 	id, err := parseID(c, "saga")
@@ -106,8 +125,7 @@ func (s *server) bulkReplay(c *gin.Context) {
 		abort(c, err)
 		return
 	}
-	if p := textProblem("reason", b.Reason, maxReasonLen, true); p != "" {
-		abort(c, invalid("%s: an operator's action says why", p))
+	if !hasReason(c, b.Reason) {
 		return
 	}
 	if b.State == "" {
@@ -147,8 +165,7 @@ func (s *server) bulkReplay(c *gin.Context) {
 		return
 	}
 	if !b.DryRun {
-		if !bulkGate.TryLock() {
-			abort(c, errorf(http.StatusTooManyRequests, CodeRateLimited, "another bulk action is running; try again when it is done"))
+		if !lockBulk(c) {
 			return
 		}
 		defer bulkGate.Unlock()
@@ -262,8 +279,7 @@ func (s *server) redrive(c *gin.Context) {
 		abort(c, err)
 		return
 	}
-	if p := textProblem("reason", r.Reason, maxReasonLen, true); p != "" {
-		abort(c, invalid("%s: an operator's action says why", p))
+	if !hasReason(c, r.Reason) {
 		return
 	}
 	if len(r.MessageIDs) == 0 && r.Queue == "" && !r.All {
@@ -273,8 +289,7 @@ func (s *server) redrive(c *gin.Context) {
 	if r.Limit <= 0 || r.Limit > maxBulk {
 		r.Limit = maxBulk
 	}
-	if !bulkGate.TryLock() {
-		abort(c, errorf(http.StatusTooManyRequests, CodeRateLimited, "another bulk action is running; try again when it is done"))
+	if !lockBulk(c) {
 		return
 	}
 	defer bulkGate.Unlock()
