@@ -1,7 +1,7 @@
 // Command sagactl is the operator's command line for sagaflow, on the
 // orchestrator's admin API (its admin listener, ADMIN_ADDR):
 //
-//	sagactl sagas list [--state stuck] [--definition order] [--limit 50] [--cursor ID]
+//	sagactl sagas list [--state stuck] [--definition order] [--step S] [--older-than 1h] [--priority P] [--q TEXT] [--limit 50] [--cursor ID]
 //	sagas get|events|ledger ID
 //	sagas replay ID --reason "…"
 //	sagas replay --state stuck --older-than 1h [--definition order] [--limit N] --reason "…" [--dry-run]
@@ -45,7 +45,7 @@ type cli struct {
 var errUsage = errors.New("usage")
 
 const usage = `usage: sagactl [--url URL] [--token TOKEN] [-o table|json] COMMAND
-  sagas list [--state S] [--definition D] [--limit N] [--cursor ID]
+  sagas list [--state S] [--definition D] [--step S] [--older-than 1h] [--priority P] [--q TEXT] [--limit N] [--cursor ID]
   sagas get ID | sagas events ID | sagas ledger ID
   sagas replay ID --reason R
   sagas replay --state S [--older-than 1h] [--definition D] [--limit N] --reason R [--dry-run]
@@ -247,10 +247,19 @@ func (c *cli) sagasList(args []string) error {
 	def := fs.String("definition", "", "saga type")
 	limit := fs.Int("limit", 50, "page size")
 	cursor := fs.String("cursor", "", "next_cursor of the previous page")
+	step := fs.String("step", "", "only sagas at this step")
+	older := fs.String("older-than", "", "only sagas unchanged for this long (30m, 2h)")
+	prio := fs.String("priority", "", "only sagas of this priority")
+	text := fs.String("q", "", "only sagas whose reason, errors or data hold this text (a customer, a SKU)")
 	if pos, err := parse(fs, args); err != nil || len(pos) > 0 {
 		return usageErr(err, "sagas list takes no argument")
 	}
 	q := url.Values{"state": {*state}, "limit": {strconv.Itoa(*limit)}}
+	for k, v := range map[string]string{"step": *step, "older_than": *older, "priority": *prio, "q": *text} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
 	if *def != "" {
 		q.Set("definition", *def)
 	}

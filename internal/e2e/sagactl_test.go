@@ -48,6 +48,14 @@ func TestSagactlOperatesAStuckSaga(t *testing.T) {
 	if len(list.Sagas) != 1 || list.Sagas[0].SagaID != id {
 		t.Fatalf("sagas list --state stuck: %+v, want %s", list, id)
 	}
+	// The console's filters: by step, by text (the customer is in the data).
+	if out := ctl(0, "sagas", "list", "--state", "stuck", "--step", order.StepReserveStock, "--q", "c-1"); !strings.Contains(out, id) {
+		t.Errorf("sagas list --step reserve_stock --q c-1 does not list %s:\n%s", id, out)
+	}
+	if out := ctl(0, "sagas", "list", "--state", "stuck", "--q", "no-such-customer"); strings.Contains(out, id) {
+		t.Errorf("sagas list --q no-such-customer lists %s:\n%s", id, out)
+	}
+	ctl(1, "sagas", "list", "--older-than", "a while")
 	if out := ctl(0, "sagas", "get", id); !strings.Contains(out, "stuck") || !strings.Contains(out, order.StepReleaseStock) {
 		t.Errorf("sagas get:\n%s", out)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sagaflow/sagaflow/internal/contract"
 	"github.com/sagaflow/sagaflow/saga"
+	"github.com/sagaflow/sagaflow/saga/console"
 	"github.com/sagaflow/sagaflow/saga/coordinator"
 	"github.com/sagaflow/sagaflow/saga/pgstore"
 )
@@ -158,6 +159,12 @@ func (s *server) listSagas(c *gin.Context) {
 		return
 	}
 	f.Definition = name
+	// step, older_than, priority and q narrow the page read.
+	more, err := console.ParseFilter(c.Request.URL.Query())
+	if err != nil {
+		abort(c, invalid("%s", err.Error()))
+		return
+	}
 	list, err := s.Store.List(c, f)
 	if err != nil {
 		abort(c, err)
@@ -168,7 +175,9 @@ func (s *server) listSagas(c *gin.Context) {
 		NextCursor *string    `json:"next_cursor"`
 	}{Sagas: make([]SagaView, 0, len(list))}
 	for i := range list {
-		out.Sagas = append(out.Sagas, s.sagaView(&list[i]))
+		if more.Matches(&list[i]) {
+			out.Sagas = append(out.Sagas, s.sagaView(&list[i]))
+		}
 	}
 	if len(list) == f.Limit {
 		next := list[len(list)-1].ID.String()

@@ -102,14 +102,26 @@ func chart(ms []pgstore.Minute, title string, value func(pgstore.Minute) (float6
 	return template.HTML(sb.String()) //nolint:gosec // built from numbers and escaped text
 }
 
-// filter is the sagas page's filter, from its query.
-type filter struct {
+// Filter selects sagas, as the console's list and the admin API's
+// GET /admin/sagas take it from a query: definition, state, step,
+// older_than (unchanged for that long), priority, q (text in the reason,
+// the errors or the data: a customer, a SKU) and cursor.
+type Filter struct {
 	Definition, State, Step, Text string
 	OlderThan                     string
 	Priority                      string
 	Cursor                        string
 	older                         time.Duration
 }
+
+type filter = Filter
+
+// ParseFilter reads a Filter from a query.
+func ParseFilter(q url.Values) (Filter, error) { return filterOf(q) }
+
+// Matches applies what the store's listing (by definition and state)
+// does not: step, age, priority and text.
+func (f Filter) Matches(in *saga.Instance) bool { return f.matches(in, stepOf(in)) }
 
 func filterOf(q url.Values) (filter, error) {
 	f := filter{Definition: q.Get("definition"), State: q.Get("state"), Step: q.Get("step"), Text: q.Get("q"),
