@@ -24,9 +24,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -375,24 +377,11 @@ func (c *cli) sagaLedger(args []string) error {
 	}
 	return c.show(body, &map[string]any{}, func(w *tabwriter.Writer, v any) {
 		m := *v.(*map[string]any)
-		for _, k := range sortedKeys(m) {
+		for _, k := range slices.Sorted(maps.Keys(m)) {
 			b, _ := json.Marshal(m[k])
 			fmt.Fprintf(w, "%s\t%s\n", k, b)
 		}
 	})
-}
-
-func sortedKeys(m map[string]any) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	for i := 1; i < len(keys); i++ {
-		for j := i; j > 0 && keys[j] < keys[j-1]; j-- {
-			keys[j], keys[j-1] = keys[j-1], keys[j]
-		}
-	}
-	return keys
 }
 
 // sagaAction replays or cancels one saga.

@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -53,14 +52,7 @@ func browser(t *testing.T) context.Context {
 func TestConsoleReplaysAStuckSaga(t *testing.T) {
 	ctx := browser(t)
 	s := testenv.StartT(t, shortAttempts("dana=dana-token-0123456789"))
-	sk := sku(t, "a")
-	s.PutProduct(t, sk, "Kettle", 3500, 10)
-	b := dialBroker(t, s)
-	if _, err := s.Kill("inventory", syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	id := s.Place(t, testenv.OrderSpec{Items: testenv.Items(sk, 1)})
-	stuckSaga(t, s, id)
+	id, _, b := stuckOrder(t, s)
 	restart(t, s, b, "inventory", contract.InventoryQueue)
 
 	ui := s.AdminURL + "/ui"

@@ -28,14 +28,7 @@ func TestSagactlOperatesAStuckSaga(t *testing.T) {
 		}
 		return out
 	}
-	sk := sku(t, "a")
-	s.PutProduct(t, sk, "Lamp", 4000, 10)
-	b := dialBroker(t, s)
-	if _, err := s.Kill("inventory", syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	id := s.Place(t, testenv.OrderSpec{Items: testenv.Items(sk, 1)})
-	stuckSaga(t, s, id) // reserve_stock, then release_stock, out of attempts
+	id, sk, b := stuckOrder(t, s)
 
 	var list struct {
 		Sagas []struct {
@@ -134,4 +127,20 @@ func shortAttempts(tokens string) testenv.Options {
 		"STEP_TIMEOUT": "1500ms", "STEP_MAX_TIMEOUT": "1500ms", "STEP_ATTEMPTS": "2",
 		"COMPENSATION_ATTEMPTS": "2", "RETRIABLE_ATTEMPTS": "2", "ADMIN_TOKENS": tokens,
 	}}
+}
+
+// stuckOrder stocks a product of 10, stops inventory and places an order
+// of one, which gets stuck compensating (reserve_stock, then
+// release_stock, out of attempts); inventory stays down.
+func stuckOrder(t *testing.T, s *testenv.System) (id, product string, b *broker) {
+	t.Helper()
+	product = sku(t, "a")
+	s.PutProduct(t, product, "Lamp", 4000, 10)
+	b = dialBroker(t, s)
+	if _, err := s.Kill("inventory", syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	id = s.Place(t, testenv.OrderSpec{Items: testenv.Items(product, 1)})
+	stuckSaga(t, s, id)
+	return id, product, b
 }

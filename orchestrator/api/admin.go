@@ -118,8 +118,12 @@ func (s *server) sagaView(in *saga.Instance) SagaView {
 	}
 	// The step of the version that drives the saga (one still to be
 	// upgraded keeps its old version's index: its step is its history's).
-	if def := s.Coordinator.Definition(in.Definition); def != nil && def.For(in) != nil && in.Step < len(def.For(in).Steps) {
-		v.Step = def.For(in).Steps[in.Step].Name
+	var driver *saga.Definition
+	if def := s.Coordinator.Definition(in.Definition); def != nil {
+		driver = def.For(in)
+	}
+	if driver != nil && in.Step < len(driver.Steps) {
+		v.Step = driver.Steps[in.Step].Name
 	} else {
 		for _, r := range in.History {
 			if r.Kind == saga.KindAction {

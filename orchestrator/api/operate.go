@@ -2,8 +2,9 @@ package api
 
 import (
 	"net/http"
+	"net/url"
+	"slices"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -16,26 +17,15 @@ import (
 	"github.com/sagaflow/sagaflow/saga/pgstore"
 )
 
-// Bulk actions: at most maxBulk sagas per request, applied at bulkRate per
-// second, one bulk action at a time per orchestrator (429 otherwise), so
-// that an operator's replay of a thousand stuck sagas does not arrive at
-// the workers as a flood.
-const (
-	maxBulk  = 1000
-	bulkRate = 50
-)
+const maxBulk = console.MaxBulk
 
-// bulkGate lets one bulk action run at a time.
-var bulkGate sync.Mutex
-
-// lockBulk takes bulkGate, or answers 429 while another bulk action holds
-// it; the caller unlocks it when it took it.
-func lockBulk(c *gin.Context) bool {
-	if bulkGate.TryLock() {
-		return true
+// lockBulk takes the process's bulk gate (console.TryBulk), or answers
+// 429 while another bulk action, here or in the console, holds it.
+func lockBulk(c *gin.Context) (release func(), ok bool) {
+	if release, ok = console.TryBulk(); !ok {
+		abort(c, errorf(http.StatusTooManyRequests, CodeRateLimited, "another bulk action is running; try again when it is done"))
 	}
-	abort(c, errorf(http.StatusTooManyRequests, CodeRateLimited, "another bulk action is running; try again when it is done"))
-	return false
+	return release, ok
 }
 
 // hasReason answers 400 unless an operator's action says why.
@@ -138,14 +128,11 @@ func (s *server) bulkReplay(c *gin.Context) {
 		}
 		b.Limit = maxBulk
 	}
-	var older time.Duration
 	if b.OlderThan != "" {
-		d, err := time.ParseDuration(b.OlderThan)
-		if err != nil || d < 0 {
+		if d, err := time.ParseDuration(b.OlderThan); err != nil || d < 0 {
 			abort(c, invalid("older_than %q is not a duration such as 30m or 2h", b.OlderThan))
 			return
 		}
-		older = d
 	}
 	var states []string
 	if b.Definition != "" {
@@ -160,87 +147,52 @@ func (s *server) bulkReplay(c *gin.Context) {
 			states = append(states, def.States()...)
 		}
 	}
-	if !contains(states, b.State) || saga.Phase(b.State).Terminal() {
+	if !slices.Contains(states, b.State) || saga.Phase(b.State).Terminal() {
 		abort(c, invalid("state %q is not a state of a saga that has not ended", b.State))
 		return
 	}
+	var act *coordinator.Action
 	if !b.DryRun {
-		if !lockBulk(c) {
+		release, ok := lockBulk(c)
+		if !ok {
 			return
 		}
-		defer bulkGate.Unlock()
+		defer release()
+		act = &coordinator.Action{Operator: operatorOf(c), Reason: b.Reason}
 	}
-	sagas, err := s.selectSagas(c, b, older)
+	f, _ := console.ParseFilter(url.Values{"state": {b.State}, "definition": {b.Definition}, "older_than": {b.OlderThan}})
+	sagas, _, err := console.SelectSagas(c, s.Store, f, b.Limit, 20*maxBulk)
 	if err != nil {
 		abort(c, err)
 		return
 	}
-	op := operatorOf(c)
-	out := []PlannedReplay{}
-	tick := time.NewTicker(time.Second / bulkRate)
-	defer tick.Stop()
-	for _, in := range sagas {
-		def := s.Coordinator.Definition(in.Definition)
-		pr := PlannedReplay{SagaID: in.ID.String(), Definition: in.Definition, State: in.State, Queues: []string{}}
-		plan, err := def.PlanReplay(in, time.Now())
-		if err == nil {
-			pr.ReplayPlan = plan
-			for _, cmd := range plan.Commands {
+	// Only the sagas this orchestrator drives: the others are another
+	// deployment's to replay.
+	sagas = slices.DeleteFunc(sagas, func(in saga.Instance) bool { return s.Coordinator.Definition(in.Definition) == nil })
+	done, err := console.ReplayAll(c, s.Coordinator, sagas, act)
+	if err != nil {
+		abort(c, err)
+		return
+	}
+	out := make([]PlannedReplay, 0, len(done))
+	for _, d := range done {
+		pr := PlannedReplay{SagaID: d.Instance.ID.String(), Definition: d.Instance.Definition, State: d.Instance.State,
+			Queues: []string{}}
+		if d.Err != nil {
+			pr.Error = d.Err.Error()
+		} else {
+			pr.ReplayPlan = d.Plan
+			for _, cmd := range d.Plan.Commands {
 				pr.Queues = append(pr.Queues, contract.QueueOf(cmd.Type))
 			}
-		}
-		if err == nil && !b.DryRun {
-			select {
-			case <-tick.C:
-			case <-c.Done():
-				abort(c, c.Err())
-				return
-			}
-			_, err = s.Coordinator.Replay(c, in.ID, coordinator.Action{Operator: op, Reason: b.Reason})
-		}
-		if err != nil {
-			pr.Error = err.Error()
 		}
 		out = append(out, pr)
 	}
 	if !b.DryRun {
-		logOf(c).Info().Str("operator", op).Str("reason", b.Reason).Str("state", b.State).Int("sagas", len(out)).
+		logOf(c).Info().Str("operator", operatorOf(c)).Str("reason", b.Reason).Str("state", b.State).Int("sagas", len(out)).
 			Msg("operator replayed sagas in bulk")
 	}
 	c.JSON(http.StatusOK, gin.H{"dry_run": b.DryRun, "sagas": out})
-}
-
-// selectSagas pages through the sagas in b.State (of b.Definition), newest
-// first, keeping those unchanged for older, up to b.Limit.
-func (s *server) selectSagas(c *gin.Context, b BulkReplay, older time.Duration) ([]saga.Instance, error) {
-	var out []saga.Instance
-	f := pgstore.ListFilter{State: b.State, Definition: b.Definition, Limit: maxPage}
-	cutoff := time.Now().Add(-older)
-	for len(out) < b.Limit {
-		page, err := s.Store.List(c, f)
-		if err != nil {
-			return nil, err
-		}
-		for _, in := range page {
-			if len(out) < b.Limit && (older == 0 || in.UpdatedAt.Before(cutoff)) && s.Coordinator.Definition(in.Definition) != nil {
-				out = append(out, in)
-			}
-		}
-		if len(page) < f.Limit {
-			break
-		}
-		f.Before = page[len(page)-1].ID
-	}
-	return out, nil
-}
-
-func contains(list []string, v string) bool {
-	for _, x := range list {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // deadLetters lists the messages kept in saga.dead, oldest first.
@@ -289,17 +241,19 @@ func (s *server) redrive(c *gin.Context) {
 	if r.Limit <= 0 || r.Limit > maxBulk {
 		r.Limit = maxBulk
 	}
-	if !lockBulk(c) {
+	release, ok := lockBulk(c)
+	if !ok {
 		return
 	}
-	defer bulkGate.Unlock()
+	defer release()
 	ids := map[string]bool{}
 	for _, id := range r.MessageIDs {
 		ids[id] = true
 	}
-	done, err := s.Bus.Redrive(c, r.Limit, func(m amqpbus.DeadMessage) bool {
-		return r.All || ids[m.MessageID] || (r.Queue != "" && m.Queue == r.Queue)
-	})
+	done, err := console.Redrive(c, s.Bus, s.Coordinator, coordinator.Action{Operator: operatorOf(c), Reason: r.Reason}, r.Limit,
+		func(m amqpbus.DeadMessage) bool {
+			return r.All || ids[m.MessageID] || (r.Queue != "" && m.Queue == r.Queue)
+		}, *logOf(c))
 	if err != nil && len(done) == 0 {
 		abort(c, brokerUnavailable(c, err))
 		return
@@ -307,7 +261,6 @@ func (s *server) redrive(c *gin.Context) {
 	if done == nil {
 		done = []amqpbus.DeadMessage{}
 	}
-	console.RecordRedrives(c, s.Coordinator, coordinator.Action{Operator: operatorOf(c), Reason: r.Reason}, done, *logOf(c))
 	logOf(c).Info().Str("operator", operatorOf(c)).Str("reason", r.Reason).Int("messages", len(done)).
 		Msg("operator re-drove dead letters")
 	c.JSON(http.StatusOK, gin.H{"redriven": done})

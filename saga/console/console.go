@@ -80,7 +80,6 @@ type Console struct {
 
 	mu       sync.Mutex
 	sessions map[string]session
-	bulk     sync.Mutex // one bulk action at a time
 }
 
 type session struct {
@@ -91,8 +90,6 @@ type session struct {
 const (
 	cookieName = "sagaflow_console"
 	sessionTTL = 12 * time.Hour
-	bulkRate   = 50 // sagas replayed per second by a bulk replay
-	maxBulk    = 1000
 )
 
 // New returns the console; serve it at o.Prefix + "/".

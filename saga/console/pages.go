@@ -1,7 +1,6 @@
 package console
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,7 +12,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/rs/zerolog"
 
 	"github.com/sagaflow/sagaflow/saga"
 	"github.com/sagaflow/sagaflow/saga/amqpbus"
@@ -175,40 +173,14 @@ func stepOf(in *saga.Instance) string {
 	return step
 }
 
-// selectSagas pages through the store's listing (newest first), keeps
-// what the filter matches, and returns up to limit with the cursor of the
-// next page; it reads at most scan rows.
+// selectSagas is SelectSagas with each saga's step, for the tables.
 func (c *Console) selectSagas(r *http.Request, f filter, limit, scan int) ([]row, string, error) {
-	lf := pgstore.ListFilter{Definition: f.Definition, State: f.State, Limit: 100}
-	if f.Cursor != "" {
-		id, err := uuid.Parse(f.Cursor)
-		if err != nil {
-			return nil, "", fmt.Errorf("cursor %q is not a saga id", f.Cursor)
-		}
-		lf.Before = id
+	list, next, err := SelectSagas(r.Context(), c.o.Store, f, limit, scan)
+	rows := make([]row, len(list))
+	for i := range list {
+		rows[i] = row{list[i], stepOf(&list[i])}
 	}
-	var out []row
-	for read := 0; read < scan; {
-		list, err := c.o.Store.List(r.Context(), lf)
-		if err != nil {
-			return nil, "", err
-		}
-		for i := range list {
-			in := &list[i]
-			if st := stepOf(in); f.matches(in, st) {
-				out = append(out, row{*in, st})
-				if len(out) == limit {
-					return out, in.ID.String(), nil
-				}
-			}
-		}
-		read += len(list)
-		if len(list) < lf.Limit {
-			return out, "", nil
-		}
-		lf.Before = list[len(list)-1].ID
-	}
-	return out, lf.Before.String(), nil
+	return rows, next, err
 }
 
 func (c *Console) sagas(w http.ResponseWriter, r *http.Request, s session) {
@@ -358,7 +330,7 @@ func (c *Console) bulkReplay(w http.ResponseWriter, r *http.Request, s session) 
 	}
 	var rows []row
 	if err == nil {
-		rows, _, err = c.selectSagas(r, f, maxBulk, 20*maxBulk)
+		rows, _, err = c.selectSagas(r, f, MaxBulk, 20*MaxBulk)
 	}
 	if err != nil {
 		p.Error = err.Error()
@@ -366,38 +338,28 @@ func (c *Console) bulkReplay(w http.ResponseWriter, r *http.Request, s session) 
 		return
 	}
 	confirm := r.PostForm.Get("confirm") == "yes" && rerr == nil
-	if confirm && !c.bulk.TryLock() {
-		p.Error = "another bulk replay is running: try again when it is done"
-		c.render(w, http.StatusTooManyRequests, "plan", p)
-		return
-	}
+	var act *coordinator.Action
 	if confirm {
-		defer c.bulk.Unlock()
-	}
-	tick := time.NewTicker(time.Second / bulkRate)
-	defer tick.Stop()
-	var out []planned
-	for _, row := range rows {
-		pl := planned{row: row}
-		def := c.o.Coordinator.Definition(row.Definition)
-		if def == nil {
-			pl.Error = "not a definition this orchestrator drives"
-		} else if plan, err := def.PlanReplay(row.Instance, time.Now()); err != nil {
-			pl.Error = err.Error()
-		} else {
-			pl.Plan = plan
-			if confirm {
-				select {
-				case <-tick.C:
-				case <-r.Context().Done():
-					return
-				}
-				if _, err := c.o.Coordinator.Replay(r.Context(), row.ID, coordinator.Action{Operator: s.operator, Reason: reason}); err != nil {
-					pl.Error = err.Error()
-				}
-			}
+		release, ok := TryBulk()
+		if !ok {
+			p.Error = "another bulk replay is running: try again when it is done"
+			c.render(w, http.StatusTooManyRequests, "plan", p)
+			return
 		}
-		out = append(out, pl)
+		defer release()
+		act = &coordinator.Action{Operator: s.operator, Reason: reason}
+	}
+	sagas := make([]saga.Instance, len(rows))
+	for i := range rows {
+		sagas[i] = rows[i].Instance
+	}
+	done, err := ReplayAll(r.Context(), c.o.Coordinator, sagas, act)
+	if err != nil {
+		return // the operator went away
+	}
+	out := make([]planned, len(done))
+	for i, d := range done {
+		out[i] = planned{row: rows[i], Plan: d.Plan, Error: errText(d.Err)}
 	}
 	if confirm {
 		c.o.Log.Info().Str("operator", s.operator).Str("reason", reason).Int("sagas", len(out)).Msg("console: operator replayed sagas in bulk")
@@ -428,38 +390,23 @@ func (c *Console) redrive(w http.ResponseWriter, r *http.Request, s session) {
 	if err == nil && id == "" && queue == "" {
 		err = errors.New("choose a message or a queue")
 	}
-	if err == nil && !c.bulk.TryLock() {
-		err = errors.New("another bulk action is running: try again when it is done")
-	} else if err == nil {
-		defer c.bulk.Unlock()
-	}
 	var done []amqpbus.DeadMessage
 	if err == nil {
-		done, err = c.o.Bus.Redrive(r.Context(), maxBulk, func(m amqpbus.DeadMessage) bool {
-			return (id != "" && m.MessageID == id) || (queue != "" && m.Queue == queue)
-		})
+		release, ok := TryBulk()
+		if !ok {
+			err = errors.New("another bulk action is running: try again when it is done")
+		} else {
+			defer release()
+			done, err = Redrive(r.Context(), c.o.Bus, c.o.Coordinator, coordinator.Action{Operator: s.operator, Reason: reason}, MaxBulk,
+				func(m amqpbus.DeadMessage) bool {
+					return (id != "" && m.MessageID == id) || (queue != "" && m.Queue == queue)
+				}, c.o.Log)
+		}
 	}
 	if err != nil {
 		http.Redirect(w, r, back+"?error="+url.QueryEscape(err.Error()), http.StatusSeeOther)
 		return
 	}
-	RecordRedrives(r.Context(), c.o.Coordinator, coordinator.Action{Operator: s.operator, Reason: reason}, done, c.o.Log)
 	c.o.Log.Info().Str("operator", s.operator).Str("reason", reason).Int("messages", len(done)).Msg("console: operator re-drove dead letters")
 	http.Redirect(w, r, back+"?done="+url.QueryEscape(fmt.Sprintf("re-drove %d messages", len(done))), http.StatusSeeOther)
-}
-
-// RecordRedrives puts each re-driven message that belongs to a saga this
-// coordinator has on that saga's record: a saga.redriven event with the
-// operator, the reason and the message id. A message of a saga the store
-// does not have (another deployment's) has no trail to go into.
-func RecordRedrives(ctx context.Context, coord *coordinator.Coordinator, a coordinator.Action, done []amqpbus.DeadMessage, log zerolog.Logger) {
-	for _, m := range done {
-		id, err := uuid.Parse(m.SagaID)
-		if err != nil {
-			continue
-		}
-		if err := coord.Note(ctx, id, a, saga.EventRedriven, m.MessageID); err != nil && !errors.Is(err, saga.ErrNotFound) {
-			log.Warn().Err(err).Str("saga_id", id.String()).Str("message_id", m.MessageID).Msg("re-drive not recorded in the saga's trail")
-		}
-	}
 }
