@@ -38,7 +38,8 @@ var (
 )
 
 // Binaries builds every binary once per test process (go build's cache
-// makes it quick) and returns their directory.
+// makes it quick) and returns their directory. With SAGAFLOW_RACE set they
+// are built with the race detector, and a race they report is a crash.
 func Binaries() (string, error) {
 	buildOnce.Do(func() {
 		root, err := moduleRoot()
@@ -51,7 +52,11 @@ func Binaries() (string, error) {
 			buildErr = err
 			return
 		}
-		cmd := exec.Command("go", "build", "-o", binDir+string(os.PathSeparator), "./orchestrator", "./workers/...", "./sagactl")
+		args := []string{"build", "-o", binDir + string(os.PathSeparator)}
+		if os.Getenv("SAGAFLOW_RACE") != "" {
+			args = append(args, "-race") // the services under the race detector
+		}
+		cmd := exec.Command("go", append(args, "./orchestrator", "./workers/...", "./sagactl")...)
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %w\n%s", err, out)
@@ -232,6 +237,11 @@ func StartT(t testing.TB, opts Options) *System {
 		CheckStart(t, err)
 	}
 	t.Cleanup(func() {
+		// A process that panicked or died of a runtime error is a bug
+		// whatever the test asserted (a killed one just stops).
+		if c := s.Crashes(); c != "" {
+			t.Errorf("a service crashed:\n%s", c)
+		}
 		if t.Failed() {
 			t.Logf("service logs of %s:\n%s", s.Name, s.AllLogs(40))
 		}
@@ -497,6 +507,29 @@ func (s *System) AllLogs(n int) string {
 	var b strings.Builder
 	for _, name := range s.opts.Services {
 		fmt.Fprintf(&b, "--- %s\n%s\n", name, s.Logs(name, n))
+	}
+	return b.String()
+}
+
+// Crashes returns, for every service whose log shows a Go panic, a fatal
+// runtime error or a data race, the lines from its first one: the message and the
+// stack of the goroutine that failed ("" when none crashed).
+func (s *System) Crashes() string {
+	var b strings.Builder
+	files, _ := filepath.Glob(filepath.Join(s.logDir, "*.log"))
+	for _, f := range files {
+		log, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		name := strings.TrimSuffix(filepath.Base(f), ".log")
+		lines := strings.Split(string(log), "\n")
+		for i, l := range lines {
+			if strings.HasPrefix(l, "panic: ") || strings.HasPrefix(l, "fatal error: ") || l == "WARNING: DATA RACE" {
+				fmt.Fprintf(&b, "--- %s\n%s\n", name, strings.Join(lines[i:min(len(lines), i+60)], "\n"))
+				break
+			}
+		}
 	}
 	return b.String()
 }
