@@ -78,11 +78,12 @@ type process struct {
 }
 
 // open starts, in order: the signal context, the listener (addrVar's
-// address), tracing, the profiler, the database (migrated) and the bus. It
-// closes what it opened when a later step fails; on success the caller
-// calls close.
-func (b binary) open(addrVar, addr string, topology TopologyFunc, log zerolog.Logger) (p *process, err error) {
-	p = &process{}
+// address), tracing, the profiler, the database (migrated) and the bus,
+// waiting up to START_TIMEOUT for a server that is not up yet. It closes
+// what it opened when a later step fails; on success the caller calls
+// close.
+func (b binary) open(addrVar, addr string, topology TopologyFunc, log zerolog.Logger) (_ *process, err error) {
+	p := &process{}
 	defer func() {
 		if err != nil {
 			p.close()
@@ -105,11 +106,15 @@ func (b binary) open(addrVar, addr string, topology TopologyFunc, log zerolog.Lo
 	start, cancel := context.WithTimeout(p.ctx, b.base.StartTimeout)
 	p.start = start
 	p.closers = append(p.closers, cancel)
-	if p.db, err = OpenDB(start, b.base, b.schema, log, b.sets...); err != nil {
+	if p.db, err = waitFor(start, log, "PostgreSQL", func() (*pgxpool.Pool, error) {
+		return OpenDB(start, b.base, b.schema, log, b.sets...)
+	}); err != nil {
 		return nil, err
 	}
 	p.closers = append(p.closers, p.db.Close)
-	if p.bus, err = DialBus(start, b.base, b.name, topology, log); err != nil {
+	if p.bus, err = waitFor(start, log, "RabbitMQ", func() (*amqpbus.Bus, error) {
+		return DialBus(start, b.base, b.name, topology, log)
+	}); err != nil {
 		return nil, err
 	}
 	p.closers = append(p.closers, func() { _ = p.bus.Close() })

@@ -53,9 +53,10 @@ type Base struct {
 	// deployment fits PostgreSQL's default max_connections of 100). Each
 	// binary sets its default in the field before the environment is read.
 	DBMaxConns int32 `env:"DB_MAX_CONNS" help:"PostgreSQL connections in the pool"`
-	// StartTimeout bounds connecting to PostgreSQL and RabbitMQ at start
-	// (default 15s).
-	StartTimeout time.Duration `env:"START_TIMEOUT" envDefault:"15s" help:"bound on connecting to PostgreSQL and RabbitMQ at start"`
+	// StartTimeout bounds connecting to PostgreSQL and RabbitMQ at start,
+	// and how long a process waits for one that is not up yet (default
+	// 15s).
+	StartTimeout time.Duration `env:"START_TIMEOUT" envDefault:"15s" help:"how long a process waits at start for PostgreSQL and RabbitMQ to be up (and migrated)"`
 	// ShutdownTimeout bounds the graceful stop (default 20s).
 	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"20s" help:"bound on the graceful stop"`
 	// DeadLetterMax bounds saga.dead: past it the oldest dead letters are
