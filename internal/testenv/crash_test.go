@@ -15,8 +15,8 @@ func TestCrashesFindsPanicsAndRaces(t *testing.T) {
 		}
 	}
 	write("payment", `{"level":"info","message":"worker started"}`+"\n")
-	if got := s.Crashes(); got != "" {
-		t.Fatalf("a clean log reads as a crash:\n%s", got)
+	if summary, detail := s.Crashes(); summary != "" || detail != "" {
+		t.Fatalf("a clean log reads as a crash: %s\n%s", summary, detail)
 	}
 	write("audit", `{"level":"info","message":"worker started"}
 panic: runtime error: invalid memory address or nil pointer dereference
@@ -25,7 +25,10 @@ goroutine 1 [running]:
 main.main()
 `)
 	write("shipping", "WARNING: DATA RACE\nWrite at 0x00c by goroutine 7:\n")
-	got := s.Crashes()
+	summary, got := s.Crashes()
+	if want := "audit: panic: runtime error: invalid memory address or nil pointer dereference; shipping: WARNING: DATA RACE"; summary != want {
+		t.Errorf("summary %q, want %q", summary, want)
+	}
 	for _, want := range []string{"--- audit\npanic: runtime error", "main.main()", "--- shipping\nWARNING: DATA RACE"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("Crashes() does not show %q:\n%s", want, got)

@@ -239,8 +239,8 @@ func StartT(t testing.TB, opts Options) *System {
 	t.Cleanup(func() {
 		// A process that panicked or died of a runtime error is a bug
 		// whatever the test asserted (a killed one just stops).
-		if c := s.Crashes(); c != "" {
-			t.Errorf("a service crashed:\n%s", c)
+		if summary, detail := s.Crashes(); summary != "" {
+			t.Errorf("crashed: %s\n%s", summary, detail)
 		}
 		if t.Failed() {
 			t.Logf("service logs of %s:\n%s", s.Name, s.AllLogs(40))
@@ -511,11 +511,13 @@ func (s *System) AllLogs(n int) string {
 	return b.String()
 }
 
-// Crashes returns, for every service whose log shows a Go panic, a fatal
-// runtime error or a data race, the lines from its first one: the message and the
-// stack of the goroutine that failed ("" when none crashed).
-func (s *System) Crashes() string {
+// Crashes tells of every service whose log shows a Go panic, a fatal
+// runtime error or a data race: summary names each with its first such
+// line ("" when none crashed), detail holds the lines from there (the
+// message and the stack of the goroutine that failed).
+func (s *System) Crashes() (summary, detail string) {
 	var b strings.Builder
+	var said []string
 	files, _ := filepath.Glob(filepath.Join(s.logDir, "*.log"))
 	for _, f := range files {
 		log, err := os.ReadFile(f)
@@ -526,12 +528,13 @@ func (s *System) Crashes() string {
 		lines := strings.Split(string(log), "\n")
 		for i, l := range lines {
 			if strings.HasPrefix(l, "panic: ") || strings.HasPrefix(l, "fatal error: ") || l == "WARNING: DATA RACE" {
+				said = append(said, name+": "+l)
 				fmt.Fprintf(&b, "--- %s\n%s\n", name, strings.Join(lines[i:min(len(lines), i+60)], "\n"))
 				break
 			}
 		}
 	}
-	return b.String()
+	return strings.Join(said, "; "), b.String()
 }
 
 // RunCommand runs a binary of the deployment to its end with the

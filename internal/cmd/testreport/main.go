@@ -41,6 +41,7 @@ type report struct {
 	output   map[key][]string // output of tests (and of packages, test "")
 	passed   int
 	failed   []key
+	said     map[key][]string // what each failed test said, for the summary
 	skipped  map[string][]key // reason -> tests
 	pkgFails []string
 }
@@ -107,6 +108,10 @@ func (r *report) endTest(k key, action string) {
 		r.passed++
 	case "fail":
 		r.failed = append(r.failed, k)
+		if r.said == nil {
+			r.said = map[key][]string{}
+		}
+		r.said[k] = messages(lines, 8)
 	case "skip":
 		reason := skipReason(lines)
 		r.skipped[reason] = append(r.skipped[reason], k)
@@ -132,6 +137,24 @@ func (r *report) endPackage(e event) {
 	default:
 		fmt.Fprintf(r.out, "ok  \t%s\t%.1fs\n", e.Package, e.Elapsed)
 	}
+}
+
+// messages returns the last n messages a test printed (t.Log, t.Error,
+// t.Fatal: the lines that start with a file and line), each cut to one
+// line of at most 300 bytes: why it failed, in the summary, at the end of
+// a run whose output may be read only by its tail.
+func messages(lines []string, n int) []string {
+	var out []string
+	for _, l := range lines {
+		if fileLine.MatchString(l) {
+			m := strings.TrimSpace(strings.TrimRight(l, "\n"))
+			if len(m) > 300 {
+				m = m[:300] + "…"
+			}
+			out = append(out, m)
+		}
+	}
+	return out[max(0, len(out)-n):]
 }
 
 // fileLine is the "file_test.go:123: " prefix t.Skip puts before its reason.
@@ -177,6 +200,9 @@ func (r *report) summary() int {
 	}
 	for _, k := range r.failed {
 		fmt.Fprintf(r.out, "failed: %s (%s)\n", k.test, k.pkg)
+		for _, m := range r.said[k] {
+			fmt.Fprintf(r.out, "    %s\n", m)
+		}
 	}
 	for _, p := range r.pkgFails {
 		fmt.Fprintf(r.out, "failed package: %s\n", p)

@@ -18,6 +18,7 @@ func TestReportCountsAndGroupsSkips(t *testing.T) {
 {"Action":"output","Package":"a","Test":"TestDB2","Output":"    other_test.go:99: PostgreSQL is unreachable (dial tcp 127.0.0.1:5432: connect: connection refused)\n"}
 {"Action":"skip","Package":"a","Test":"TestDB2","Elapsed":0}
 {"Action":"output","Package":"a","Test":"TestBad","Output":"    x_test.go:3: got 1, want 2\n"}
+{"Action":"output","Package":"a","Test":"TestBad","Output":"        a long log of services\n"}
 {"Action":"fail","Package":"a","Test":"TestBad","Elapsed":0}
 {"Action":"fail","Package":"a","Elapsed":1.5}
 {"Action":"output","Package":"b","Test":"TestChaos","Output":"    chaos_test.go:1: chaos: 400 orders\n"}
@@ -39,6 +40,8 @@ func TestReportCountsAndGroupsSkips(t *testing.T) {
 		"=== FAIL TestBad (a)\n    x_test.go:3: got 1, want 2\n",
 		"c/c.go:1:1: syntax error\n",
 		"failed package: c\n",
+		// The summary says why, for a reader of the tail alone.
+		"failed: TestBad (a)\n    x_test.go:3: got 1, want 2\nfailed package: a\n",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("report lacks %q:\n%s", want, got)
