@@ -253,6 +253,7 @@ func TestChaos(t *testing.T) {
 	if err := <-monkeyDone; err != nil {
 		t.Fatalf("chaos monkey: %v", err)
 	}
+	t.Logf("chaos: the monkey's %d rounds ended after %s", rounds, time.Since(start).Round(time.Millisecond))
 	close(stopInject)
 	<-injectDone
 	acceptedIn := time.Since(start)
@@ -298,7 +299,13 @@ func waitAllTerminal(t *testing.T, db *pgxpool.Pool, ids []string, timeout time.
 			if sample != nil {
 				s = *sample
 			}
-			t.Fatalf("%d orders not terminal after %s (%v), e.g. %s", open, timeout, err, s)
+			var states string
+			_ = db.QueryRow(context.Background(), `
+				SELECT coalesce(string_agg(state || ' ' || n, ', '), '') FROM (
+					SELECT state, count(*) AS n FROM orchestrator.sagas
+					WHERE id = ANY($1::uuid[]) AND state NOT IN ('completed', 'rejected', 'cancelled') GROUP BY state) g`,
+				ids).Scan(&states)
+			t.Fatalf("%d orders not terminal after %s (%v): %s; e.g. %s", open, timeout, err, states, s)
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
