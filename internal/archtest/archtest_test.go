@@ -1,7 +1,9 @@
 // Package archtest guards the boundaries of the engine: what each package
 // under saga/ may import, that the trip example builds on public packages
 // only, and that the engine's types speak of commands, replies and events,
-// never of AMQP's exchanges, routing keys and reply-to queues.
+// never of AMQP's exchanges, routing keys and reply-to queues; and one rule
+// of the REST API: a handler never hands its *gin.Context on as a
+// context.Context.
 package archtest
 
 import (

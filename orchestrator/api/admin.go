@@ -36,15 +36,15 @@ func (s *server) ledger(c *gin.Context) {
 		abort(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, s.ledgerOf(c, *logOf(c), in.ID))
+	c.JSON(http.StatusOK, s.ledgerOf(c.Request.Context(), *logOf(c), in.ID))
 }
 
 // ledgerOf asks the services for their books of one saga.
-func (s *server) ledgerOf(c context.Context, log zerolog.Logger, id uuid.UUID) Ledger {
+func (s *server) ledgerOf(parent context.Context, log zerolog.Logger, id uuid.UUID) Ledger {
 	ref := contract.OrderRef{OrderID: id.String()}
 	l := Ledger{Unanswered: []string{}}
 	ask := func(typ string, out any) error {
-		ctx, cancel := context.WithTimeout(c, s.LedgerTimeout)
+		ctx, cancel := context.WithTimeout(parent, s.LedgerTimeout)
 		defer cancel()
 		err := s.rpc.call(ctx, typ, ref, out)
 		if err != nil {
@@ -169,7 +169,7 @@ func (s *server) listSagas(c *gin.Context) {
 		abort(c, invalid("%s", err.Error()))
 		return
 	}
-	list, err := s.Store.List(c, f)
+	list, err := s.Store.List(c.Request.Context(), f)
 	if err != nil {
 		abort(c, err)
 		return
@@ -222,7 +222,7 @@ func (s *server) operatorAction(c *gin.Context, done string, apply func(context.
 		return
 	}
 	op := operatorOf(c)
-	in, err := apply(c, id, coordinator.Action{Operator: op, Reason: body.Reason})
+	in, err := apply(c.Request.Context(), id, coordinator.Action{Operator: op, Reason: body.Reason})
 	if err != nil {
 		abort(c, err)
 		return
@@ -235,7 +235,7 @@ func (s *server) operatorAction(c *gin.Context, done string, apply func(context.
 // listQuarantined lists the rows set aside because they cannot be read or
 // transitioned: sagas (also listed as stuck) and outbox rows.
 func (s *server) listQuarantined(c *gin.Context) {
-	list, err := s.Store.ListQuarantined(c, maxPage)
+	list, err := s.Store.ListQuarantined(c.Request.Context(), maxPage)
 	if err != nil {
 		abort(c, err)
 		return

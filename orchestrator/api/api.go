@@ -205,9 +205,9 @@ func measure(c *gin.Context) {
 
 // health serves /healthz and /readyz.
 func (s *server) health(r *gin.Engine) {
-	r.GET("/healthz", func(c *gin.Context) { c.JSON(http.StatusOK, service.Check(c, s.DB, s.Bus)) })
+	r.GET("/healthz", func(c *gin.Context) { c.JSON(http.StatusOK, service.Check(c.Request.Context(), s.DB, s.Bus)) })
 	r.GET("/readyz", func(c *gin.Context) {
-		st := service.Check(c, s.DB, s.Bus)
+		st := service.Check(c.Request.Context(), s.DB, s.Bus)
 		code := http.StatusOK
 		if !st.OK() {
 			code = http.StatusServiceUnavailable

@@ -44,14 +44,14 @@ func (s *server) getSaga(c *gin.Context) {
 		abort(c, err)
 		return
 	}
-	in, err := s.Store.Get(c, id)
+	in, err := s.Store.Get(c.Request.Context(), id)
 	if err != nil {
 		abort(c, err)
 		return
 	}
 	v := s.sagaView(&in)
 	// One saga: worth asking the broker whether its worker is there.
-	if cause, _ := console.Diagnose(c, s.Bus, contract.QueueOf, s.Coordinator.Definition(in.Definition), &in); cause != "" {
+	if cause, _ := console.Diagnose(c.Request.Context(), s.Bus, contract.QueueOf, s.Coordinator.Definition(in.Definition), &in); cause != "" {
 		v.Cause = string(cause)
 	}
 	c.JSON(http.StatusOK, v)
@@ -65,12 +65,12 @@ func (s *server) sagaEvents(c *gin.Context) {
 		abort(c, err)
 		return
 	}
-	if _, err := s.Store.Get(c, id); err != nil {
+	if _, err := s.Store.Get(c.Request.Context(), id); err != nil {
 		abort(c, err)
 		return
 	}
 	var trail contract.OrderEventsReply
-	if err := s.rpc.call(c, contract.AuditOrderEvents, contract.OrderRef{OrderID: id.String()}, &trail); err != nil {
+	if err := s.rpc.call(c.Request.Context(), contract.AuditOrderEvents, contract.OrderRef{OrderID: id.String()}, &trail); err != nil {
 		abort(c, err)
 		return
 	}
@@ -161,7 +161,7 @@ func (s *server) bulkReplay(c *gin.Context) {
 		act = &coordinator.Action{Operator: operatorOf(c), Reason: b.Reason}
 	}
 	f, _ := console.ParseFilter(url.Values{"state": {b.State}, "definition": {b.Definition}, "older_than": {b.OlderThan}})
-	sagas, _, err := console.SelectSagas(c, s.Store, f, b.Limit, 20*maxBulk)
+	sagas, _, err := console.SelectSagas(c.Request.Context(), s.Store, f, b.Limit, 20*maxBulk)
 	if err != nil {
 		abort(c, err)
 		return
@@ -169,7 +169,7 @@ func (s *server) bulkReplay(c *gin.Context) {
 	// Only the sagas this orchestrator drives: the others are another
 	// deployment's to replay.
 	sagas = slices.DeleteFunc(sagas, func(in saga.Instance) bool { return s.Coordinator.Definition(in.Definition) == nil })
-	done, err := console.ReplayAll(c, s.Coordinator, sagas, act)
+	done, err := console.ReplayAll(c.Request.Context(), s.Coordinator, sagas, act)
 	if err != nil {
 		abort(c, err)
 		return
@@ -202,7 +202,7 @@ func (s *server) deadLetters(c *gin.Context) {
 		abort(c, err)
 		return
 	}
-	list, err := s.Bus.DeadLetters(c, limit)
+	list, err := s.Bus.DeadLetters(c.Request.Context(), limit)
 	if err != nil {
 		abort(c, brokerUnavailable(c, err))
 		return
@@ -250,7 +250,7 @@ func (s *server) redrive(c *gin.Context) {
 	for _, id := range r.MessageIDs {
 		ids[id] = true
 	}
-	done, err := console.Redrive(c, s.Bus, s.Coordinator, coordinator.Action{Operator: operatorOf(c), Reason: r.Reason}, r.Limit,
+	done, err := console.Redrive(c.Request.Context(), s.Bus, s.Coordinator, coordinator.Action{Operator: operatorOf(c), Reason: r.Reason}, r.Limit,
 		func(m amqpbus.DeadMessage) bool {
 			return r.All || ids[m.MessageID] || (r.Queue != "" && m.Queue == r.Queue)
 		}, *logOf(c))
@@ -273,7 +273,7 @@ func (s *server) outbox(c *gin.Context) {
 		abort(c, err)
 		return
 	}
-	rows, err := s.Store.ListOutbox(c, limit)
+	rows, err := s.Store.ListOutbox(c.Request.Context(), limit)
 	if err != nil {
 		abort(c, err)
 		return

@@ -172,7 +172,7 @@ func (s *server) createOrder(c *gin.Context) {
 		sum := sha256.Sum256(canon)
 		fingerprint = hex.EncodeToString(sum[:])
 	}
-	in, created, err := s.Coordinator.Submit(c, coordinator.Submission{
+	in, created, err := s.Coordinator.Submit(c.Request.Context(), coordinator.Submission{
 		Definition: order.SagaName, ID: id, Data: data, Priority: prio,
 		Key: key, Fingerprint: fingerprint, TraceParent: traceHeaders(c.Request.Context())["traceparent"],
 	})
@@ -201,7 +201,7 @@ func (s *server) loadOrder(c *gin.Context) (saga.Instance, error) {
 	if err != nil {
 		return saga.Instance{}, err
 	}
-	in, err := s.Store.Get(c, id)
+	in, err := s.Store.Get(c.Request.Context(), id)
 	if err == nil && in.Definition != order.SagaName {
 		err = saga.ErrNotFound
 	}
@@ -269,7 +269,7 @@ func (s *server) listOrders(c *gin.Context) {
 		return
 	}
 	f.Definition = order.SagaName
-	list, err := s.Store.List(c, f)
+	list, err := s.Store.List(c.Request.Context(), f)
 	if err != nil {
 		abort(c, err)
 		return
@@ -299,7 +299,7 @@ func (s *server) orderEvents(c *gin.Context) {
 		return
 	}
 	var trail contract.OrderEventsReply
-	if err := s.rpc.call(c, contract.AuditOrderEvents, contract.OrderRef{OrderID: in.ID.String()}, &trail); err != nil {
+	if err := s.rpc.call(c.Request.Context(), contract.AuditOrderEvents, contract.OrderRef{OrderID: in.ID.String()}, &trail); err != nil {
 		abort(c, err)
 		return
 	}
@@ -322,7 +322,7 @@ func (s *server) confirmDelivery(c *gin.Context) {
 		return
 	}
 	var r contract.DeliveryReply
-	if err := s.rpc.call(c, contract.ShippingConfirmDelivery, contract.OrderRef{OrderID: in.ID.String()}, &r); err != nil {
+	if err := s.rpc.call(c.Request.Context(), contract.ShippingConfirmDelivery, contract.OrderRef{OrderID: in.ID.String()}, &r); err != nil {
 		abort(c, err)
 		return
 	}

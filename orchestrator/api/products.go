@@ -32,7 +32,7 @@ func (s *server) getProduct(c *gin.Context) {
 		abort(c, err)
 		return
 	}
-	p, err := s.products.get(c, sku, func(ctx context.Context) (contract.Product, error) {
+	p, err := s.products.get(c.Request.Context(), sku, func(ctx context.Context) (contract.Product, error) {
 		var p contract.Product
 		err := s.rpc.call(ctx, contract.InventoryGetProduct, contract.ProductRef{SKU: sku}, &p)
 		return p, err
@@ -103,7 +103,7 @@ func (s *server) putProduct(c *gin.Context) {
 		return
 	}
 	var p contract.Product
-	if err := s.rpc.call(c, contract.InventoryUpsertProduct, contract.UpsertProduct{
+	if err := s.rpc.call(c.Request.Context(), contract.InventoryUpsertProduct, contract.UpsertProduct{
 		SKU: sku, Name: *req.Name, PriceCents: *req.PriceCents, Available: *req.Available, IfVersion: version,
 	}, &p); err != nil {
 		abort(c, err)
@@ -151,7 +151,7 @@ func (s *server) restockProduct(c *gin.Context) {
 		id = "restock:" + sku + ":" + key
 	}
 	var p contract.Product
-	if err := s.rpc.callAs(c, id, contract.InventoryRestock, contract.RestockProduct{SKU: sku, Delta: *req.Delta}, &p); err != nil {
+	if err := s.rpc.callAs(c.Request.Context(), id, contract.InventoryRestock, contract.RestockProduct{SKU: sku, Delta: *req.Delta}, &p); err != nil {
 		abort(c, err)
 		return
 	}
