@@ -6,7 +6,7 @@ WORKERS  := inventory payment shipping notification audit
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 LDFLAGS  := -X github.com/sagaflow/sagaflow.version=$(VERSION)
 
-.PHONY: help build run services test test-short chaos bench bench-go vet clean
+.PHONY: help build run services test test-short test-race chaos bench bench-go vet clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ test: services vet ## the whole suite against real PostgreSQL and RabbitMQ (the 
 
 chaos: services ## the long fault-injection run on private servers: 3000 orders, every process killed 6 times, a RabbitMQ restart
 	CHAOS_ORDERS=3000 CHAOS_KILLS=6 $(GO) test -count=1 -timeout 30m -v -run TestChaos ./internal/chaos
+
+test-race: services ## the suite under the race detector, in the tests and in the services they start (about twice as long as make test)
+	set -o pipefail; SAGAFLOW_RACE=1 $(GO) test -race -count=1 -timeout 25m -json ./... | $(GO) run ./internal/cmd/testreport
 
 test-short: services ## the suite without the end-to-end and fault-injection tests
 	set -o pipefail; { rc=0; $(GO) test -count=1 -short -json ./... || rc=$$?; \
