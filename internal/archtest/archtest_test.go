@@ -36,6 +36,9 @@ type pkg struct {
 	Imports    []string
 	Deps       []string
 	GoFiles    []string
+	// Export is the compiled export data (with go list -export).
+	Export    string
+	ImportMap map[string]string
 }
 
 // list runs `go list -json` with args in dir: each package with its

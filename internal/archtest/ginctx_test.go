@@ -1,8 +1,6 @@
 package archtest
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"go/ast"
 	"go/importer"
@@ -11,8 +9,8 @@ import (
 	"go/types"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -109,40 +107,19 @@ func ginContextsAsContexts(t *testing.T, rel string) []string {
 	return found
 }
 
-// listed is what `go list -export` says of a package.
-type listed struct {
-	ImportPath string
-	Dir        string
-	Export     string
-	GoFiles    []string
-	ImportMap  map[string]string
-}
-
 // exportData builds the package at rel and its dependencies (go build's
 // cache makes it quick) and returns each one's compiled export data, by
 // import path, and the package itself.
-func exportData(t *testing.T, rel string) (map[string]string, listed) {
+func exportData(t *testing.T, rel string) (map[string]string, pkg) {
 	t.Helper()
-	cmd := exec.Command("go", "list", "-export", "-deps", "-json=ImportPath,Dir,Export,GoFiles,ImportMap", rel)
-	cmd.Dir = root(t)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("go list -export %s: %v\n%s", rel, err, stderr.String())
-	}
+	pkgs := list(t, root(t), "-export", "-deps", rel)
 	exports := map[string]string{}
-	var last listed
-	dec := json.NewDecoder(bytes.NewReader(out))
-	for {
-		var p listed
-		if err := dec.Decode(&p); errors.Is(err, io.EOF) {
-			break
-		} else if err != nil {
-			t.Fatalf("go list output: %v", err)
-		}
-		exports[p.ImportPath] = p.Export
-		last = p // -deps lists the package itself last
+	for path, p := range pkgs {
+		exports[path] = p.Export
 	}
-	return exports, last
+	target, ok := pkgs[module+"/"+strings.TrimPrefix(rel, "./")]
+	if !ok {
+		t.Fatalf("go list -export %s did not list it", rel)
+	}
+	return exports, target
 }
