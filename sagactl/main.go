@@ -33,6 +33,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/sagaflow/sagaflow/internal/contract"
 )
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
@@ -212,37 +214,6 @@ func (c *cli) show(body []byte, v any, print func(w *tabwriter.Writer, v any)) e
 	return w.Flush()
 }
 
-// The admin API's answers, as far as the tables show them.
-type (
-	record struct {
-		Name       string     `json:"name"`
-		Kind       string     `json:"kind"`
-		Status     string     `json:"status"`
-		Attempts   int        `json:"attempts"`
-		StartedAt  time.Time  `json:"started_at"`
-		FinishedAt *time.Time `json:"finished_at"`
-		Error      string     `json:"error"`
-	}
-	sagaView struct {
-		SagaID     string     `json:"saga_id"`
-		Definition string     `json:"definition"`
-		Version    int        `json:"version"`
-		State      string     `json:"state"`
-		Phase      string     `json:"phase"`
-		Reason     string     `json:"reason"`
-		Step       string     `json:"step"`
-		Attempt    int        `json:"attempt"`
-		Deadline   *time.Time `json:"deadline"`
-		CreatedAt  time.Time  `json:"created_at"`
-		UpdatedAt  time.Time  `json:"updated_at"`
-		History    []record   `json:"history"`
-	}
-	sagaList struct {
-		Sagas      []sagaView `json:"sagas"`
-		NextCursor *string    `json:"next_cursor"`
-	}
-)
-
 func (c *cli) sagasList(args []string) error {
 	fs := flag.NewFlagSet("sagas list", flag.ContinueOnError)
 	state := fs.String("state", "stuck", "state (\"\" for every state)")
@@ -272,8 +243,8 @@ func (c *cli) sagasList(args []string) error {
 	if err != nil {
 		return err
 	}
-	return c.show(body, &sagaList{}, func(w *tabwriter.Writer, v any) {
-		l := v.(*sagaList)
+	return c.show(body, &contract.SagaList{}, func(w *tabwriter.Writer, v any) {
+		l := v.(*contract.SagaList)
 		fmt.Fprintln(w, "SAGA\tDEFINITION\tSTATE\tSTEP\tATTEMPT\tUPDATED\tREASON")
 		for _, s := range l.Sagas {
 			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", s.SagaID, s.Definition, s.State, s.Step, s.Attempt,
@@ -311,7 +282,7 @@ func (c *cli) sagaShow(args []string, suffix string, print func(*tabwriter.Write
 		return err
 	}
 	if suffix == "" {
-		return c.show(body, &sagaView{}, print)
+		return c.show(body, &contract.SagaView{}, print)
 	}
 	return c.show(body, &struct {
 		Events []event `json:"events"`
@@ -319,7 +290,7 @@ func (c *cli) sagaShow(args []string, suffix string, print func(*tabwriter.Write
 }
 
 func printSaga(w *tabwriter.Writer, v any) {
-	s := v.(*sagaView)
+	s := v.(*contract.SagaView)
 	fmt.Fprintf(w, "saga\t%s\ndefinition\t%s (version %d)\nstate\t%s (phase %s)\nstep\t%s, attempt %d\n",
 		s.SagaID, s.Definition, s.Version, s.State, s.Phase, s.Step, s.Attempt)
 	if s.Reason != "" {
@@ -396,7 +367,7 @@ func (c *cli) sagaAction(args []string, action string) error {
 	if err != nil {
 		return err
 	}
-	return c.show(body, &sagaView{}, printSaga)
+	return c.show(body, &contract.SagaView{}, printSaga)
 }
 
 func (c *cli) sagaReplay(args []string) error {

@@ -421,3 +421,29 @@ type NotificationLedgerReply struct {
 	Email int `json:"email"`
 	SMS   int `json:"sms"`
 }
+
+// SagaView is a saga as the admin API shows it (GET /admin/sagas/{id}),
+// for any saga definition.
+type SagaView struct {
+	SagaID     string `json:"saga_id"`
+	Definition string `json:"definition"`
+	Version    int    `json:"version"`
+	State      string `json:"state"`
+	Phase      string `json:"phase"`
+	StuckIn    string `json:"stuck_in,omitempty"`
+	Reason     string `json:"reason"`
+	// Cause classifies why a stuck saga is stuck (saga.StuckCause).
+	Cause     string            `json:"cause,omitempty"`
+	Step      string            `json:"step"`
+	Attempt   int               `json:"attempt"`
+	Deadline  *time.Time        `json:"deadline"`
+	CreatedAt time.Time         `json:"created_at"`
+	UpdatedAt time.Time         `json:"updated_at"`
+	History   []saga.StepRecord `json:"history"`
+}
+
+// SagaList is a page of sagas as GET /admin/sagas answers it.
+type SagaList struct {
+	Sagas      []SagaView `json:"sagas"`
+	NextCursor *string    `json:"next_cursor"`
+}

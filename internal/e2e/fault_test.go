@@ -293,12 +293,12 @@ func TestLostReplyGetsTheStoredReply(t *testing.T) {
 }
 
 // stuckSaga waits until the admin API lists the saga as stuck.
-func stuckSaga(t *testing.T, s *testenv.System, id string) api.SagaView {
+func stuckSaga(t *testing.T, s *testenv.System, id string) contract.SagaView {
 	t.Helper()
 	deadline := time.Now().Add(waitFor)
 	for time.Now().Before(deadline) {
 		var list struct {
-			Sagas []api.SagaView `json:"sagas"`
+			Sagas []contract.SagaView `json:"sagas"`
 		}
 		s.Admin(t, http.MethodGet, "/admin/sagas?state=stuck&limit=100", nil).Decode(t, &list)
 		for _, v := range list.Sagas {
@@ -309,7 +309,7 @@ func stuckSaga(t *testing.T, s *testenv.System, id string) api.SagaView {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Fatalf("saga %s never stuck: %+v", id, s.Order(t, id))
-	return api.SagaView{}
+	return contract.SagaView{}
 }
 
 // queue reads a queue's depth and consumer count (passive declare).
@@ -449,7 +449,7 @@ func TestStuckSagasAreReplayedAndCancelled(t *testing.T) {
 			t.Errorf("stuck saga %+v: want stuck running at commit_stock, for want of a reply", v)
 		}
 		// One saga's view asks the broker: nobody consumes inventory's queue.
-		var one api.SagaView
+		var one contract.SagaView
 		s.Admin(t, http.MethodGet, "/admin/sagas/"+id, nil).Decode(t, &one)
 		if one.Cause != string(saga.CauseNoConsumer) {
 			t.Errorf("GET /admin/sagas/%s while inventory is down: cause %q, want no_consumer", id, one.Cause)

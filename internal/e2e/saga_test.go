@@ -421,7 +421,7 @@ func TestListsAreByDefinition(t *testing.T) {
 	}
 
 	var sagas struct {
-		Sagas []api.SagaView `json:"sagas"`
+		Sagas []contract.SagaView `json:"sagas"`
 	}
 	s.Admin(t, http.MethodGet, "/admin/sagas?state=completed&limit=3", nil).Decode(t, &sagas)
 	if len(sagas.Sagas) != 3 || sagas.Sagas[0].Definition != "cruise" {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/http"
 	"sync"
-	"time"
 
 	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
@@ -82,27 +81,8 @@ func (s *server) ledgerOf(parent context.Context, log zerolog.Logger, id uuid.UU
 	return l
 }
 
-// SagaView is a saga as the admin API shows it.
-type SagaView struct {
-	SagaID     string `json:"saga_id"`
-	Definition string `json:"definition"`
-	Version    int    `json:"version"`
-	State      string `json:"state"`
-	Phase      string `json:"phase"`
-	StuckIn    string `json:"stuck_in,omitempty"`
-	Reason     string `json:"reason"`
-	// Cause classifies why a stuck saga is stuck (saga.StuckCause).
-	Cause     string            `json:"cause,omitempty"`
-	Step      string            `json:"step"`
-	Attempt   int               `json:"attempt"`
-	Deadline  *time.Time        `json:"deadline"`
-	CreatedAt time.Time         `json:"created_at"`
-	UpdatedAt time.Time         `json:"updated_at"`
-	History   []saga.StepRecord `json:"history"`
-}
-
-func (s *server) sagaView(in *saga.Instance) SagaView {
-	v := SagaView{
+func (s *server) sagaView(in *saga.Instance) contract.SagaView {
+	v := contract.SagaView{
 		SagaID: in.ID.String(), Definition: in.Definition, Version: saga.VersionOf(in), State: in.State, Phase: string(in.Phase),
 		StuckIn: string(in.StuckIn), Reason: in.Reason, Attempt: in.Attempt,
 		CreatedAt: in.CreatedAt, UpdatedAt: in.UpdatedAt, History: in.History,
@@ -174,10 +154,7 @@ func (s *server) listSagas(c *gin.Context) {
 		abort(c, err)
 		return
 	}
-	out := struct {
-		Sagas      []SagaView `json:"sagas"`
-		NextCursor *string    `json:"next_cursor"`
-	}{Sagas: make([]SagaView, 0, len(list))}
+	out := contract.SagaList{Sagas: make([]contract.SagaView, 0, len(list))}
 	for i := range list {
 		if more.Matches(&list[i]) {
 			out.Sagas = append(out.Sagas, s.sagaView(&list[i]))
